@@ -1,0 +1,19 @@
+// Command attache is an ambassador proxy: it forwards TCP connections from
+// local ports to wherever the real services live. See the README.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/attache/attache/internal/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := cli.Main(ctx, cli.Stdio(os.Args[1:]))
+	stop()
+	os.Exit(code)
+}

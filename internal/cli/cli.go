@@ -1,0 +1,245 @@
+// Package cli is attache's command line: it parses flags and subcommands,
+// loads the configuration, and runs the daemon or a one-shot command. It is
+// separate from cmd/attache so tests can run the whole command in-process.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/daemon"
+)
+
+// Exit codes.
+const (
+	ExitOK      = 0
+	ExitRuntime = 1 // a listener could not open or died
+	ExitUsage   = 2 // bad flags, arguments, variables or config
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+// Env is what a command sees of the outside world.
+type Env struct {
+	Args    []string // without the program name
+	Environ []string
+	Stdout  io.Writer
+	Stderr  io.Writer
+	// Ready is passed to the daemon (tests).
+	Ready func([]daemon.Bound)
+}
+
+const usage = `attache: an ambassador proxy.
+
+Usage:
+  attache [flags]                   forward every <ALIAS>_PORT_<port>_TCP link variable
+  attache [flags] HOST PORT         listen on PORT, forward to HOST:PORT
+  attache -c attache.yaml [flags]   forward the services of a config file
+  attache check [flags] [HOST PORT] print the routing table, or every error (exit 2)
+  attache demo [--stay]             run a live demo: an embedded backend behind an ambassador
+  attache version
+
+Sources combine: file services, --forward flags, HOST PORT and link variables
+are all served; two of them on one port is an error.
+
+Flags:
+`
+
+type runFlags struct {
+	file      string
+	forwards  multiFlag
+	envLinks  bool
+	defaults  config.Defaults
+	grace     time.Duration
+	logFormat string
+	logLevel  string
+	version   bool
+}
+
+func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.file, "c", "", "YAML configuration `file`")
+	fs.StringVar(&f.file, "config", "", "YAML configuration `file` (same as -c)")
+	fs.Var(&f.forwards, "forward", "forward `[LISTEN_HOST:]PORT=HOST:PORT[,HOST:PORT...]` (repeatable)")
+	fs.BoolVar(&f.envLinks, "env-links", true, "read Docker link variables (<ALIAS>_PORT_<port>_TCP) from the environment")
+	fs.Var(durationFlag{&f.defaults.ConnectTimeout, false}, "connect-timeout", "default `timeout` for one dial to one backend (default 5s)")
+	fs.Var(durationFlag{&f.defaults.IdleTimeout, true}, "idle-timeout", "default: close connections idle this `long` (default off)")
+	fs.Var(durationFlag{&f.defaults.KeepAlive, true}, "keepalive", "default TCP keepalive `period`, or off (default 30s)")
+	fs.IntVar(&f.defaults.MaxConnections, "max-connections", 0, "default cap on open connections per listener (0: none)")
+	fs.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGTERM/SIGINT, let open connections finish for this `long`")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Main runs attache with e and returns the process exit code. ctx ends the
+// daemon (the caller ties it to SIGINT and SIGTERM).
+func Main(ctx context.Context, e Env) int {
+	args := e.Args
+	cmd := ""
+	if len(args) > 0 {
+		switch args[0] {
+		case "check", "demo", "version", "help":
+			cmd, args = args[0], args[1:]
+		}
+	}
+	switch cmd {
+	case "version":
+		fmt.Fprintln(e.Stdout, "attache", Version)
+		return ExitOK
+	case "help":
+		newFlagSet("attache", e.Stdout, &runFlags{}).Usage()
+		return ExitOK
+	case "demo":
+		return runDemo(ctx, e, args)
+	}
+
+	var f runFlags
+	fs := newFlagSet("attache", e.Stderr, &f)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	if f.version {
+		fmt.Fprintln(e.Stdout, "attache", Version)
+		return ExitOK
+	}
+	log, err := newLogger(e.Stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
+		return ExitUsage
+	}
+	src := config.Sources{File: f.file, Forwards: f.forwards, Args: fs.Args(), Flags: f.defaults}
+	if f.envLinks {
+		src.Env = e.Environ
+		if src.Env == nil {
+			src.Env = []string{}
+		}
+	}
+	cfg, err := config.Load(src)
+	if err != nil {
+		printErrors(e.Stderr, err)
+		return ExitUsage
+	}
+	if cmd == "check" {
+		printTable(e.Stdout, cfg)
+		return ExitOK
+	}
+	err = daemon.Run(ctx, cfg, daemon.Options{Logger: log, Grace: f.grace, Ready: e.Ready})
+	if err != nil {
+		log.Error("attache stopped", "error", err)
+		return ExitRuntime
+	}
+	return ExitOK
+}
+
+func printErrors(w io.Writer, err error) {
+	var list config.Errors
+	if errors.As(err, &list) && len(list) > 1 {
+		fmt.Fprintf(w, "attache: %d configuration errors:\n", len(list))
+		for _, e := range list {
+			fmt.Fprintf(w, "  %v\n", e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "attache: %v\n", err)
+}
+
+func printTable(w io.Writer, cfg *config.Config) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tLISTEN\tBACKENDS\tCONNECT\tIDLE\tMAXCONN\tFROM")
+	for _, s := range cfg.Services {
+		addrs := make([]string, len(s.Backends))
+		for i, b := range s.Backends {
+			addrs[i] = b.Addr
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Listen, strings.Join(addrs, ","),
+			s.ConnectTimeout, offOr(s.IdleTimeout), limitOr(s.MaxConnections), s.Origin)
+	}
+	tw.Flush()
+	for _, warn := range cfg.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
+}
+
+func offOr(d time.Duration) string {
+	if d <= 0 {
+		return "off"
+	}
+	return d.String()
+}
+
+func limitOr(n int) string {
+	if n <= 0 {
+		return "none"
+	}
+	return fmt.Sprint(n)
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("flag -log-level: want debug, info, warn or error, got %q", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("flag -log-format: want text or json, got %q", format)
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error {
+	*m = append(*m, v)
+	return nil
+}
+
+// durationFlag accepts a positive duration, or "off" where allowed.
+type durationFlag struct {
+	d        *time.Duration
+	allowOff bool
+}
+
+func (f durationFlag) String() string {
+	if f.d == nil || *f.d == 0 {
+		return ""
+	}
+	return offOr(*f.d)
+}
+
+func (f durationFlag) Set(v string) error {
+	d, err := config.ParseDuration(v, f.allowOff)
+	if err != nil {
+		return err
+	}
+	*f.d = d
+	return nil
+}
+
+// Stdio is the Env of the real process.
+func Stdio(args []string) Env {
+	return Env{Args: args, Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr}
+}

@@ -1,0 +1,204 @@
+// Package config turns the three ways an operator describes attache's work
+// (Docker link variables, command-line forwards and a YAML file) into one
+// validated routing table.
+//
+// Typical usage:
+//
+//	cfg, err := config.Load(config.Sources{File: "attache.yaml", Env: os.Environ(), Forwards: fwds})
+//	if err != nil { /* err lists every problem, each naming its input */ }
+//
+// Parsing and validation are separate steps: each parser reports what is wrong
+// with its own input (file:line: key, or the variable's name), then Validate
+// checks what only the whole table can show, such as two services on one port.
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the effective configuration: every service attache forwards,
+// with defaults already applied.
+type Config struct {
+	Services []Service
+	// Warnings are things the operator should know about but that do not stop
+	// attache, such as UDP link variables that are recognised but not yet
+	// supported.
+	Warnings []string
+}
+
+// Service is one listener and the backends its connections are forwarded to.
+type Service struct {
+	// Name identifies the service in logs and, later, in metrics and the admin
+	// API. Names are unique.
+	Name string
+	// Listen is the host:port the service accepts connections on. An empty
+	// host means every interface.
+	Listen string
+	// Backends are tried in round-robin order; a failed dial moves on to the
+	// next backend before the client sees an error.
+	Backends []Backend
+	// ConnectTimeout bounds one dial to one backend.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connection on which no byte moved in either
+	// direction for this long. Zero disables it.
+	IdleTimeout time.Duration
+	// KeepAlive is the TCP keepalive period on both sides. Negative disables it.
+	KeepAlive time.Duration
+	// MaxConnections caps the connections open at once on this listener; when
+	// it is reached attache stops accepting until one closes. Zero is no limit.
+	MaxConnections int
+	// Origin says where the service came from, for error messages and
+	// `attache check`: "env REDIS_PORT_6379_TCP", "--forward 6379=h:p",
+	// "attache.yaml:12".
+	Origin string
+}
+
+// Backend is one address a service forwards to.
+type Backend struct {
+	// Addr is host:port. Hostnames are resolved at each new connection, never
+	// once at start-up, so a DNS change takes effect without a restart.
+	Addr string
+}
+
+// Defaults are the per-service settings applied where a source says nothing.
+type Defaults struct {
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration
+	KeepAlive      time.Duration
+	MaxConnections int
+}
+
+// BuiltinDefaults are used when neither flags nor the file set a default.
+var BuiltinDefaults = Defaults{
+	ConnectTimeout: 5 * time.Second,
+	IdleTimeout:    0,
+	KeepAlive:      30 * time.Second,
+	MaxConnections: 0,
+}
+
+func (d Defaults) apply(s *Service) {
+	if s.ConnectTimeout == 0 {
+		s.ConnectTimeout = d.ConnectTimeout
+	}
+	if s.IdleTimeout == 0 {
+		s.IdleTimeout = d.IdleTimeout
+	}
+	if s.KeepAlive == 0 {
+		s.KeepAlive = d.KeepAlive
+	}
+	if s.MaxConnections == 0 {
+		s.MaxConnections = d.MaxConnections
+	}
+}
+
+// ParseHostPort checks a backend address: host:port with a non-empty host
+// (a hostname, an IPv4 address or a bracketed IPv6 literal) and a port in
+// 1-65535. It returns the address in canonical form.
+func ParseHostPort(s string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("want host:port (IPv6 in brackets), got %q", s)
+	}
+	if host == "" {
+		return "", fmt.Errorf("want host:port with a host, got %q", s)
+	}
+	if err := checkHost(host); err != nil {
+		return "", err
+	}
+	p, err := ParsePort(port)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
+}
+
+// ParseListen checks a listen address: PORT, :PORT, HOST:PORT or
+// [IPv6]:PORT. A bare port listens on every interface; port 0 picks a free
+// port, which the log reports.
+func ParseListen(s string) (string, error) {
+	if s == "" {
+		return "", fmt.Errorf("want [host:]port, got an empty value")
+	}
+	if !strings.Contains(s, ":") {
+		p, err := parseListenPort(s)
+		if err != nil {
+			return "", err
+		}
+		return ":" + strconv.Itoa(p), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("want [host:]port (IPv6 in brackets), got %q", s)
+	}
+	if host != "" {
+		if err := checkHost(host); err != nil {
+			return "", err
+		}
+	}
+	p, err := parseListenPort(port)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
+}
+
+func parseListenPort(s string) (int, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	p, err := ParsePort(s)
+	if err != nil {
+		return 0, fmt.Errorf("want a port number 0-65535 (0: any free port), got %q", s)
+	}
+	return p, nil
+}
+
+// ParsePort accepts a decimal port number in 1-65535.
+func ParsePort(s string) (int, error) {
+	if s == "" {
+		return 0, fmt.Errorf("want a port number 1-65535, got an empty value")
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("want a port number 1-65535, got %q", s)
+		}
+	}
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 1 || p > 65535 {
+		return 0, fmt.Errorf("want a port number 1-65535, got %q", s)
+	}
+	return p, nil
+}
+
+// checkHost accepts an IP literal or a DNS hostname (RFC 1123 labels, with
+// underscores tolerated because Docker and Compose names use them).
+func checkHost(h string) error {
+	if net.ParseIP(h) != nil {
+		return nil
+	}
+	if strings.Contains(h, "%") { // zone: fe80::1%eth0
+		if ip := net.ParseIP(h[:strings.IndexByte(h, '%')]); ip != nil {
+			return nil
+		}
+	}
+	if len(h) > 253 {
+		return fmt.Errorf("host name %q is longer than 253 characters", h)
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("want a host name or IP address, got %q", h)
+		}
+		for i, c := range label {
+			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' ||
+				c == '-' && i > 0 && i < len(label)-1
+			if !ok {
+				return fmt.Errorf("want a host name or IP address, got %q", h)
+			}
+		}
+	}
+	return nil
+}

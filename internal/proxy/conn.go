@@ -1,0 +1,243 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var temporaryAcceptErrnos = []error{
+	unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EAGAIN,
+}
+
+// conn is one proxied connection. The handler goroutine owns both sockets and
+// closes them; abort may be called from any goroutine to end it early.
+type conn struct {
+	client   *net.TCPConn
+	backend  *net.TCPConn // set once dialled, under mu
+	listener *Listener
+	route    *Route
+	sem      chan struct{}
+	start    time.Time
+
+	mu      sync.Mutex
+	reason  string // why it was aborted; "" when it ended by itself
+	aborted bool
+
+	activity atomic.Uint64
+}
+
+// abort closes both sockets, which unblocks both copy goroutines.
+func (c *conn) abort(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return
+	}
+	c.aborted = true
+	c.reason = reason
+	c.client.Close()
+	if c.backend != nil {
+		c.backend.Close()
+	}
+}
+
+func (c *conn) setBackend(b *net.TCPConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return false
+	}
+	c.backend = b
+	return true
+}
+
+func (p *Proxy) handle(ctx context.Context, c *conn) {
+	defer func() {
+		if v := recover(); v != nil {
+			p.logger().Error("panic in connection handler", "service", c.route.Service, "panic", v)
+			c.abort("panic")
+		}
+		c.client.Close()
+		if c.backend != nil {
+			c.backend.Close()
+		}
+		c.listener.Stats.Active.Add(-1)
+		if c.sem != nil {
+			<-c.sem
+		}
+		p.untrack(c)
+	}()
+	c.listener.Stats.Active.Add(1)
+	r := c.route
+	backend, addr, err := p.dial(ctx, c, r)
+	if err != nil {
+		c.listener.Stats.Failed.Add(1)
+		p.logger().Warn("no backend reachable; closing client connection",
+			"service", r.Service, "client", c.client.RemoteAddr().String(), "error", err)
+		return
+	}
+	if !c.setBackend(backend) {
+		backend.Close()
+		return
+	}
+	var stopIdle func()
+	if r.IdleTimeout > 0 {
+		stopIdle = c.watchIdle(r.IdleTimeout)
+	}
+	in, out, err := c.copyBoth()
+	if stopIdle != nil {
+		stopIdle()
+	}
+	c.listener.Stats.BytesIn.Add(in)
+	c.listener.Stats.BytesOut.Add(out)
+
+	c.mu.Lock()
+	reason := c.reason
+	c.mu.Unlock()
+	if err != nil && !isExpectedClose(err) && reason == "" {
+		p.logger().Info("connection ended with an error", "service", r.Service,
+			"client", c.client.RemoteAddr().String(), "backend", addr, "error", err)
+	}
+	if reason == "" {
+		reason = "eof"
+		if err != nil {
+			reason = "error"
+		}
+	}
+	log := p.logger()
+	if log.Enabled(ctx, slog.LevelDebug) {
+		log.Debug("connection closed", "service", r.Service, "client", c.client.RemoteAddr().String(),
+			"backend", addr, "duration", time.Since(c.start), "bytes_in", in, "bytes_out", out, "reason", reason)
+	}
+}
+
+// dial tries each backend once, starting at the round-robin cursor, and
+// returns the first connection that succeeds. A failed dial moves on to the
+// next backend before the client sees anything.
+func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, string, error) {
+	n := len(r.Backends)
+	if n == 0 {
+		return nil, "", errors.New("route has no backends")
+	}
+	d := net.Dialer{Timeout: r.connectTimeout(), Resolver: p.Resolver}
+	switch {
+	case r.KeepAlive < 0:
+		d.KeepAlive = -1
+	case r.KeepAlive > 0:
+		d.KeepAlive = r.KeepAlive
+	}
+	first := int(r.next.Add(1)-1) % n
+	var errs []error
+	for i := range n {
+		addr := r.Backends[(first+i)%n]
+		bc, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return bc.(*net.TCPConn), addr, nil
+		}
+		c.listener.Stats.DialErrors.Add(1)
+		errs = append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
+		p.logger().Debug("dial failed; trying the next backend", "service", r.Service, "backend", addr, "error", err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, "", errors.Join(errs...)
+}
+
+func unwrapOpError(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err
+	}
+	return err
+}
+
+// copyBoth runs the two directions and propagates half-close: when one side
+// reaches EOF, the other side's write half is shut down and the opposite
+// direction carries on until it ends too. An error in either direction
+// aborts both, since a reset stream cannot be finished.
+func (c *conn) copyBoth() (in, out int64, err error) {
+	var act *atomic.Uint64
+	if c.route.IdleTimeout > 0 {
+		act = &c.activity
+	}
+	var upErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in, upErr = c.clientToBackend(act)
+	}()
+	out, downErr := c.backendToClient(act)
+	<-done
+	return in, out, errors.Join(upErr, downErr)
+}
+
+func (c *conn) clientToBackend(act *atomic.Uint64) (int64, error) {
+	n, err := pump(c.backend, c.client, act)
+	if err != nil {
+		c.abort("")
+		return n, err
+	}
+	// The client finished sending: tell the backend, keep reading replies.
+	_ = c.backend.CloseWrite()
+	return n, nil
+}
+
+func (c *conn) backendToClient(act *atomic.Uint64) (int64, error) {
+	n, err := pump(c.client, c.backend, act)
+	if err != nil {
+		c.abort("")
+		return n, err
+	}
+	_ = c.client.CloseWrite()
+	return n, nil
+}
+
+// watchIdle closes the connection once no byte has moved for timeout. It
+// checks a counter four times per period instead of resetting a deadline on
+// every read, so the data path pays one atomic add per chunk; a connection
+// is closed between 1 and 1.25 times the timeout after its last byte.
+func (c *conn) watchIdle(timeout time.Duration) (stop func()) {
+	const checks = 4
+	tick := timeout / checks
+	var (
+		mu      sync.Mutex
+		last    = c.activity.Load()
+		still   int
+		t       *time.Timer
+		stopped bool
+	)
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		now := c.activity.Load()
+		if now != last {
+			last, still = now, 0
+		} else if still++; still >= checks {
+			c.abort("idle timeout")
+			return
+		}
+		t.Reset(tick)
+	}
+	mu.Lock()
+	t = time.AfterFunc(tick, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
+}

@@ -1,0 +1,265 @@
+// Package proxy is attache's TCP data path: the accept loop, the dial to a
+// backend within a retry budget, the copy in both directions with half-close,
+// idle timeouts, the per-listener connection limit, and graceful drain.
+//
+// Typical usage:
+//
+//	p := &proxy.Proxy{Logger: log}
+//	ln, _ := net.Listen("tcp", ":6379")
+//	go p.Serve(ctx, ln, &proxy.Route{Service: "redis", Backends: []string{"10.0.0.5:6379"}})
+//	...
+//	p.Shutdown(graceCtx) // stop accepting, drain, then force-close
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Route is what a listener forwards to. A Route is immutable once served,
+// apart from its counters; a new one is swapped in whole (Listener.SetRoute),
+// and connections in flight keep the Route they started with.
+type Route struct {
+	// Service names the route in logs.
+	Service string
+	// Backends are host:port addresses, tried in round-robin order. A
+	// hostname is resolved at each dial.
+	Backends []string
+	// ConnectTimeout bounds one dial to one backend; zero means 5s.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connection with no bytes moving either way for
+	// this long; zero or negative disables it.
+	IdleTimeout time.Duration
+	// KeepAlive is the TCP keepalive period for the backend side; zero means
+	// 30s, negative disables it.
+	KeepAlive time.Duration
+
+	next atomic.Uint32 // round-robin cursor
+}
+
+func (r *Route) connectTimeout() time.Duration {
+	if r.ConnectTimeout <= 0 {
+		return 5 * time.Second
+	}
+	return r.ConnectTimeout
+}
+
+// Stats are a listener's counters, safe to read at any time.
+type Stats struct {
+	Accepted   atomic.Int64 // connections accepted
+	Active     atomic.Int64 // connections open now
+	Failed     atomic.Int64 // connections closed because no backend answered
+	DialErrors atomic.Int64 // failed dials (one connection may count several)
+	BytesIn    atomic.Int64 // client to backend
+	BytesOut   atomic.Int64 // backend to client
+	Limited    atomic.Int64 // times the accept loop waited on the connection limit
+}
+
+// Proxy owns the connections of every listener it serves, so one Shutdown
+// drains them all. The zero value is ready to use.
+type Proxy struct {
+	// Logger receives one debug line per connection and errors at the level
+	// they deserve. Nil logs nothing.
+	Logger *slog.Logger
+	// Resolver, when set, resolves backend hostnames (tests point it at
+	// their own DNS server). Nil uses the system resolver.
+	Resolver *net.Resolver
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	drained  chan struct{} // closed when conns becomes empty during shutdown
+	closing  bool
+	handlers sync.WaitGroup
+}
+
+// Listener is one served socket: its route, counters and connection limit.
+type Listener struct {
+	ln       net.Listener
+	route    atomic.Pointer[Route]
+	maxConns int
+	Stats    Stats
+}
+
+// NewListener wraps ln. maxConns caps the connections open at once (0: no
+// cap); at the cap the accept loop waits, so new clients queue in the kernel's
+// listen backlog instead of being refused.
+func NewListener(ln net.Listener, r *Route, maxConns int) *Listener {
+	l := &Listener{ln: ln, maxConns: maxConns}
+	l.route.Store(r)
+	return l
+}
+
+// Addr is the bound address (the real port after listening on :0).
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Route returns the current route.
+func (l *Listener) Route() *Route { return l.route.Load() }
+
+// SetRoute swaps the route for new connections.
+func (l *Listener) SetRoute(r *Route) { l.route.Store(r) }
+
+// Close stops accepting.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+func (p *Proxy) logger() *slog.Logger {
+	if p.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return p.Logger
+}
+
+// Serve accepts connections on l until ctx is done or l is closed. It
+// returns nil after a close, or the accept error that stopped it.
+func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
+	log := p.logger().With("listen", l.Addr().String())
+	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
+	defer stop()
+
+	var sem chan struct{}
+	if l.maxConns > 0 {
+		sem = make(chan struct{}, l.maxConns)
+	}
+	var backoff time.Duration
+	var lastLimitLog time.Time
+	for {
+		if sem != nil {
+			select {
+			case sem <- struct{}{}:
+			default:
+				l.Stats.Limited.Add(1)
+				if time.Since(lastLimitLog) > time.Second {
+					lastLimitLog = time.Now()
+					log.Warn("connection limit reached; new connections wait in the listen backlog",
+						"service", l.Route().Service, "max_connections", l.maxConns)
+				}
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+					return nil
+				}
+			}
+		}
+		c, err := l.ln.Accept()
+		if err != nil {
+			if sem != nil {
+				<-sem
+			}
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			if isTemporaryAcceptError(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Warn("accept failed; backing off", "error", err, "backoff", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+		}
+		backoff = 0
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			if sem != nil {
+				<-sem
+			}
+			continue
+		}
+		l.Stats.Accepted.Add(1)
+		cn := &conn{client: tc, listener: l, route: l.route.Load(), sem: sem, start: time.Now()}
+		if !p.track(cn) {
+			tc.Close()
+			if sem != nil {
+				<-sem
+			}
+			return nil
+		}
+		go p.handle(ctx, cn)
+	}
+}
+
+// track registers a connection; it refuses once shutdown has begun.
+func (p *Proxy) track(c *conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	if p.conns == nil {
+		p.conns = make(map[*conn]struct{})
+	}
+	p.conns[c] = struct{}{}
+	p.handlers.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(c *conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	if p.closing && len(p.conns) == 0 && p.drained != nil {
+		close(p.drained)
+		p.drained = nil
+	}
+	p.mu.Unlock()
+	p.handlers.Done()
+}
+
+// Active reports the connections open across every listener.
+func (p *Proxy) Active() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// Shutdown waits for open connections to finish until ctx is done, then
+// closes the rest and waits for their handlers to return. Listeners must be
+// closed first (cancel Serve's context); Shutdown refuses new connections
+// that were already accepted but not yet tracked. It returns the number of
+// connections it had to force-close.
+func (p *Proxy) Shutdown(ctx context.Context) int {
+	p.mu.Lock()
+	p.closing = true
+	var drained chan struct{}
+	if len(p.conns) > 0 {
+		drained = make(chan struct{})
+		p.drained = drained
+	}
+	p.mu.Unlock()
+	forced := 0
+	if drained != nil {
+		select {
+		case <-drained:
+		case <-ctx.Done():
+			p.mu.Lock()
+			for c := range p.conns {
+				c.abort("shutdown")
+				forced++
+			}
+			p.mu.Unlock()
+		}
+	}
+	p.handlers.Wait()
+	return forced
+}
+
+func isTemporaryAcceptError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range temporaryAcceptErrnos {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

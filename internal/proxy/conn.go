@@ -215,8 +215,7 @@ func (c *conn) watchIdle(timeout time.Duration) (stop func()) {
 		t       *time.Timer
 		stopped bool
 	)
-	var check func()
-	check = func() {
+	check := func() {
 		mu.Lock()
 		defer mu.Unlock()
 		if stopped {

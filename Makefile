@@ -1,0 +1,40 @@
+# attache: `make test` is what CI runs (.ci/run installs the packages first).
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/attache/attache/internal/cli.Version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: test lint unit fuzz-smoke build image image-smoke demo bench
+
+test: lint unit fuzz-smoke image-smoke
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# A short run of every fuzz target over its committed corpus plus new inputs.
+fuzz-smoke:
+	$(GO) test -run='^$$' -fuzz='^FuzzParseLinkEnv$$' -fuzztime=10s ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzParseFile$$' -fuzztime=10s ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzParseForward$$' -fuzztime=10s ./internal/config
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/attache ./cmd/attache
+
+image: build
+	docker build -f Dockerfile -t attache:dev dist
+
+# Build the image and run it once.
+image-smoke: image
+	docker run --rm attache:dev version
+	docker run --rm -e REDIS_PORT_6379_TCP=tcp://redis:6379 attache:dev check
+
+demo:
+	$(GO) run ./cmd/attache demo
+
+bench:
+	bash bench/run.sh

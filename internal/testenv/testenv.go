@@ -1,0 +1,225 @@
+// Package testenv starts real servers for tests: a TCP echo server, a
+// redis-server process and an in-process DNS server whose records a test can
+// change while traffic flows. Every server is stopped by t.Cleanup.
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Echo starts a TCP server on addr (e.g. "127.0.0.1:0") that writes back
+// everything it reads and half-closes its side when the client does. It
+// returns the bound address.
+func Echo(t testing.TB, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("echo listen %s: %v", addr, err)
+	}
+	Serve(t, ln, func(c net.Conn) {
+		// Plain reads and writes: io.Copy between two *net.TCPConn would
+		// splice through pipes held for the connection's life, which would
+		// blur tests that count the proxy's own descriptors.
+		_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// Serve runs handle for every connection accepted on ln until the test ends,
+// then closes ln and every open connection and waits for the handlers.
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	t.Helper()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				handle(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// FreePort returns a TCP port that was free on host a moment ago.
+func FreePort(t testing.TB, host string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Redis starts a real redis-server on a free loopback port, with no
+// persistence, and returns its address once it answers PING.
+func Redis(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is not installed (apt-get install redis-server): %v", err)
+	}
+	port := FreePort(t, "127.0.0.1")
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "10000")
+	cmd.Stdout = io.Discard
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := redisPing(addr); err == nil {
+			return addr
+		} else if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s did not answer PING: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func redisPing(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := io.WriteString(c, "PING\r\n"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "+PONG" {
+		return fmt.Errorf("unexpected reply %q", line)
+	}
+	return nil
+}
+
+// DNS is a real DNS server on loopback UDP whose A records can be changed
+// while it runs.
+type DNS struct {
+	Addr string
+	mu   sync.Mutex
+	a    map[string][]net.IP
+}
+
+// StartDNS starts a DNS server on a free 127.0.0.1 UDP port.
+func StartDNS(t testing.TB) *DNS {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("dns listen: %v", err)
+	}
+	d := &DNS{Addr: pc.LocalAddr().String(), a: map[string][]net.IP{}}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve)}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	done := make(chan error, 1)
+	go func() { done <- srv.ActivateAndServe() }()
+	select {
+	case <-started:
+	case err := <-done:
+		t.Fatalf("dns server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		<-done
+	})
+	return d
+}
+
+// SetA replaces the A records of name ("backend.test.").
+func (d *DNS) SetA(name string, ips ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var list []net.IP
+	for _, ip := range ips {
+		list = append(list, net.ParseIP(ip))
+	}
+	d.a[dns.Fqdn(name)] = list
+}
+
+func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	d.mu.Lock()
+	for _, q := range req.Question {
+		ips, ok := d.a[strings.ToLower(q.Name)]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+			continue
+		}
+		if q.Qtype != dns.TypeA {
+			continue
+		}
+		for _, ip := range ips {
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 0},
+				A:   ip.To4(),
+			})
+		}
+	}
+	d.mu.Unlock()
+	_ = w.WriteMsg(m)
+}
+
+// Resolver returns a pure-Go resolver that asks only this server.
+func (d *DNS) Resolver() *net.Resolver {
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "udp", d.Addr)
+		},
+	}
+}

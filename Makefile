@@ -4,9 +4,14 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/attache/attache/internal/cli.Version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test lint unit fuzz-smoke build image image-smoke demo bench
+.PHONY: test deps lint unit fuzz-smoke build image image-smoke demo bench
 
-test: lint unit fuzz-smoke image-smoke
+test: deps lint unit fuzz-smoke image-smoke
+
+# Real servers for the tests (redis-server, redis-tools), from Debian.
+deps:
+	bash scripts/deps.sh
+	$(GO) mod download
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -37,4 +42,5 @@ demo:
 	$(GO) run ./cmd/attache demo
 
 bench:
+	bash scripts/deps.sh socat haproxy iperf3
 	bash bench/run.sh

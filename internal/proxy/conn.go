@@ -32,6 +32,14 @@ type conn struct {
 	aborted bool
 
 	activity atomic.Uint64
+	pending  atomic.Int32 // copy goroutines still running
+
+	// Written before the copy goroutines start, or by one of them before
+	// its pending.Add; read by finish after both.
+	backendAddr       string
+	stopIdle          func()
+	bytesIn, bytesOut int64
+	upErr, downErr    error
 }
 
 // abort closes both sockets, which unblocks both copy goroutines.
@@ -59,21 +67,20 @@ func (c *conn) setBackend(b *net.TCPConn) bool {
 	return true
 }
 
+// handle dials the backend and starts the two copy goroutines, then
+// returns: its stack, grown by the dial, is released, so an idle connection
+// holds only the two small stacks of its parked copy goroutines. The last
+// copy goroutine to finish calls finish.
 func (p *Proxy) handle(ctx context.Context, c *conn) {
+	started := false
 	defer func() {
 		if v := recover(); v != nil {
 			p.logger().Error("panic in connection handler", "service", c.route.Service, "panic", v)
 			c.abort("panic")
 		}
-		c.client.Close()
-		if c.backend != nil {
-			c.backend.Close()
+		if !started {
+			p.finish(c)
 		}
-		c.listener.Stats.Active.Add(-1)
-		if c.sem != nil {
-			<-c.sem
-		}
-		p.untrack(c)
 	}()
 	c.listener.Stats.Active.Add(1)
 	r := c.route
@@ -88,23 +95,55 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 		backend.Close()
 		return
 	}
-	var stopIdle func()
+	c.backendAddr = addr
 	if r.IdleTimeout > 0 {
-		stopIdle = c.watchIdle(r.IdleTimeout)
+		c.stopIdle = c.watchIdle(r.IdleTimeout)
 	}
-	in, out, err := c.copyBoth()
-	if stopIdle != nil {
-		stopIdle()
+	var act *atomic.Uint64
+	if r.IdleTimeout > 0 {
+		act = &c.activity
 	}
-	c.listener.Stats.BytesIn.Add(in)
-	c.listener.Stats.BytesOut.Add(out)
+	c.pending.Store(2)
+	started = true
+	go p.clientToBackend(c, act)
+	go p.backendToClient(c, act)
+}
 
+// finish runs once per connection, after both directions ended (or the dial
+// failed): it closes both sockets, counts, logs and releases the slot.
+func (p *Proxy) finish(c *conn) {
+	c.client.Close()
+	if c.backend != nil {
+		c.backend.Close()
+	}
+	if c.stopIdle != nil {
+		c.stopIdle()
+	}
+	st := &c.listener.Stats
+	st.BytesIn.Add(c.bytesIn)
+	st.BytesOut.Add(c.bytesOut)
+	st.Active.Add(-1)
+	if c.sem != nil {
+		<-c.sem
+	}
+	if c.backend != nil {
+		p.logClose(c)
+	}
+	p.untrack(c)
+}
+
+func (p *Proxy) logClose(c *conn) {
 	c.mu.Lock()
 	reason := c.reason
 	c.mu.Unlock()
+	err := errors.Join(c.upErr, c.downErr)
+	log := p.logger()
 	if err != nil && !isExpectedClose(err) && reason == "" {
-		p.logger().Info("connection ended with an error", "service", r.Service,
-			"client", c.client.RemoteAddr().String(), "backend", addr, "error", err)
+		log.Info("connection ended with an error", "service", c.route.Service,
+			"client", c.client.RemoteAddr().String(), "backend", c.backendAddr, "error", err)
+	}
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		return
 	}
 	if reason == "" {
 		reason = "eof"
@@ -112,11 +151,9 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 			reason = "error"
 		}
 	}
-	log := p.logger()
-	if log.Enabled(ctx, slog.LevelDebug) {
-		log.Debug("connection closed", "service", r.Service, "client", c.client.RemoteAddr().String(),
-			"backend", addr, "duration", time.Since(c.start), "bytes_in", in, "bytes_out", out, "reason", reason)
-	}
+	log.Debug("connection closed", "service", c.route.Service, "client", c.client.RemoteAddr().String(),
+		"backend", c.backendAddr, "duration", time.Since(c.start), "bytes_in", c.bytesIn,
+		"bytes_out", c.bytesOut, "reason", reason)
 }
 
 // dial tries each backend once, starting at the round-robin cursor, and
@@ -160,45 +197,42 @@ func unwrapOpError(err error) error {
 	return err
 }
 
-// copyBoth runs the two directions and propagates half-close: when one side
-// reaches EOF, the other side's write half is shut down and the opposite
-// direction carries on until it ends too. An error in either direction
-// aborts both, since a reset stream cannot be finished.
-func (c *conn) copyBoth() (in, out int64, err error) {
-	var act *atomic.Uint64
-	if c.route.IdleTimeout > 0 {
-		act = &c.activity
-	}
-	var upErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		in, upErr = c.clientToBackend(act)
-	}()
-	out, downErr := c.backendToClient(act)
-	<-done
-	return in, out, errors.Join(upErr, downErr)
-}
+// The two directions propagate half-close: when one side reaches EOF, the
+// other side's write half is shut down and the opposite direction carries on
+// until it ends too. An error in either direction aborts both, since a reset
+// stream cannot be finished.
 
-func (c *conn) clientToBackend(act *atomic.Uint64) (int64, error) {
+func (p *Proxy) clientToBackend(c *conn, act *atomic.Uint64) {
+	defer p.copyDone(c)
 	n, err := pump(c.backend, c.client, act)
+	c.bytesIn, c.upErr = n, err
 	if err != nil {
 		c.abort("")
-		return n, err
+		return
 	}
 	// The client finished sending: tell the backend, keep reading replies.
 	_ = c.backend.CloseWrite()
-	return n, nil
 }
 
-func (c *conn) backendToClient(act *atomic.Uint64) (int64, error) {
+func (p *Proxy) backendToClient(c *conn, act *atomic.Uint64) {
+	defer p.copyDone(c)
 	n, err := pump(c.client, c.backend, act)
+	c.bytesOut, c.downErr = n, err
 	if err != nil {
 		c.abort("")
-		return n, err
+		return
 	}
 	_ = c.client.CloseWrite()
-	return n, nil
+}
+
+func (p *Proxy) copyDone(c *conn) {
+	if v := recover(); v != nil {
+		p.logger().Error("panic in copy", "service", c.route.Service, "panic", v)
+		c.abort("panic")
+	}
+	if c.pending.Add(-1) == 0 {
+		p.finish(c)
+	}
 }
 
 // watchIdle closes the connection once no byte has moved for timeout. It

@@ -96,44 +96,68 @@ func (pp *pipes) idle() int {
 	return len(pp.free)
 }
 
+// stream is one direction of a connection. Its callbacks are bound once per
+// stream, so moving a chunk allocates nothing: a closure passed to
+// RawConn.Read escapes through the interface call and would cost several
+// heap allocations per chunk.
+type stream struct {
+	dst, src       *net.TCPConn
+	srcRaw, dstRaw syscall.RawConn
+	activity       *atomic.Uint64
+
+	// Per-chunk state shared with the callbacks.
+	buf  *[]byte
+	pipe *pipe
+	n    int
+	err  error
+
+	onReadable func(fd uintptr) bool // bound to readBuffer or readPipe
+	onWritable func(fd uintptr) bool // bound to writePipe
+	splice     bool
+}
+
 // pump copies src to dst until src reaches EOF (nil error) or either side
 // fails. It returns the bytes written to dst. activity, when not nil, is
 // incremented once per chunk so the idle timer can see the connection is
 // alive without a clock read on the data path.
 func pump(dst, src *net.TCPConn, activity *atomic.Uint64) (int64, error) {
-	srcRaw, err := src.SyscallConn()
-	if err != nil {
+	s := &stream{dst: dst, src: src, activity: activity}
+	var err error
+	if s.srcRaw, err = src.SyscallConn(); err != nil {
 		return 0, err
 	}
-	dstRaw, err := dst.SyscallConn()
-	if err != nil {
+	if s.dstRaw, err = dst.SyscallConn(); err != nil {
 		return 0, err
 	}
+	s.onReadable = s.readable
+	return s.run()
+}
+
+func (s *stream) run() (int64, error) {
 	var (
-		total  int64
-		splice bool
-		small  int
+		total int64
+		small int
 	)
 	for {
 		var n int
 		var err error
-		if splice {
-			n, err = spliceChunk(dstRaw, srcRaw)
+		if s.splice {
+			n, err = s.spliceChunk()
 			if n > 0 && n < smallSplice {
 				if small++; small >= smallRun {
-					splice, small = false, 0
+					s.splice, small = false, 0
 				}
 			} else if n >= smallSplice {
 				small = 0
 			}
 		} else {
 			var full bool
-			n, full, err = bufferChunk(dst, srcRaw)
-			splice = full
+			n, full, err = s.bufferChunk()
+			s.splice = full
 		}
 		total += int64(n)
-		if n > 0 && activity != nil {
-			activity.Add(1)
+		if n > 0 && s.activity != nil {
+			s.activity.Add(1)
 		}
 		if err != nil {
 			if err == io.EOF {
@@ -144,114 +168,132 @@ func pump(dst, src *net.TCPConn, activity *atomic.Uint64) (int64, error) {
 	}
 }
 
+// readable is called by RawConn.Read with the source socket; returning
+// false parks the goroutine until the socket is readable, holding nothing.
+func (s *stream) readable(fd uintptr) bool {
+	if s.splice {
+		return s.readPipe(fd)
+	}
+	return s.readBuffer(fd)
+}
+
+func (s *stream) readBuffer(fd uintptr) bool {
+	b := bufPool.Get().(*[]byte)
+	for {
+		s.n, s.err = unix.Read(int(fd), *b)
+		if s.err != unix.EINTR {
+			break
+		}
+	}
+	if s.err == unix.EAGAIN {
+		bufPool.Put(b)
+		return false
+	}
+	s.buf = b
+	return true
+}
+
 // bufferChunk waits until src is readable, reads into a pooled buffer and
 // writes what it read to dst. full reports that the read filled the buffer.
-func bufferChunk(dst *net.TCPConn, src syscall.RawConn) (n int, full bool, err error) {
-	var (
-		buf  *[]byte
-		rerr error
-	)
-	err = src.Read(func(fd uintptr) bool {
-		b := bufPool.Get().(*[]byte)
-		for {
-			n, rerr = unix.Read(int(fd), *b)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		if rerr == unix.EAGAIN {
-			bufPool.Put(b)
-			return false // park until readable, holding nothing
-		}
-		buf = b
-		return true
-	})
+func (s *stream) bufferChunk() (n int, full bool, err error) {
+	s.buf, s.n, s.err = nil, 0, nil
+	err = s.srcRaw.Read(s.onReadable)
 	if err == nil {
-		err = rerr
+		err = s.err
 	}
+	buf := s.buf
 	if buf == nil {
 		return 0, false, err
 	}
+	s.buf = nil
 	defer bufPool.Put(buf)
 	if err != nil {
 		return 0, false, err
 	}
+	n = s.n
 	if n == 0 {
 		return 0, false, io.EOF
 	}
-	w, werr := dst.Write((*buf)[:n])
+	w, werr := s.dst.Write((*buf)[:n])
 	if werr != nil {
 		return w, false, werr
 	}
 	return n, n == len(*buf), nil
 }
 
-// spliceChunk waits until src is readable, splices what is there into a
-// pooled pipe and from the pipe into dst.
-func spliceChunk(dst, src syscall.RawConn) (int, error) {
-	var (
-		p    *pipe
-		n    int
-		rerr error
-		gerr error
-	)
-	err := src.Read(func(fd uintptr) bool {
-		p, gerr = pipePool.get()
-		if gerr != nil {
+func (s *stream) readPipe(fd uintptr) bool {
+	p, err := pipePool.get()
+	if err != nil {
+		s.err = err
+		return true
+	}
+	for {
+		s.n, s.err = spliceNB(int(fd), p.w, pipeSize)
+		if s.err != unix.EINTR {
+			break
+		}
+	}
+	if s.err == unix.EAGAIN {
+		pipePool.put(p)
+		return false
+	}
+	s.pipe = p
+	return true
+}
+
+func (s *stream) writePipe(fd uintptr) bool {
+	p := s.pipe
+	for p.buffered > 0 {
+		m, e := spliceNB(p.r, int(fd), p.buffered)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			return false // park until writable
+		case e != nil:
+			s.err = e
+			return true
+		case m == 0:
+			s.err = io.ErrUnexpectedEOF
 			return true
 		}
-		for {
-			n, rerr = spliceNB(int(fd), p.w, pipeSize)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		if rerr == unix.EAGAIN {
-			pipePool.put(p)
-			p = nil
-			return false
-		}
-		return true
-	})
-	if gerr != nil {
-		return 0, gerr
+		p.buffered -= m
 	}
+	return true
+}
+
+// spliceChunk waits until src is readable, splices what is there into a
+// pooled pipe and from the pipe into dst.
+func (s *stream) spliceChunk() (int, error) {
+	s.pipe, s.n, s.err = nil, 0, nil
+	err := s.srcRaw.Read(s.onReadable)
 	if err == nil {
-		err = rerr
+		err = s.err
 	}
+	p := s.pipe
 	if p == nil {
 		return 0, err
 	}
-	defer pipePool.put(p)
+	s.pipe = p
+	defer func() {
+		s.pipe = nil
+		pipePool.put(p)
+	}()
 	if err != nil {
 		return 0, err
 	}
+	n := s.n
 	if n == 0 {
 		return 0, io.EOF
 	}
 	p.buffered = n
-	var werr error
-	err = dst.Write(func(fd uintptr) bool {
-		for p.buffered > 0 {
-			m, e := spliceNB(p.r, int(fd), p.buffered)
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				return false // park until writable
-			case e != nil:
-				werr = e
-				return true
-			case m == 0:
-				werr = io.ErrUnexpectedEOF
-				return true
-			}
-			p.buffered -= m
-		}
-		return true
-	})
+	if s.onWritable == nil {
+		s.onWritable = s.writePipe
+	}
+	s.err = nil
+	err = s.dstRaw.Write(s.onWritable)
 	if err == nil {
-		err = werr
+		err = s.err
 	}
 	if err != nil {
 		return n - p.buffered, err

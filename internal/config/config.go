@@ -15,6 +15,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,8 @@ type Service struct {
 	KeepAlive time.Duration
 	// MaxConnections caps the connections open at once on this listener; when
 	// it is reached attache stops accepting until one closes. Zero is no limit.
+	// (Before Load applies the defaults, -1 means "no limit, set explicitly",
+	// so that max_connections: 0 on a service beats a default cap.)
 	MaxConnections int
 	// Origin says where the service came from, for error messages and
 	// `attache check`: "env REDIS_PORT_6379_TCP", "--forward 6379=h:p",
@@ -65,6 +68,8 @@ type Backend struct {
 }
 
 // Defaults are the per-service settings applied where a source says nothing.
+// A zero field is not set; a negative one is set to "off" (durations) or "no
+// limit" (MaxConnections), so that it beats a lower-priority default.
 type Defaults struct {
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
@@ -97,7 +102,9 @@ func (d Defaults) apply(s *Service) {
 
 // ParseHostPort checks a backend address: host:port with a non-empty host
 // (a hostname, an IPv4 address or a bracketed IPv6 literal) and a port in
-// 1-65535. It returns the address in canonical form.
+// 1-65535. It returns the address in canonical form: IP literals as
+// net/netip prints them (lower case, shortest IPv6 form), the port without
+// leading zeros. Parsing a canonical address returns it unchanged.
 func ParseHostPort(s string) (string, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -106,7 +113,8 @@ func ParseHostPort(s string) (string, error) {
 	if host == "" {
 		return "", fmt.Errorf("want host:port with a host, got %q", s)
 	}
-	if err := checkHost(host); err != nil {
+	host, err = canonicalHost(host)
+	if err != nil {
 		return "", err
 	}
 	p, err := ParsePort(port)
@@ -118,7 +126,8 @@ func ParseHostPort(s string) (string, error) {
 
 // ParseListen checks a listen address: PORT, :PORT, HOST:PORT or
 // [IPv6]:PORT. A bare port listens on every interface; port 0 picks a free
-// port, which the log reports.
+// port, which the log reports. It returns the address in canonical form
+// (":PORT" for a bare port), which it accepts unchanged.
 func ParseListen(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("want [host:]port, got an empty value")
@@ -135,7 +144,7 @@ func ParseListen(s string) (string, error) {
 		return "", fmt.Errorf("want [host:]port (IPv6 in brackets), got %q", s)
 	}
 	if host != "" {
-		if err := checkHost(host); err != nil {
+		if host, err = canonicalHost(host); err != nil {
 			return "", err
 		}
 	}
@@ -174,31 +183,52 @@ func ParsePort(s string) (int, error) {
 	return p, nil
 }
 
-// checkHost accepts an IP literal or a DNS hostname (RFC 1123 labels, with
-// underscores tolerated because Docker and Compose names use them).
-func checkHost(h string) error {
-	if net.ParseIP(h) != nil {
-		return nil
-	}
-	if strings.Contains(h, "%") { // zone: fe80::1%eth0
-		if ip := net.ParseIP(h[:strings.IndexByte(h, '%')]); ip != nil {
-			return nil
+// canonicalHost accepts an IP literal (IPv6 with an optional zone naming an
+// interface, fe80::1%eth0) or a DNS hostname (RFC 1123 labels, with
+// underscores tolerated because Docker and Compose names use them), and
+// returns it in canonical form.
+//
+// A dotted name made only of digits (192.168.1.520, 10.0.1) is rejected: it
+// is a mistyped IPv4 address, and a resolver would either fail on it at the
+// first connection or, through inet_aton, quietly dial some other address.
+func canonicalHost(h string) (string, error) {
+	if ip, err := netip.ParseAddr(h); err == nil {
+		if zone := ip.Zone(); zone != "" && !isZone(zone) {
+			return "", fmt.Errorf("want an interface name after %% in %q", h)
 		}
+		return ip.String(), nil
+	}
+	if strings.Contains(h, ":") || strings.Contains(h, "%") {
+		return "", fmt.Errorf("want a host name or IP address, got %q", h)
 	}
 	if len(h) > 253 {
-		return fmt.Errorf("host name %q is longer than 253 characters", h)
+		return "", fmt.Errorf("host name %q is longer than 253 characters", h)
+	}
+	if strings.Trim(h, "0123456789.") == "" && strings.Contains(h, ".") {
+		return "", fmt.Errorf("want a host name or IP address, got %q, which is not a valid IPv4 address", h)
 	}
 	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
 		if label == "" || len(label) > 63 {
-			return fmt.Errorf("want a host name or IP address, got %q", h)
+			return "", fmt.Errorf("want a host name or IP address, got %q", h)
 		}
 		for i, c := range label {
 			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' ||
 				c == '-' && i > 0 && i < len(label)-1
 			if !ok {
-				return fmt.Errorf("want a host name or IP address, got %q", h)
+				return "", fmt.Errorf("want a host name or IP address, got %q", h)
 			}
 		}
 	}
-	return nil
+	return h, nil
+}
+
+// isZone accepts what an interface name can be: letters, digits, '.', '_'
+// and '-', or an interface index.
+func isZone(z string) bool {
+	for _, c := range z {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return len(z) <= 64
 }

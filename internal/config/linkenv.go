@@ -2,7 +2,8 @@ package config
 
 import (
 	"fmt"
-	"net/url"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,32 +35,48 @@ type LinkEnv struct {
 // one port is an error naming both variables. _UDP and _SCTP variables are
 // recognised and reported as warnings, since attache does not forward them yet.
 //
-// Every problem is reported, not just the first.
+// A variable whose alias contains _ENV_ is ambiguous: MY_ENV_DB_PORT_5432_TCP
+// is either link MY_ENV_DB's port or link MY's copy of a DB_PORT_5432_TCP
+// variable. Docker sets <ALIAS>_NAME for every link, so that decides: if
+// MY_NAME is set the variable is MY's environment and is ignored silently
+// (MY_ENV_DB_NAME, if set, may then be a copy too); otherwise, if
+// MY_ENV_DB_NAME is set, it is a link of its own; with neither (the variable
+// was set by hand) it is ignored with a warning saying how to rename it.
+//
+// Every problem is reported, not just the first, in a deterministic order.
 func ParseLinkEnv(environ []string) (LinkEnv, error) {
 	var (
 		out   LinkEnv
 		errs  Errors
 		byPrt = map[int]*linkVar{}
+		other = map[string]*linkVar{} // "UDP/53" → the UDP/SCTP variables
 	)
 	// Sort for deterministic service order and error messages.
 	env := append([]string(nil), environ...)
 	sort.Strings(env)
+	linked := linkAliases(env)
 	for _, kv := range env {
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok {
 			continue
 		}
-		if alias, ok := strings.CutSuffix(name, "_NAME"); ok && strings.HasPrefix(value, "/") && alias != "" && !strings.Contains(alias, "_ENV_") {
-			out.LinkNames = append(out.LinkNames, name)
+		if _, ok := linkNameAlias(name, value); ok {
+			if !passedThrough(name, linked) {
+				out.LinkNames = append(out.LinkNames, name)
+			}
 			continue
 		}
 		alias, port, proto, ok := splitLinkName(name)
 		if !ok {
 			continue
 		}
-		if strings.Contains(alias, "_ENV_") || strings.HasPrefix(alias, "ENV_") {
-			// <ALIAS>_ENV_<OTHER>_PORT_<n>_TCP: the linked container's own
-			// link variable, passed through by Docker. Never ours to open.
+		if passedThrough(name, linked) {
+			continue // a linked container's own variable, copied by Docker
+		}
+		if strings.Contains(name, "_ENV_") && !linked[alias] {
+			out.Warnings = append(out.Warnings, fmt.Sprintf(
+				"env %s: ignored: <ALIAS>_ENV_* variables are a linked container's own environment; "+
+					"to forward this port, name the variable without _ENV_", name))
 			continue
 		}
 		p, err := ParsePort(port)
@@ -68,9 +85,12 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 			continue
 		}
 		if proto != "TCP" {
-			out.Warnings = append(out.Warnings, fmt.Sprintf(
-				"env %s: %s link variables are recognised but not yet supported; port %d is not forwarded",
-				name, proto, p))
+			key := proto + "/" + port
+			if v, ok := other[key]; ok {
+				v.others = append(v.others, name)
+			} else {
+				other[key] = &linkVar{name: name, port: p, proto: proto}
+			}
 			continue
 		}
 		target, err := parseLinkValue(value)
@@ -85,25 +105,25 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 					prev.name, name, p, prev.target, target))
 				continue
 			}
-			prev.aliases = append(prev.aliases, alias)
+			// Name the service, and its origin, after the shortest alias:
+			// Compose's DB beats MYAPP_DB_1.
+			if len(alias) < len(prev.alias) {
+				prev.alias, prev.name = alias, name
+			}
 			continue
 		}
-		byPrt[p] = &linkVar{name: name, target: target, port: p, aliases: []string{alias}}
+		byPrt[p] = &linkVar{name: name, target: target, port: p, alias: alias}
 	}
-	ports := make([]int, 0, len(byPrt))
-	for p := range byPrt {
-		ports = append(ports, p)
-	}
-	sort.Ints(ports)
-	for _, p := range ports {
+	for _, p := range slices.Sorted(maps.Keys(byPrt)) {
 		v := byPrt[p]
 		out.Services = append(out.Services, Service{
-			Name:     linkServiceName(v.aliases, p),
+			Name:     linkServiceName(v.alias, p),
 			Listen:   "0.0.0.0:" + strconv.Itoa(p),
 			Backends: []Backend{{Addr: v.target}},
 			Origin:   "env " + v.name,
 		})
 	}
+	out.Warnings = append(out.Warnings, otherProtoWarnings(other)...)
 	if len(errs) > 0 {
 		return out, errs
 	}
@@ -111,10 +131,73 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 }
 
 type linkVar struct {
-	name    string
-	target  string
-	port    int
-	aliases []string
+	name   string // the variable the service is named after
+	alias  string
+	target string
+	port   int
+	proto  string
+	others []string // UDP/SCTP: the further variables for the same port
+}
+
+// otherProtoWarnings reports the UDP and SCTP link variables, one warning per
+// port, in port order.
+func otherProtoWarnings(other map[string]*linkVar) []string {
+	vars := slices.Collect(maps.Values(other))
+	slices.SortFunc(vars, func(a, b *linkVar) int {
+		if a.port != b.port {
+			return a.port - b.port
+		}
+		return strings.Compare(a.proto, b.proto)
+	})
+	var out []string
+	for _, v := range vars {
+		names := "env " + v.name
+		if len(v.others) > 0 {
+			names += " (and " + strings.Join(v.others, ", ") + ")"
+		}
+		out = append(out, fmt.Sprintf(
+			"%s: %s link variables are recognised but not yet supported; port %d is not forwarded",
+			names, v.proto, v.port))
+	}
+	return out
+}
+
+// linkNameAlias recognises <ALIAS>_NAME=/parent/alias, which Docker sets for
+// every link.
+func linkNameAlias(name, value string) (string, bool) {
+	alias, ok := strings.CutSuffix(name, "_NAME")
+	if !ok || alias == "" || !strings.HasPrefix(value, "/") {
+		return "", false
+	}
+	return alias, true
+}
+
+// linkAliases is the set of aliases with an <ALIAS>_NAME variable.
+func linkAliases(env []string) map[string]bool {
+	out := map[string]bool{}
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		if alias, ok := linkNameAlias(name, value); ok {
+			out[alias] = true
+		}
+	}
+	return out
+}
+
+// passedThrough reports whether the variable name is <LINK>_ENV_<rest> for a
+// link LINK that exists: the variable is a copy of that linked container's
+// environment.
+func passedThrough(name string, linked map[string]bool) bool {
+	for i := 0; ; {
+		j := strings.Index(name[i:], "_ENV_")
+		if j < 0 {
+			return false
+		}
+		if linked[name[:i+j]] {
+			return true
+		}
+		i += j + 1
+	}
 }
 
 // splitLinkName splits "<ALIAS>_PORT_<port>_<PROTO>". The last "_PORT_" is
@@ -150,16 +233,12 @@ func parseLinkValue(v string) (string, error) {
 	if !ok || !strings.EqualFold(scheme, "tcp") {
 		return "", fmt.Errorf("want tcp://host:port, got %q", v)
 	}
-	if strings.ContainsAny(rest, "/?#@") {
-		// Allow a single trailing slash, which some hand-written values carry.
-		if t, found := strings.CutSuffix(rest, "/"); found && !strings.ContainsAny(t, "/?#@") {
-			rest = t
-		} else {
-			return "", fmt.Errorf("want tcp://host:port with nothing after the port, got %q", v)
-		}
+	// Allow a single trailing slash, which some hand-written values carry.
+	if t, found := strings.CutSuffix(rest, "/"); found {
+		rest = t
 	}
-	if _, err := url.Parse("tcp://" + rest); err != nil && !strings.Contains(rest, "%") {
-		return "", fmt.Errorf("want tcp://host:port, got %q", v)
+	if strings.ContainsAny(rest, "/?#@") {
+		return "", fmt.Errorf("want tcp://host:port with no user, path or query, got %q", v)
 	}
 	addr, err := ParseHostPort(rest)
 	if err != nil {
@@ -168,16 +247,30 @@ func parseLinkValue(v string) (string, error) {
 	return addr, nil
 }
 
-func linkServiceName(aliases []string, port int) string {
-	// The shortest alias is the most readable one: Compose's DB beats
-	// MYAPP_DB_1.
-	best := aliases[0]
-	for _, a := range aliases[1:] {
-		if len(a) < len(best) {
-			best = a
+// linkServiceName names the service of a link port after an alias: lower
+// case, '_' as '-', and only the characters a file's service name may use, so
+// the names of every source look alike in logs and metrics.
+func linkServiceName(alias string, port int) string {
+	suffix := "-" + strconv.Itoa(port)
+	var b strings.Builder
+	for _, c := range strings.ToLower(alias) {
+		switch {
+		case c >= 'a' && c <= 'z' || c >= '0' && c <= '9':
+			b.WriteRune(c)
+		case c == '.' && b.Len() > 0:
+			b.WriteRune(c)
+		case b.Len() > 0 && !strings.HasSuffix(b.String(), "-"):
+			b.WriteByte('-')
 		}
 	}
-	return strings.ToLower(strings.ReplaceAll(best, "_", "-")) + "-" + strconv.Itoa(port)
+	name := strings.TrimRight(b.String(), "-.")
+	if len(name) > 63-len(suffix) {
+		name = strings.TrimRight(name[:63-len(suffix)], "-.")
+	}
+	if name == "" {
+		name = "link"
+	}
+	return name + suffix
 }
 
 // Errors is every problem found in the configuration, each naming its input.

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -29,29 +31,46 @@ type Sources struct {
 
 // Load reads, parses and validates every source and returns the effective
 // configuration, or an Errors listing every problem found.
+//
+// Per-service settings come, from lowest to highest priority, from
+// BuiltinDefaults, the file's defaults block, the flags set explicitly
+// (src.Flags) and the service's own block in the file.
+//
+// Names that attache generates (forward-6379, redis-6379) are made unique
+// with a -2, -3 … suffix when a name is already taken, so two --forward
+// flags on different hosts with the same port, or several on port 0, work;
+// names written in the file are never changed, and two file services with
+// one name are an error.
 func Load(src Sources) (*Config, error) {
 	var (
-		cfg  Config
-		errs Errors
+		cfg       Config
+		errs      Errors
+		generated = map[int]bool{} // indexes into cfg.Services
 	)
 	fileDefaults := Defaults{}
 	if src.File != "" || src.FileData != nil {
-		data := src.FileData
-		if data == nil {
-			var err error
-			data, err = os.ReadFile(src.File)
-			if err != nil {
-				return nil, Errors{fmt.Errorf("config file: %w", err)}
-			}
-		}
 		name := src.File
 		if name == "" {
 			name = "config"
 		}
-		f, err := ParseFile(name, data)
-		errs = appendErrs(errs, err)
-		fileDefaults = f.Defaults
-		cfg.Services = append(cfg.Services, f.Services...)
+		data := src.FileData
+		var err error
+		if data == nil {
+			data, err = os.ReadFile(src.File)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("config file: %w", err))
+			}
+		}
+		if err == nil {
+			f, err := ParseFile(name, data)
+			errs = appendErrs(errs, err)
+			fileDefaults = f.Defaults
+			cfg.Services = append(cfg.Services, f.Services...)
+		}
+	}
+	addGenerated := func(s Service) {
+		generated[len(cfg.Services)] = true
+		cfg.Services = append(cfg.Services, s)
 	}
 
 	for _, fwd := range src.Forwards {
@@ -60,7 +79,7 @@ func Load(src Sources) (*Config, error) {
 			errs = append(errs, fmt.Errorf("--forward %s: %w", fwd, err))
 			continue
 		}
-		cfg.Services = append(cfg.Services, s)
+		addGenerated(s)
 	}
 
 	switch len(src.Args) {
@@ -70,35 +89,77 @@ func Load(src Sources) (*Config, error) {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			cfg.Services = append(cfg.Services, s)
+			addGenerated(s)
 		}
 	default:
-		errs = append(errs, fmt.Errorf("arguments %q: want none, or HOST PORT (listen on PORT, forward to HOST:PORT)",
-			strings.Join(src.Args, " ")))
+		errs = append(errs, argsError(src.Args))
 	}
 
 	var linkNames []string
 	if src.Env != nil {
 		le, err := ParseLinkEnv(src.Env)
 		errs = appendErrs(errs, err)
-		cfg.Services = append(cfg.Services, le.Services...)
+		for _, s := range le.Services {
+			addGenerated(s)
+		}
 		cfg.Warnings = append(cfg.Warnings, le.Warnings...)
 		linkNames = le.LinkNames
 	}
 
+	uniqueNames(cfg.Services, generated)
+	defaults := overlay(src.Flags, fileDefaults)
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
-		overlay(src.Flags, fileDefaults).apply(s)
+		defaults.apply(s)
 		BuiltinDefaults.apply(s)
+		if s.MaxConnections < 0 { // explicitly "no limit"
+			s.MaxConnections = 0
+		}
 	}
 	errs = append(errs, Validate(&cfg)...)
 	if len(errs) == 0 && len(cfg.Services) == 0 {
-		errs = append(errs, noServicesError(linkNames))
+		errs = append(errs, noServicesError(linkNames, cfg.Warnings))
 	}
 	if len(errs) > 0 {
 		return &cfg, errs
 	}
 	return &cfg, nil
+}
+
+// uniqueNames renames generated services whose name is taken, by a service
+// from the file or an earlier generated one.
+func uniqueNames(services []Service, generated map[int]bool) {
+	taken := map[string]bool{}
+	for i, s := range services {
+		if !generated[i] {
+			taken[s.Name] = true
+		}
+	}
+	for i := range services {
+		if !generated[i] {
+			continue
+		}
+		s := &services[i]
+		name := s.Name
+		for n := 2; taken[name]; n++ {
+			name = s.Name + "-" + strconv.Itoa(n)
+		}
+		s.Name = name
+		taken[name] = true
+	}
+}
+
+func argsError(args []string) error {
+	msg := fmt.Sprintf("arguments %q: want none, or HOST PORT (listen on PORT, forward to HOST:PORT)",
+		strings.Join(args, " "))
+	if len(args) == 1 {
+		if addr, err := ParseHostPort(args[0]); err == nil {
+			_, port, _ := net.SplitHostPort(addr)
+			host := strings.TrimSuffix(addr, ":"+port)
+			msg += fmt.Sprintf("; did you mean %s %s, or --forward %s=%s?", strings.Trim(host, "[]"), port, port, addr)
+		}
+	}
+	return errors.New(msg)
 }
 
 func appendErrs(errs Errors, err error) Errors {
@@ -129,16 +190,21 @@ func overlay(top, bottom Defaults) Defaults {
 	return out
 }
 
-func noServicesError(linkNames []string) error {
+func noServicesError(linkNames, warnings []string) error {
 	msg := "no services to forward: give a config file (-c), --forward [LISTEN_HOST:]PORT=HOST:PORT, " +
 		"HOST PORT arguments, or Docker link variables such as REDIS_PORT_6379_TCP=tcp://host:6379"
+	if len(warnings) > 0 {
+		// Without services the caller prints only this error, so say why the
+		// link variables that were there did not count.
+		msg += " (" + strings.Join(warnings, "; ") + ")"
+	}
 	if len(linkNames) > 0 {
 		return fmt.Errorf("%s; the environment has link names (%s) but no <ALIAS>_PORT_<port>_TCP variables: "+
 			"Docker Engine 29 and later no longer set link port variables unless the daemon runs with "+
 			"DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1; pass the target explicitly instead, "+
 			"e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379", msg, strings.Join(linkNames, ", "))
 	}
-	return fmt.Errorf("%s", msg)
+	return errors.New(msg)
 }
 
 // ParseForward parses a --forward value, [LISTEN_HOST:]PORT=HOST:PORT.
@@ -173,14 +239,22 @@ func parseHostPortArgs(host, port string) (Service, error) {
 	if err != nil {
 		return Service{}, fmt.Errorf("argument PORT %q: %w", port, err)
 	}
-	addr, err := ParseHostPort(net.JoinHostPort(host, port))
+	// An IPv6 literal may come bare (2001:db8::1) or bracketed ([2001:db8::1]).
+	bare := host
+	if len(bare) > 2 && bare[0] == '[' && bare[len(bare)-1] == ']' {
+		bare = bare[1 : len(bare)-1]
+	}
+	if bare == "" {
+		return Service{}, fmt.Errorf("argument HOST: want a host name or IP address, got an empty value")
+	}
+	h, err := canonicalHost(bare)
 	if err != nil {
 		return Service{}, fmt.Errorf("argument HOST %q: %w", host, err)
 	}
 	return Service{
 		Name:     fmt.Sprintf("forward-%d", p),
 		Listen:   fmt.Sprintf("0.0.0.0:%d", p),
-		Backends: []Backend{{Addr: addr}},
+		Backends: []Backend{{Addr: net.JoinHostPort(h, strconv.Itoa(p))}},
 		Origin:   "arguments " + host + " " + port,
 	}, nil
 }

@@ -2,12 +2,15 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -31,22 +34,41 @@ type File struct {
 //	  - name: redis
 //	    listen: 0.0.0.0:6379
 //	    backends: [10.0.0.5:6379, redis-2.internal:6379]
-func ParseFile(name string, data []byte) (File, error) {
+func ParseFile(name string, data []byte) (f File, err error) {
 	p := fileParser{name: name}
-	var f File
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		if err.Error() == "EOF" { // an empty file: no services
-			return f, nil
+	defer func() {
+		// The YAML library is third-party code fed untrusted bytes; a bug in
+		// it must become a config error, not a crash of the daemon.
+		if r := recover(); r != nil {
+			msg := strings.Join(strings.Fields(fmt.Sprint(r)), " ")
+			f, err = File{}, Errors{fmt.Errorf("%s: invalid YAML: the parser failed: %s", name, msg)}
 		}
-		return f, Errors{p.syntaxError(err)}
+	}()
+	// Read every document: one is the config, empty ones ("---" alone) are
+	// tolerated, and a second real one is a mistake (two files pasted
+	// together) that would otherwise be silently ignored.
+	var doc *yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return File{}, Errors{p.syntaxError(err, data)}
+		}
+		top := &n
+		if top.Kind == yaml.DocumentNode && len(top.Content) == 1 {
+			top = top.Content[0]
+		}
+		if top.Kind == yaml.ScalarNode && top.Tag == "!!null" {
+			continue
+		}
+		if doc != nil {
+			return File{}, Errors{fmt.Errorf("%s:%d: want one YAML document, found a second one here", name, top.Line)}
+		}
+		doc = top
 	}
-	doc := &root
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
-		doc = doc.Content[0]
-	}
-	if doc.Kind == yaml.ScalarNode && doc.Tag == "!!null" {
+	if doc == nil { // an empty file, or only comments: no services
 		return f, nil
 	}
 	p.fields(doc, "top level", map[string]func(*yaml.Node){
@@ -64,33 +86,153 @@ type fileParser struct {
 	errs Errors
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+var (
+	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	yamlAnchorRE = regexp.MustCompile(`^yaml: (?:unknown anchor|anchor) '([^']*)'`)
+)
 
-func (p *fileParser) syntaxError(err error) error {
-	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-		return fmt.Errorf("%s:%s: invalid YAML: %s", p.name, m[1], m[2])
+// yamlParserProblems are the messages of the YAML library's parser (as
+// opposed to its scanner). For these the library reports the 0-based line of
+// the construct being parsed, or none when that is the first line, so the
+// real line is one more.
+var yamlParserProblems = map[string]bool{
+	"did not find expected <stream-start>":   true,
+	"did not find expected <document start>": true,
+	"found undefined tag handle":             true,
+	"did not find expected node content":     true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected key":              true,
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found duplicate %TAG directive":         true,
+}
+
+// yamlReaderProblems are the library's messages about bytes that are not
+// YAML text at all. It gives no position for them, so syntaxError finds it.
+var yamlReaderProblems = []string{
+	"control characters are not allowed", "invalid leading UTF-8 octet", "incomplete UTF-8 octet sequence",
+	"invalid trailing UTF-8 octet", "invalid length of a UTF-8 sequence", "invalid Unicode character",
+}
+
+// yamlComposerProblems are the library's messages about a document that
+// parsed but could not be put together; they carry no position.
+var yamlComposerProblems = []string{
+	"document contains excessive aliasing", "attempted to go past the end of stream", "cannot decode node", "input error",
+}
+
+// syntaxError turns the YAML library's error into "file:line: invalid YAML:
+// problem" on one line, correcting or supplying the line where the library
+// gets it wrong or leaves it out.
+func (p *fileParser) syntaxError(err error, data []byte) error {
+	msg := strings.Join(strings.Fields(err.Error()), " ") // one line, whatever the library says
+	line := 0
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+		if yamlParserProblems[msg] {
+			line++
+		}
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+		switch m := yamlAnchorRE.FindStringSubmatch(err.Error()); {
+		case m != nil:
+			line = lineOf(data, bytes.Index(data, []byte("*"+m[1])))
+		case slices.ContainsFunc(yamlReaderProblems, func(pr string) bool { return strings.HasPrefix(msg, pr) }):
+			line = lineOf(data, firstNonText(data))
+		case slices.ContainsFunc(yamlComposerProblems, func(pr string) bool { return strings.HasPrefix(msg, pr) }):
+			// No position to give.
+		default:
+			// The scanner and the parser leave the line out exactly when
+			// it is the first one.
+			line = 1
+		}
 	}
-	return fmt.Errorf("%s: invalid YAML: %s", p.name, strings.TrimPrefix(err.Error(), "yaml: "))
+	// An error at the end of the stream is on the line after the last one;
+	// point at the last one instead.
+	lines := bytes.Count(data, []byte("\n"))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		lines++
+	}
+	if line > lines && lines > 0 {
+		line = lines
+	}
+	if line > 0 {
+		return fmt.Errorf("%s:%d: invalid YAML: %s", p.name, line, msg)
+	}
+	return fmt.Errorf("%s: invalid YAML: %s", p.name, msg)
+}
+
+// lineOf is the 1-based line of data[offset], or 0 for a negative offset.
+func lineOf(data []byte, offset int) int {
+	if offset < 0 {
+		return 0
+	}
+	return bytes.Count(data[:offset], []byte("\n")) + 1
+}
+
+// firstNonText is the offset of the first byte that YAML does not accept as
+// text (invalid UTF-8, or a control character other than tab and line
+// breaks), or -1.
+func firstNonText(data []byte) int {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		bad := r == utf8.RuneError && size <= 1 ||
+			r < 0x20 && r != '\t' && r != '\n' && r != '\r' ||
+			r >= 0x7f && r <= 0x9f && r != 0x85 ||
+			r >= 0xd800 && r <= 0xdfff || r == 0xfffe || r == 0xffff
+		if bad {
+			return i
+		}
+		i += size
+	}
+	return -1
 }
 
 func (p *fileParser) errorf(n *yaml.Node, key, format string, args ...any) {
 	p.errs = append(p.errs, fmt.Errorf("%s:%d: %s: %s", p.name, n.Line, key, fmt.Sprintf(format, args...)))
 }
 
+// keyName is a mapping key as error messages show it: bare when it is a
+// plain word, quoted otherwise, so that a key with a newline or spaces cannot
+// break the one-error-per-line output.
+func keyName(k *yaml.Node) string {
+	if k.Kind != yaml.ScalarNode {
+		return describe(k)
+	}
+	if plainKeyRE.MatchString(k.Value) {
+		return k.Value
+	}
+	return strconv.Quote(k.Value)
+}
+
+var plainKeyRE = regexp.MustCompile(`^[A-Za-z0-9_.<-]+$`)
+
+// deref follows a YAML alias (*name) to the node it stands for, so anchors
+// can be used to share values inside one file.
+func deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
 // fields walks a mapping, calling the handler of each known key and
 // reporting unknown and duplicate keys.
 func (p *fileParser) fields(n *yaml.Node, where string, handlers map[string]func(*yaml.Node)) {
+	n = deref(n)
 	if n.Kind != yaml.MappingNode {
 		p.errorf(n, where, "want a mapping of keys, got %s", describe(n))
 		return
 	}
 	seen := map[string]int{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
+		k, v := n.Content[i], deref(n.Content[i+1])
 		key := k.Value
 		h, ok := handlers[key]
-		if !ok {
-			p.errorf(k, key, "unknown key in %s (want one of: %s)", where, keyList(handlers))
+		if !ok || k.Kind != yaml.ScalarNode {
+			p.errorf(k, keyName(k), "unknown key in %s (want one of: %s)", where, keyList(handlers))
 			continue
 		}
 		if line, dup := seen[key]; dup {
@@ -128,12 +270,14 @@ func (p *fileParser) tuningFields(connect, idle, keepalive *time.Duration, maxCo
 }
 
 func (p *fileParser) services(n *yaml.Node) []Service {
+	n = deref(n)
 	if n.Kind != yaml.SequenceNode {
 		p.errorf(n, "services", "want a list of services, got %s", describe(n))
 		return nil
 	}
 	var out []Service
 	for _, sn := range n.Content {
+		sn = deref(sn)
 		s := Service{Origin: fmt.Sprintf("%s:%d", p.name, sn.Line)}
 		handlers := p.tuningFields(&s.ConnectTimeout, &s.IdleTimeout, &s.KeepAlive, &s.MaxConnections)
 		handlers["name"] = func(v *yaml.Node) { s.Name = p.name_(v) }
@@ -197,6 +341,7 @@ func (p *fileParser) listen(v *yaml.Node) string {
 }
 
 func (p *fileParser) backends(v *yaml.Node) []Backend {
+	v = deref(v)
 	if v.Kind != yaml.SequenceNode {
 		p.errorf(v, "backends", "want a list of host:port, got %s", describe(v))
 		return nil
@@ -207,6 +352,7 @@ func (p *fileParser) backends(v *yaml.Node) []Backend {
 	}
 	var out []Backend
 	for _, bn := range v.Content {
+		bn = deref(bn)
 		var b Backend
 		switch bn.Kind {
 		case yaml.ScalarNode:
@@ -242,6 +388,7 @@ func (p *fileParser) backendAddr(n *yaml.Node) string {
 }
 
 func (p *fileParser) scalar(v *yaml.Node, key string) (string, bool) {
+	v = deref(v)
 	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
 		p.errorf(v, key, "want a single value, got %s", describe(v))
 		return "", false
@@ -264,10 +411,11 @@ func (p *fileParser) duration(v *yaml.Node, key string, allowOff bool) time.Dura
 	return d
 }
 
-// ParseDuration parses a positive Go duration. With allowOff, "off" and "0"
-// are accepted and returned as -1, meaning "disabled".
+// ParseDuration parses a positive Go duration. With allowOff, "off" and any
+// zero duration ("0", "0s") are accepted and returned as -1, meaning
+// "disabled".
 func ParseDuration(s string, allowOff bool) (time.Duration, error) {
-	if allowOff && (s == "off" || s == "0") {
+	if allowOff && strings.EqualFold(s, "off") {
 		return -1, nil
 	}
 	want := "a duration such as 500ms, 10s or 1h"
@@ -278,12 +426,17 @@ func ParseDuration(s string, allowOff bool) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("want %s, got %q", want, s)
 	}
+	if d == 0 && allowOff {
+		return -1, nil
+	}
 	if d <= 0 {
 		return 0, fmt.Errorf("want %s (greater than zero), got %q", want, s)
 	}
 	return d, nil
 }
 
+// count parses a limit. An explicit 0 ("no limit") is returned as -1, so
+// that it is not mistaken for "not set" and beats a lower-priority default.
 func (p *fileParser) count(v *yaml.Node, key string) int {
 	s, ok := p.scalar(v, key)
 	if !ok {
@@ -293,6 +446,9 @@ func (p *fileParser) count(v *yaml.Node, key string) int {
 	if err != nil || n < 0 {
 		p.errorf(v, key, "want a whole number 0 or more (0: no limit), got %q", s)
 		return 0
+	}
+	if n == 0 {
+		return -1
 	}
 	return n
 }

@@ -6,11 +6,15 @@ import (
 	"strconv"
 )
 
-// Validate checks what no single source can: unique service names, and no
-// two services on one port (the same host, or a wildcard host that overlaps
-// any other). It also makes service names from different sources unique when
-// they were generated (forward-6379 from a flag and from arguments clash only
-// if their ports do, which is reported as a port clash instead).
+// Validate checks what no single source can: unique service names, no two
+// services on one port (the same host, or a wildcard host that overlaps any
+// other), and no backend listed twice in one service. It also checks each
+// service's listen address and backends, which the parsers already did for
+// what they produced, for a Config built by other code. Every error names the
+// origin of the services involved.
+//
+// Generated names are made unique by Load before Validate runs, so a name
+// clash reported here is between names the operator chose.
 func Validate(cfg *Config) Errors {
 	var errs Errors
 	byName := map[string]*Service{}
@@ -21,14 +25,13 @@ func Validate(cfg *Config) Errors {
 	byPort := map[int][]bound{}
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
-		if len(s.Backends) == 0 {
-			errs = append(errs, fmt.Errorf("%s: service %q has no backends", s.Origin, s.Name))
-		}
-		host, portStr, err := net.SplitHostPort(s.Listen)
+		errs = append(errs, checkService(s)...)
+		listen, err := ParseListen(s.Listen)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: listen %q: want host:port", s.Origin, s.Listen))
+			errs = append(errs, fmt.Errorf("%s: listen: %w", s.Origin, err))
 			continue
 		}
+		host, portStr, _ := net.SplitHostPort(listen)
 		port, _ := strconv.Atoi(portStr)
 		clash := false
 		for _, b := range byPort[port] {
@@ -61,4 +64,30 @@ func isWildcard(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsUnspecified()
+}
+
+// checkService checks one service on its own. The parsers already ensure all
+// of this for what they produce; Validate checks it again for a Config built
+// by other code, and for what only the whole service shows (a backend listed
+// twice).
+func checkService(s *Service) Errors {
+	var errs Errors
+	if s.Name == "" {
+		errs = append(errs, fmt.Errorf("%s: service has no name", s.Origin))
+	}
+	if len(s.Backends) == 0 {
+		errs = append(errs, fmt.Errorf("%s: service %q has no backends", s.Origin, s.Name))
+	}
+	seen := map[string]bool{}
+	for _, b := range s.Backends {
+		if _, err := ParseHostPort(b.Addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: service %q: backend: %w", s.Origin, s.Name, err))
+			continue
+		}
+		if seen[b.Addr] {
+			errs = append(errs, fmt.Errorf("%s: service %q lists backend %s twice", s.Origin, s.Name, b.Addr))
+		}
+		seen[b.Addr] = true
+	}
+	return errs
 }

@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 func openAll(ctx context.Context, services []config.Service) ([]*proxy.Listener, error) {
 	var out []*proxy.Listener
 	for _, s := range services {
-		lc := net.ListenConfig{KeepAlive: s.KeepAlive}
+		lc := proxy.ListenConfig(s.KeepAlive)
 		ln, err := lc.Listen(ctx, "tcp", s.Listen)
 		if err != nil {
 			for _, l := range out {

@@ -164,13 +164,7 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, stri
 	if n == 0 {
 		return nil, "", errors.New("route has no backends")
 	}
-	d := net.Dialer{Timeout: r.connectTimeout(), Resolver: p.Resolver}
-	switch {
-	case r.KeepAlive < 0:
-		d.KeepAlive = -1
-	case r.KeepAlive > 0:
-		d.KeepAlive = r.KeepAlive
-	}
+	d := r.dialer(p.Resolver)
 	first := int(r.next.Add(1)-1) % n
 	var errs []error
 	for i := range n {

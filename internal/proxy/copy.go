@@ -96,24 +96,30 @@ func (pp *pipes) idle() int {
 	return len(pp.free)
 }
 
-// stream is one direction of a connection. Its callbacks are bound once per
-// stream, so moving a chunk allocates nothing: a closure passed to
-// RawConn.Read escapes through the interface call and would cost several
-// heap allocations per chunk.
+// stream is one direction of a connection. The whole copy loop runs inside
+// a single RawConn.Read call on the source socket: its callback moves chunks
+// until the socket has nothing more (EAGAIN), then returns false to park
+// until the poller says it is readable again, holding no buffer and no pipe.
+// The callbacks are bound once per stream, so moving a chunk allocates
+// nothing (a closure passed to RawConn.Read escapes through the interface
+// call and would cost several heap allocations per chunk).
+//
+// A short read is not taken to mean the socket is empty: a FIN that arrived
+// with the data shows up only on the next read, and its edge was already
+// used to wake us, so skipping that read would hang the stream.
 type stream struct {
 	dst, src       *net.TCPConn
 	srcRaw, dstRaw syscall.RawConn
 	activity       *atomic.Uint64
 
-	// Per-chunk state shared with the callbacks.
-	buf  *[]byte
-	pipe *pipe
-	n    int
-	err  error
+	onWritable func(fd uintptr) bool // bound to writePipe, when first needed
+	pipe       *pipe                 // held only between splice in and splice out
+	splice     bool                  // bulk mode
+	small      int                   // small splices in a row
 
-	onReadable func(fd uintptr) bool // bound to readBuffer or readPipe
-	onWritable func(fd uintptr) bool // bound to writePipe
-	splice     bool
+	total int64
+	err   error // nil at EOF
+	werr  error // from writePipe
 }
 
 // pump copies src to dst until src reaches EOF (nil error) or either side
@@ -129,118 +135,115 @@ func pump(dst, src *net.TCPConn, activity *atomic.Uint64) (int64, error) {
 	if s.dstRaw, err = dst.SyscallConn(); err != nil {
 		return 0, err
 	}
-	s.onReadable = s.readable
-	return s.run()
+	if err := s.srcRaw.Read(s.readable); err != nil && s.err == nil {
+		s.err = err // the source was closed under us (abort, shutdown)
+	}
+	return s.total, s.err
 }
 
-func (s *stream) run() (int64, error) {
-	var (
-		total int64
-		small int
-	)
+// readable is the RawConn.Read callback: it moves one chunk and returns
+// false to wait for the next, or true when the stream is over (s.err says
+// how; nil is EOF).
+func (s *stream) readable(fd uintptr) bool {
 	for {
 		var n int
 		var err error
 		if s.splice {
-			n, err = s.spliceChunk()
-			if n > 0 && n < smallSplice {
-				if small++; small >= smallRun {
-					s.splice, small = false, 0
+			n, err = s.spliceChunk(int(fd))
+			switch {
+			case n > 0 && n < smallSplice:
+				if s.small++; s.small >= smallRun {
+					s.splice, s.small = false, 0
 				}
-			} else if n >= smallSplice {
-				small = 0
+			case n >= smallSplice:
+				s.small = 0
 			}
 		} else {
 			var full bool
-			n, full, err = s.bufferChunk()
+			n, full, err = s.bufferChunk(int(fd))
 			s.splice = full
 		}
-		total += int64(n)
-		if n > 0 && s.activity != nil {
-			s.activity.Add(1)
-		}
-		if err != nil {
-			if err == io.EOF {
-				return total, nil
+		if n > 0 {
+			s.total += int64(n)
+			if s.activity != nil {
+				s.activity.Add(1)
 			}
-			return total, err
 		}
-	}
-}
-
-// readable is called by RawConn.Read with the source socket; returning
-// false parks the goroutine until the socket is readable, holding nothing.
-func (s *stream) readable(fd uintptr) bool {
-	if s.splice {
-		return s.readPipe(fd)
-	}
-	return s.readBuffer(fd)
-}
-
-func (s *stream) readBuffer(fd uintptr) bool {
-	b := bufPool.Get().(*[]byte)
-	for {
-		s.n, s.err = unix.Read(int(fd), *b)
-		if s.err != unix.EINTR {
-			break
+		switch err {
+		case nil:
+			continue // there may be more already
+		case unix.EAGAIN:
+			return false // nothing there: park, holding nothing
+		case io.EOF:
+			s.err = nil
+			return true
 		}
-	}
-	if s.err == unix.EAGAIN {
-		bufPool.Put(b)
-		return false
-	}
-	s.buf = b
-	return true
-}
-
-// bufferChunk waits until src is readable, reads into a pooled buffer and
-// writes what it read to dst. full reports that the read filled the buffer.
-func (s *stream) bufferChunk() (n int, full bool, err error) {
-	s.buf, s.n, s.err = nil, 0, nil
-	err = s.srcRaw.Read(s.onReadable)
-	if err == nil {
-		err = s.err
-	}
-	buf := s.buf
-	if buf == nil {
-		return 0, false, err
-	}
-	s.buf = nil
-	defer bufPool.Put(buf)
-	if err != nil {
-		return 0, false, err
-	}
-	n = s.n
-	if n == 0 {
-		return 0, false, io.EOF
-	}
-	w, werr := s.dst.Write((*buf)[:n])
-	if werr != nil {
-		return w, false, werr
-	}
-	return n, n == len(*buf), nil
-}
-
-func (s *stream) readPipe(fd uintptr) bool {
-	p, err := pipePool.get()
-	if err != nil {
 		s.err = err
 		return true
 	}
+}
+
+// bufferChunk reads into a pooled buffer and writes what it read to dst.
+// full reports that the read filled the buffer (a bulk stream).
+func (s *stream) bufferChunk(fd int) (n int, full bool, err error) {
+	b := bufPool.Get().(*[]byte)
+	defer bufPool.Put(b)
 	for {
-		s.n, s.err = spliceNB(int(fd), p.w, pipeSize)
-		if s.err != unix.EINTR {
+		n, err = unix.Read(fd, *b)
+		if err != unix.EINTR {
 			break
 		}
 	}
-	if s.err == unix.EAGAIN {
-		pipePool.put(p)
-		return false
+	if err != nil {
+		return 0, false, err
 	}
-	s.pipe = p
-	return true
+	if n == 0 {
+		return 0, false, io.EOF
+	}
+	w, err := s.dst.Write((*b)[:n])
+	if err != nil {
+		return w, false, err
+	}
+	return n, n == len(*b), nil
 }
 
+// spliceChunk splices what the socket holds into a pooled pipe and from the
+// pipe into dst.
+func (s *stream) spliceChunk(fd int) (int, error) {
+	p, err := pipePool.get()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	for {
+		n, err = spliceNB(fd, p.w, pipeSize)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil || n == 0 {
+		pipePool.put(p)
+		if err == nil {
+			err = io.EOF
+		}
+		return 0, err
+	}
+	p.buffered = n
+	s.pipe, s.werr = p, nil
+	if s.onWritable == nil {
+		s.onWritable = s.writePipe
+	}
+	err = s.dstRaw.Write(s.onWritable)
+	if err == nil {
+		err = s.werr
+	}
+	s.pipe = nil
+	written := n - p.buffered
+	pipePool.put(p) // closed instead of pooled if bytes are left in it
+	return written, err
+}
+
+// writePipe is the RawConn.Write callback that drains s.pipe into dst.
 func (s *stream) writePipe(fd uintptr) bool {
 	p := s.pipe
 	for p.buffered > 0 {
@@ -251,54 +254,15 @@ func (s *stream) writePipe(fd uintptr) bool {
 		case e == unix.EAGAIN:
 			return false // park until writable
 		case e != nil:
-			s.err = e
+			s.werr = e
 			return true
 		case m == 0:
-			s.err = io.ErrUnexpectedEOF
+			s.werr = io.ErrUnexpectedEOF
 			return true
 		}
 		p.buffered -= m
 	}
 	return true
-}
-
-// spliceChunk waits until src is readable, splices what is there into a
-// pooled pipe and from the pipe into dst.
-func (s *stream) spliceChunk() (int, error) {
-	s.pipe, s.n, s.err = nil, 0, nil
-	err := s.srcRaw.Read(s.onReadable)
-	if err == nil {
-		err = s.err
-	}
-	p := s.pipe
-	if p == nil {
-		return 0, err
-	}
-	s.pipe = p
-	defer func() {
-		s.pipe = nil
-		pipePool.put(p)
-	}()
-	if err != nil {
-		return 0, err
-	}
-	n := s.n
-	if n == 0 {
-		return 0, io.EOF
-	}
-	p.buffered = n
-	if s.onWritable == nil {
-		s.onWritable = s.writePipe
-	}
-	s.err = nil
-	err = s.dstRaw.Write(s.onWritable)
-	if err == nil {
-		err = s.err
-	}
-	if err != nil {
-		return n - p.buffered, err
-	}
-	return n, nil
 }
 
 func spliceNB(in, out, max int) (int, error) {

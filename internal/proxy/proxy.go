@@ -36,8 +36,9 @@ type Route struct {
 	// IdleTimeout closes a connection with no bytes moving either way for
 	// this long; zero or negative disables it.
 	IdleTimeout time.Duration
-	// KeepAlive is the TCP keepalive period for the backend side; zero means
-	// 30s, negative disables it.
+	// KeepAlive is the TCP keepalive period for the backend side (idle time
+	// and probe interval); zero means 30s, negative disables it. The client
+	// side takes it from the listener (see ListenConfig).
 	KeepAlive time.Duration
 
 	next atomic.Uint32 // round-robin cursor

@@ -13,6 +13,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// The first signal starts a graceful stop; a second one gets the
+	// default action and ends the process at once.
+	context.AfterFunc(ctx, stop)
 	code := cli.Main(ctx, cli.Stdio(os.Args[1:]))
 	stop()
 	os.Exit(code)

@@ -112,12 +112,18 @@ func Main(ctx context.Context, e Env) int {
 
 	var f runFlags
 	fs := newFlagSet("attache", e.Stderr, &f)
-	if err := fs.Parse(args); err != nil {
+	positional, err := parseInterspersed(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
 		}
 		return ExitUsage
 	}
+	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "max-connections" && f.defaults.MaxConnections == 0 {
+			f.defaults.MaxConnections = -1 // explicitly "no limit", beats a file default
+		}
+	})
 	if f.version {
 		fmt.Fprintln(e.Stdout, "attache", Version)
 		return ExitOK
@@ -127,7 +133,7 @@ func Main(ctx context.Context, e Env) int {
 		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
 		return ExitUsage
 	}
-	src := config.Sources{File: f.file, Forwards: f.forwards, Args: fs.Args(), Flags: f.defaults}
+	src := config.Sources{File: f.file, Forwards: f.forwards, Args: positional, Flags: f.defaults}
 	if f.envLinks {
 		src.Env = e.Environ
 		if src.Env == nil {
@@ -149,6 +155,27 @@ func Main(ctx context.Context, e Env) int {
 		return ExitRuntime
 	}
 	return ExitOK
+}
+
+// parseInterspersed parses flags wherever they stand, so that
+// `attache redis 6379 --log-level debug` works as well as flags first; "--"
+// ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
 }
 
 func printErrors(w io.Writer, err error) {

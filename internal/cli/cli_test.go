@@ -79,6 +79,16 @@ func TestCheck(t *testing.T) {
 			stderr: []string{"no services", "Docker Engine 29", "REDIS_NAME"},
 		},
 		{
+			name:   "flags after HOST PORT",
+			args:   []string{"check", "redis", "6379", "--idle-timeout", "1m"},
+			stdout: []string{"redis:6379", "1m0s"},
+		},
+		{
+			name:   "explicit --max-connections 0 beats nothing and shows none",
+			args:   []string{"check", "--max-connections", "0", "--forward", "7=h:7"},
+			stdout: []string{"none"},
+		},
+		{
 			name:   "env links off",
 			env:    []string{"REDIS_PORT_6379_TCP=tcp://r:6379"},
 			args:   []string{"check", "--env-links=false", "--forward", "1=h:1"},

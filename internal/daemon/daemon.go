@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -125,7 +126,7 @@ func openAll(ctx context.Context, services []config.Service) ([]*proxy.Listener,
 	var out []*proxy.Listener
 	for _, s := range services {
 		lc := proxy.ListenConfig(s.KeepAlive)
-		ln, err := lc.Listen(ctx, "tcp", s.Listen)
+		ln, err := lc.Listen(ctx, listenNetwork(s.Listen), s.Listen)
 		if err != nil {
 			for _, l := range out {
 				l.Close()
@@ -135,6 +136,27 @@ func openAll(ctx context.Context, services []config.Service) ([]*proxy.Listener,
 		out = append(out, proxy.NewListener(ln, routeFor(s), s.MaxConnections))
 	}
 	return out, nil
+}
+
+// listenNetwork keeps an IPv4 listen address IPv4-only: Go would open
+// 0.0.0.0 as a dual-stack [::] socket, while the link contract (and the
+// operator who wrote 0.0.0.0) means IPv4. IPv6 literals are IPv6; a hostname
+// or an empty host, and [::], are left to "tcp" (dual-stack).
+func listenNetwork(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "tcp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case ip.Is4():
+			return "tcp4"
+		case ip.IsUnspecified(): // [::] means every address, IPv4 too
+			return "tcp"
+		}
+		return "tcp6"
+	}
+	return "tcp"
 }
 
 func routeFor(s config.Service) *proxy.Route {

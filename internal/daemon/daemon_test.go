@@ -91,3 +91,18 @@ func TestRunServesUntilCancelled(t *testing.T) {
 		}
 	}
 }
+
+func TestListenNetwork(t *testing.T) {
+	for addr, want := range map[string]string{
+		"0.0.0.0:6379":   "tcp4",
+		"127.0.0.1:1":    "tcp4",
+		"[::1]:1":        "tcp6",
+		"[::]:1":         "tcp",
+		":6379":          "tcp",
+		"localhost:6379": "tcp",
+	} {
+		if got := listenNetwork(addr); got != want {
+			t.Errorf("listenNetwork(%q) = %q, want %q", addr, got, want)
+		}
+	}
+}

@@ -129,28 +129,8 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 	var backoff time.Duration
 	var lastLimitLog time.Time
 	for {
-		if sem != nil {
-			select {
-			case sem <- struct{}{}:
-			default:
-				l.Stats.Limited.Add(1)
-				if time.Since(lastLimitLog) > time.Second {
-					lastLimitLog = time.Now()
-					log.Warn("connection limit reached; new connections wait in the listen backlog",
-						"service", l.Route().Service, "max_connections", l.maxConns)
-				}
-				select {
-				case sem <- struct{}{}:
-				case <-ctx.Done():
-					return nil
-				}
-			}
-		}
 		c, err := l.ln.Accept()
 		if err != nil {
-			if sem != nil {
-				<-sem
-			}
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
@@ -170,10 +150,27 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
 			c.Close()
-			if sem != nil {
-				<-sem
-			}
 			continue
+		}
+		// At the limit, this one connection waits here for a slot and the
+		// ones after it wait in the kernel's listen backlog.
+		if sem != nil {
+			select {
+			case sem <- struct{}{}:
+			default:
+				l.Stats.Limited.Add(1)
+				if time.Since(lastLimitLog) > time.Second {
+					lastLimitLog = time.Now()
+					log.Warn("connection limit reached; new connections wait until one closes",
+						"service", l.Route().Service, "max_connections", l.maxConns)
+				}
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+					tc.Close()
+					return nil
+				}
+			}
 		}
 		l.Stats.Accepted.Add(1)
 		cn := &conn{client: tc, listener: l, route: l.route.Load(), sem: sem, start: time.Now()}

@@ -194,7 +194,9 @@ func unwrapOpError(err error) error {
 // The two directions propagate half-close: when one side reaches EOF, the
 // other side's write half is shut down and the opposite direction carries on
 // until it ends too. An error in either direction aborts both, since a reset
-// stream cannot be finished.
+// stream cannot be finished. The direction that ends last skips the
+// shutdown(2): finish closes both sockets right after, and close sends the
+// same FIN (nothing is left unread on a socket that reached EOF).
 
 func (p *Proxy) clientToBackend(c *conn, act *atomic.Uint64) {
 	defer p.copyDone(c)
@@ -205,7 +207,9 @@ func (p *Proxy) clientToBackend(c *conn, act *atomic.Uint64) {
 		return
 	}
 	// The client finished sending: tell the backend, keep reading replies.
-	_ = c.backend.CloseWrite()
+	if c.pending.Load() == 2 {
+		_ = c.backend.CloseWrite()
+	}
 }
 
 func (p *Proxy) backendToClient(c *conn, act *atomic.Uint64) {
@@ -216,7 +220,9 @@ func (p *Proxy) backendToClient(c *conn, act *atomic.Uint64) {
 		c.abort("")
 		return
 	}
-	_ = c.client.CloseWrite()
+	if c.pending.Load() == 2 {
+		_ = c.client.CloseWrite()
+	}
 }
 
 func (p *Proxy) copyDone(c *conn) {

@@ -10,7 +10,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"os"
 	"os/signal"
@@ -27,11 +26,11 @@ func main() {
 	for _, arg := range os.Args[1:] {
 		listen, backend, ok := strings.Cut(arg, "=")
 		if !ok {
-			log.Fatalf("naiveproxy: %q: want LISTEN=BACKEND", arg)
+			fail("%q: want LISTEN=BACKEND", arg)
 		}
 		ln, err := net.Listen("tcp", listen)
 		if err != nil {
-			log.Fatalf("naiveproxy: %v", err)
+			fail("%v", err)
 		}
 		go serve(ln, backend)
 	}
@@ -40,12 +39,17 @@ func main() {
 	<-sig
 }
 
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "naiveproxy: "+format+"\n", args...)
+	os.Exit(1)
+}
+
 func serve(ln net.Listener, backend string) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			// EMFILE and friends: back off instead of spinning.
-			log.Printf("naiveproxy: accept: %v", err)
+			fmt.Fprintf(os.Stderr, "naiveproxy: accept: %v\n", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}

@@ -16,7 +16,9 @@ func main() {
 	// The first signal starts a graceful stop; a second one gets the
 	// default action and ends the process at once.
 	context.AfterFunc(ctx, stop)
-	code := cli.Main(ctx, cli.Stdio(os.Args[1:]))
+	hup := make(chan os.Signal, 1) // SIGHUP reloads the configuration
+	signal.Notify(hup, syscall.SIGHUP)
+	code := cli.Main(ctx, cli.Stdio(os.Args[1:], hup))
 	stop()
 	os.Exit(code)
 }

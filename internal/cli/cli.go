@@ -37,6 +37,8 @@ type Env struct {
 	Stderr  io.Writer
 	// Ready is passed to the daemon (tests).
 	Ready func([]daemon.Bound)
+	// Reload delivers SIGHUP: reload the configuration.
+	Reload <-chan os.Signal
 }
 
 const usage = `attache: an ambassador proxy.
@@ -149,7 +151,11 @@ func Main(ctx context.Context, e Env) int {
 		printTable(e.Stdout, cfg)
 		return ExitOK
 	}
-	err = daemon.Run(ctx, cfg, daemon.Options{Logger: log, Grace: f.grace, Ready: e.Ready})
+	err = daemon.Run(ctx, cfg, daemon.Options{
+		Logger: log, Grace: f.grace, Ready: e.Ready,
+		Reload: e.Reload,
+		Load:   func() (*config.Config, error) { return config.Load(src) },
+	})
 	if err != nil {
 		log.Error("attache stopped", "error", err)
 		return ExitRuntime
@@ -266,7 +272,7 @@ func (f durationFlag) Set(v string) error {
 	return nil
 }
 
-// Stdio is the Env of the real process.
-func Stdio(args []string) Env {
-	return Env{Args: args, Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr}
+// Stdio is the Env of the real process; reload is where SIGHUP arrives.
+func Stdio(args []string, reload <-chan os.Signal) Env {
+	return Env{Args: args, Environ: os.Environ(), Stdout: os.Stdout, Stderr: os.Stderr, Reload: reload}
 }

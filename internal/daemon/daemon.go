@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -34,6 +35,12 @@ type Options struct {
 	// Ready, when set, is called once every listener is open, with the
 	// bound addresses in service order (tests listen on port 0).
 	Ready func([]Bound)
+	// Reload asks for a reload (the CLI sends on SIGHUP); Load reads the
+	// configuration again for it, and Reloaded, when set, hears how each
+	// reload went.
+	Reload   <-chan os.Signal
+	Load     func() (*config.Config, error)
+	Reloaded func(error)
 }
 
 // Bound is an open listener.
@@ -60,6 +67,9 @@ func (e *ListenError) Unwrap() error { return e.Err }
 // listener cannot be opened (after closing the ones that were) or if a
 // listener dies while serving: an ambassador that silently stops forwarding
 // one of its ports is worse than one that exits and gets restarted.
+//
+// Each value on opts.Reload reloads the configuration through opts.Load as a
+// transaction (see reload).
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	log := opts.Logger
 	if log == nil {
@@ -72,52 +82,150 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	p := &proxy.Proxy{Logger: log, Resolver: opts.Resolver}
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	d := &daemon{
+		log:     log,
+		proxy:   &proxy.Proxy{Logger: log, Resolver: opts.Resolver},
+		ctx:     serveCtx,
+		stop:    stopServing,
+		serving: map[string]*served{},
+	}
 	bound := make([]Bound, len(listeners))
 	for i, l := range listeners {
 		s := cfg.Services[i]
 		bound[i] = Bound{Service: s.Name, Addr: l.Addr()}
-		log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(),
-			"backends", backendAddrs(s), "from", s.Origin)
-	}
-
-	serveCtx, stopServing := context.WithCancel(ctx)
-	defer stopServing()
-	var (
-		wg      sync.WaitGroup
-		errMu   sync.Mutex
-		serveEr error
-	)
-	for _, l := range listeners {
-		wg.Go(func() {
-			if err := p.Serve(serveCtx, l); err != nil {
-				errMu.Lock()
-				serveEr = errors.Join(serveEr, err)
-				errMu.Unlock()
-				log.Error("listener stopped; shutting down", "listen", l.Addr().String(), "error", err)
-				stopServing()
-			}
-		})
+		d.serve(s, l)
 	}
 	if opts.Ready != nil {
 		opts.Ready(bound)
 	}
-	<-serveCtx.Done()
-	for _, l := range listeners {
-		l.Close()
+	for done := false; !done; {
+		select {
+		case <-serveCtx.Done():
+			done = true
+		case <-opts.Reload:
+			err := d.reload(opts.Load)
+			if opts.Reloaded != nil {
+				opts.Reloaded(err)
+			}
+		}
 	}
-	wg.Wait()
+	d.mu.Lock()
+	for _, sv := range d.serving {
+		sv.l.Close()
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
 
-	if n := p.Active(); n > 0 {
+	if n := d.proxy.Active(); n > 0 {
 		log.Info("draining open connections", "connections", n, "grace", opts.Grace)
 	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), opts.Grace)
 	defer cancel()
-	if forced := p.Shutdown(graceCtx); forced > 0 {
+	if forced := d.proxy.Shutdown(graceCtx); forced > 0 {
 		log.Warn("grace period over; closed remaining connections", "connections", forced)
 	}
 	log.Info("stopped")
-	return serveEr
+	return d.serveErr
+}
+
+// daemon is the running state: one served listener per listen address.
+type daemon struct {
+	log   *slog.Logger
+	proxy *proxy.Proxy
+	ctx   context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+
+	mu       sync.Mutex
+	serving  map[string]*served // by configured listen address
+	serveErr error
+}
+
+type served struct {
+	svc config.Service
+	l   *proxy.Listener
+}
+
+func (d *daemon) serve(s config.Service, l *proxy.Listener) {
+	d.mu.Lock()
+	d.serving[s.Listen] = &served{svc: s, l: l}
+	d.mu.Unlock()
+	d.log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(),
+		"backends", backendAddrs(s), "from", s.Origin)
+	d.wg.Go(func() {
+		if err := d.proxy.Serve(d.ctx, l); err != nil {
+			d.mu.Lock()
+			d.serveErr = errors.Join(d.serveErr, err)
+			d.mu.Unlock()
+			d.log.Error("listener stopped; shutting down", "listen", l.Addr().String(), "error", err)
+			d.stop()
+		}
+	})
+}
+
+// reload is a transaction: the new configuration is loaded and validated
+// whole, and the listeners it adds are opened, before anything changes. On
+// any error the running configuration keeps serving untouched. Then routes
+// of kept listeners are swapped (connections in flight keep the route they
+// started with), new listeners start and removed ones stop accepting; their
+// open connections carry on until they end or the daemon shuts down.
+func (d *daemon) reload(load func() (*config.Config, error)) error {
+	if load == nil {
+		return errors.New("reload: no configuration source to reload from")
+	}
+	cfg, err := load()
+	if err != nil {
+		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
+		return fmt.Errorf("reload: %w", err)
+	}
+	d.mu.Lock()
+	var added []config.Service
+	keep := map[string]config.Service{}
+	for _, s := range cfg.Services {
+		if sv, ok := d.serving[s.Listen]; ok {
+			keep[s.Listen] = s
+			if sv.svc.MaxConnections != s.MaxConnections {
+				d.log.Warn("reload: a new max_connections takes effect on restart",
+					"service", s.Name, "listen", s.Listen)
+			}
+			continue
+		}
+		added = append(added, s)
+	}
+	d.mu.Unlock()
+	opened, err := openAll(d.ctx, added)
+	if err != nil {
+		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
+		return fmt.Errorf("reload: %w", err)
+	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn(w)
+	}
+	d.mu.Lock()
+	var removed []*served
+	for addr, sv := range d.serving {
+		s, ok := keep[addr]
+		if !ok {
+			removed = append(removed, sv)
+			delete(d.serving, addr)
+			continue
+		}
+		sv.l.SetRoute(routeFor(s))
+		sv.svc = s
+	}
+	d.mu.Unlock()
+	for _, sv := range removed {
+		d.log.Info("reload: service removed; its open connections carry on",
+			"service", sv.svc.Name, "listen", sv.l.Addr().String())
+		sv.l.Close()
+	}
+	for i, l := range opened {
+		d.serve(added[i], l)
+	}
+	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(added), "removed", len(removed))
+	return nil
 }
 
 // openAll opens every service's listener, or none: on the first failure it

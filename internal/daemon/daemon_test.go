@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,5 +105,123 @@ func TestListenNetwork(t *testing.T) {
 		if got := listenNetwork(addr); got != want {
 			t.Errorf("listenNetwork(%q) = %q, want %q", addr, got, want)
 		}
+	}
+}
+
+// whoServer answers every connection with its name, then closes.
+func whoServer(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Serve(t, ln, func(c net.Conn) { io.WriteString(c, name) })
+	return ln.Addr().String()
+}
+
+func who(t *testing.T, addr string) (string, error) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// TestReloadIsATransaction swaps a backend, adds and removes a service, and
+// checks that failed reloads (a bad config, a port that cannot open) leave
+// the running configuration untouched.
+func TestReloadIsATransaction(t *testing.T) {
+	one, two := whoServer(t, "one"), whoServer(t, "two")
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	ports := testenv.FreePorts(t, "127.0.0.1", 3)
+	portA := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	portB := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	portC := fmt.Sprintf("127.0.0.1:%d", ports[2])
+
+	next := make(chan func() (*config.Config, error), 1)
+	reload := make(chan os.Signal)
+	results := make(chan error)
+	cfg := &config.Config{Services: []config.Service{service("a", portA, one), service("b", portB, echo)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan []Bound, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, cfg, Options{
+			Ready:    func(b []Bound) { ready <- b },
+			Reload:   reload,
+			Load:     func() (*config.Config, error) { return (<-next)() },
+			Reloaded: func(err error) { results <- err },
+		})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	doReload := func(load func() (*config.Config, error)) error {
+		next <- load
+		reload <- syscall.SIGHUP
+		return <-results
+	}
+	if got, err := who(t, portA); got != "one" {
+		t.Fatalf("before reload a reached %q, %v", got, err)
+	}
+	// A connection on b stays open across the reload that removes b.
+	held, err := net.Dial("tcp", portB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	held.SetDeadline(time.Now().Add(10 * time.Second))
+
+	err = doReload(func() (*config.Config, error) {
+		return &config.Config{Services: []config.Service{service("a", portA, two), service("c", portC, one)}}, nil
+	})
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got, err := who(t, portA); got != "two" {
+		t.Errorf("after reload a reached %q, %v; want two", got, err)
+	}
+	if got, err := who(t, portC); got != "one" {
+		t.Errorf("added service c reached %q, %v", got, err)
+	}
+	if c, err := net.DialTimeout("tcp", portB, time.Second); err == nil {
+		c.Close()
+		t.Error("removed service b still accepts")
+	}
+	io.WriteString(held, "still here")
+	held.(*net.TCPConn).CloseWrite()
+	if got, _ := io.ReadAll(held); string(got) != "still here" {
+		t.Errorf("connection open across the reload got %q", got)
+	}
+
+	// A bad configuration: nothing changes.
+	if err := doReload(func() (*config.Config, error) { return nil, errors.New("bad.yaml:3: listn: unknown key") }); err == nil {
+		t.Error("a failing load reported success")
+	}
+	// A port that cannot be opened: nothing changes either.
+	taken, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer taken.Close()
+	err = doReload(func() (*config.Config, error) {
+		return &config.Config{Services: []config.Service{service("a", portA, one), service("d", taken.Addr().String(), one)}}, nil
+	})
+	if err == nil || !strings.Contains(err.Error(), taken.Addr().String()) {
+		t.Errorf("reload onto a taken port: %v; want an error naming it", err)
+	}
+	if got, err := who(t, portA); got != "two" {
+		t.Errorf("after failed reloads a reached %q, %v; want the old route (two)", got, err)
+	}
+	if got, _ := who(t, portC); got != "one" {
+		t.Errorf("after failed reloads c reached %q", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

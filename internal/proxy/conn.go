@@ -17,8 +17,9 @@ var temporaryAcceptErrnos = []error{
 	unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EAGAIN,
 }
 
-// conn is one proxied connection. The handler goroutine owns both sockets and
-// closes them; abort may be called from any goroutine to end it early.
+// conn is one proxied connection. Its sockets are closed by finish, which
+// runs once, after the dial failed or both copy goroutines ended; abort may
+// be called from any goroutine to end the connection early.
 type conn struct {
 	client   *net.TCPConn
 	backend  *net.TCPConn // set once dialled, under mu

@@ -1,9 +1,9 @@
 // Package e2e tests the built attache binary from the outside: as a process
 // (lifecycle_test.go) and as a container image on a real Docker engine
 // (docker_test.go). TestMain builds the static binary once, exactly as the
-// image build does, and every test runs that file. Nothing here imports
-// attache's packages: what is checked is what an operator sees (exit codes,
-// log lines, bytes on sockets).
+// image build does, and every test runs that file. Only internal/testenv (the
+// test servers) is imported, never attache's own code: what is checked is
+// what an operator sees (exit codes, log lines, bytes on sockets).
 package e2e
 
 import (
@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/attache/attache/internal/testenv"
 )
 
 // attacheBin is the static binary built by TestMain.
@@ -244,61 +246,22 @@ func runAttache(t *testing.T, env []string, args ...string) (stdout, stderr stri
 	return p.stdout.String(), p.stderr.String(), code
 }
 
-// serveTCP accepts on a new loopback listener until the test ends, running
-// handle for each connection; at the end it closes the listener and every
-// connection and waits for the handlers. It returns the bound address.
+// serveTCP runs handle for each connection on a new loopback listener
+// until the test ends (testenv.Serve does the bookkeeping and cleanup). It
+// returns the bound address.
 func serveTCP(t *testing.T, handle func(*net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					c.Close()
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-				}()
-				handle(c.(*net.TCPConn))
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	testenv.Serve(t, ln, func(c net.Conn) { handle(c.(*net.TCPConn)) })
 	return ln.Addr().String()
 }
 
 // echoServer writes back every chunk as it arrives and half-closes when the
 // client does: the interactive request/response shape.
-func echoServer(t *testing.T) string {
-	return serveTCP(t, func(c *net.TCPConn) {
-		// Wrapped so io.Copy takes the plain read/write path.
-		_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
-		_ = c.CloseWrite()
-	})
-}
+func echoServer(t *testing.T) string { return testenv.Echo(t, "127.0.0.1:0") }
 
 // replyAfterEOFServer reads until the client half-closes, then sends back
 // everything it read. It answers only if the proxy propagated the client's

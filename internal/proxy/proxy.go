@@ -42,6 +42,11 @@ type Route struct {
 	KeepAlive time.Duration
 
 	next atomic.Uint32 // round-robin cursor
+
+	// The Dialer (and its keepalive Control closure) is built once per
+	// route, not once per connection.
+	dialerOnce sync.Once
+	dialerVal  net.Dialer
 }
 
 func (r *Route) connectTimeout() time.Duration {

@@ -41,8 +41,14 @@ func ListenConfig(keepAlive time.Duration) net.ListenConfig {
 	return lc
 }
 
-// dialer returns the Dialer for one route's backends.
-func (r *Route) dialer(res *net.Resolver) net.Dialer {
+// dialer returns the Dialer for one route's backends, built on first use.
+// The resolver is the Proxy's, which does not change while it serves.
+func (r *Route) dialer(res *net.Resolver) *net.Dialer {
+	r.dialerOnce.Do(func() { r.dialerVal = r.newDialer(res) })
+	return &r.dialerVal
+}
+
+func (r *Route) newDialer(res *net.Resolver) net.Dialer {
 	d := net.Dialer{Timeout: r.connectTimeout(), Resolver: res, KeepAlive: -1}
 	if ka := defaultKeepAlive(r.KeepAlive); ka > 0 {
 		d.Control = func(_, _ string, c syscall.RawConn) error {

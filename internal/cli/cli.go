@@ -198,19 +198,33 @@ func printErrors(w io.Writer, err error) {
 
 func printTable(w io.Writer, cfg *config.Config) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tLISTEN\tBACKENDS\tCONNECT\tIDLE\tMAXCONN\tFROM")
+	fmt.Fprintln(tw, "SERVICE\tLISTEN\tBACKENDS\tBALANCE\tHEALTH\tCONNECT\tIDLE\tMAXCONN\tFROM")
 	for _, s := range cfg.Services {
 		addrs := make([]string, len(s.Backends))
 		for i, b := range s.Backends {
-			addrs[i] = b.Addr
+			addrs[i] = b.String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Listen, strings.Join(addrs, ","),
-			s.ConnectTimeout, offOr(s.IdleTimeout), limitOr(s.MaxConnections), s.Origin)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Listen, strings.Join(addrs, ","),
+			s.Balance, healthOf(s), s.ConnectTimeout, offOr(s.IdleTimeout), limitOr(s.MaxConnections), s.Origin)
 	}
 	tw.Flush()
 	for _, warn := range cfg.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
+}
+
+// healthOf summarises a service's health checking for the table: the active
+// check if any, else whether passive ejection is on.
+func healthOf(s config.Service) string {
+	switch hc := s.HealthCheck; {
+	case hc != nil && hc.Send == "" && hc.Expect == "":
+		return fmt.Sprintf("tcp/%s", hc.Interval)
+	case hc != nil:
+		return fmt.Sprintf("expect/%s", hc.Interval)
+	case s.EjectTime > 0:
+		return "passive"
+	}
+	return "off"
 }
 
 func offOr(d time.Duration) string {

@@ -25,6 +25,9 @@ import (
 // with defaults already applied.
 type Config struct {
 	Services []Service
+	// Discovery holds how to reach each source of truth that backend entries
+	// of kind dns, srv, etcd, consul and docker ask.
+	Discovery Discovery
 	// Warnings are things the operator should know about but that do not stop
 	// attache, such as UDP link variables that are recognised but not yet
 	// supported.
@@ -54,6 +57,27 @@ type Service struct {
 	// (Before Load applies the defaults, -1 means "no limit, set explicitly",
 	// so that max_connections: 0 on a service beats a default cap.)
 	MaxConnections int
+	// Balance names the balancing policy (see balance.Names); "" is
+	// round_robin, or first when a backend is an SRV query (SRV priorities
+	// are failover tiers).
+	Balance string
+	// HealthCheck, when set, probes every backend actively; nil means only
+	// passive health (dial failures eject a backend for a while).
+	HealthCheck *HealthCheck
+	// Retries is how many other backends a connection tries after a failed
+	// dial before the client sees an error; -1 (explicit 0) means none.
+	Retries int
+	// RetryTimeout bounds the whole search for a backend, including waiting
+	// for one to appear or recover when none is usable.
+	RetryTimeout time.Duration
+	// EjectTime is how long a backend that failed a dial is kept out of
+	// rotation at first; it doubles with each further failure, up to 30
+	// times as long. Negative turns passive health off.
+	EjectTime time.Duration
+	// CloseOnRemove closes the connections open to a backend when it leaves
+	// the service or fails its health check. Off by default: a connection
+	// that still works is left alone.
+	CloseOnRemove bool
 	// Origin says where the service came from, for error messages and
 	// `attache check`: "env REDIS_PORT_6379_TCP", "--forward 6379=h:p",
 	// "attache.yaml:12".
@@ -64,13 +88,36 @@ type Service struct {
 type Backend struct {
 	// Addr is host:port. Hostnames are resolved at each new connection, never
 	// once at start-up, so a DNS change takes effect without a restart.
+	// Empty when Discover is set.
 	Addr string
+	// Weight biases the weighted and least_conn policies; 0 means 1.
+	Weight int
+	// Discover, when set, makes this entry a live query instead of an
+	// address.
+	Discover *Discover
 }
+
+// HealthCheck is an active health check. Without Send it only connects.
+type HealthCheck struct {
+	Interval time.Duration
+	Timeout  time.Duration
+	// Rise successes in a row mark a down backend up; Fall failures in a row
+	// mark an up backend down.
+	Rise, Fall int
+	// Send is written after connecting; Expect must then appear in the reply.
+	Send, Expect string
+}
+
+// DefaultHealthCheck fills what a health_check block leaves out.
+var DefaultHealthCheck = HealthCheck{Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 2, Fall: 3}
 
 // Defaults are the per-service settings applied where a source says nothing.
 // A zero field is not set; a negative one is set to "off" (durations) or "no
 // limit" (MaxConnections), so that it beats a lower-priority default.
 type Defaults struct {
+	Retries        int
+	RetryTimeout   time.Duration
+	EjectTime      time.Duration
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
 	KeepAlive      time.Duration
@@ -79,6 +126,8 @@ type Defaults struct {
 
 // BuiltinDefaults are used when neither flags nor the file set a default.
 var BuiltinDefaults = Defaults{
+	Retries:        3,
+	EjectTime:      time.Second,
 	ConnectTimeout: 5 * time.Second,
 	IdleTimeout:    0,
 	KeepAlive:      30 * time.Second,
@@ -97,6 +146,15 @@ func (d Defaults) apply(s *Service) {
 	}
 	if s.MaxConnections == 0 {
 		s.MaxConnections = d.MaxConnections
+	}
+	if s.Retries == 0 {
+		s.Retries = d.Retries
+	}
+	if s.RetryTimeout == 0 {
+		s.RetryTimeout = d.RetryTimeout
+	}
+	if s.EjectTime == 0 {
+		s.EjectTime = d.EjectTime
 	}
 }
 

@@ -5,9 +5,9 @@ import (
 	"net"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // The fuzz targets check properties that must hold for any input; their
@@ -68,15 +68,23 @@ func FuzzParseFile(f *testing.F) {
 			if !serviceNameRE.MatchString(s.Name) {
 				t.Errorf("name %q passed the file parser but breaks its rule", s.Name)
 			}
-			checkTuning(t, s.ConnectTimeout, s.IdleTimeout, s.KeepAlive, s.MaxConnections)
+			checkTuning(t, Defaults{Retries: s.Retries, RetryTimeout: s.RetryTimeout, EjectTime: s.EjectTime, ConnectTimeout: s.ConnectTimeout,
+				IdleTimeout: s.IdleTimeout, KeepAlive: s.KeepAlive, MaxConnections: s.MaxConnections})
+			if s.Balance != "" && !slices.Contains(Policies, s.Balance) {
+				t.Errorf("service %q: balance %q passed the file parser", s.Name, s.Balance)
+			}
+			if hc := s.HealthCheck; hc != nil {
+				if hc.Interval <= 0 || hc.Timeout <= 0 || hc.Timeout > hc.Interval || hc.Rise < 1 || hc.Fall < 1 || hc.Send != "" && hc.Expect == "" {
+					t.Errorf("service %q: health check %+v passed the file parser", s.Name, *hc)
+				}
+			}
 		}
-		d := file.Defaults
-		checkTuning(t, d.ConnectTimeout, d.IdleTimeout, d.KeepAlive, d.MaxConnections)
+		checkTuning(t, file.Defaults)
 		if err != nil {
 			checkErrorLines(t, err, name)
 			return
 		}
-		if verrs := Validate(&Config{Services: file.Services}); len(verrs) > 0 {
+		if verrs := Validate(&Config{Services: file.Services, Discovery: file.Discovery}); len(verrs) > 0 {
 			checkErrorLines(t, verrs, name)
 		} else {
 			checkUniqueNames(t, file.Services)
@@ -90,8 +98,10 @@ func FuzzParseFile(f *testing.F) {
 			checkServices(t, cfg.Services)
 			checkUniqueNames(t, cfg.Services)
 			for _, s := range cfg.Services {
-				if s.ConnectTimeout <= 0 || s.MaxConnections < 0 {
-					t.Errorf("service %q after Load: connect_timeout %v, max_connections %d", s.Name, s.ConnectTimeout, s.MaxConnections)
+				if s.ConnectTimeout <= 0 || s.MaxConnections < 0 || s.Retries < 0 || s.RetryTimeout <= 0 || s.EjectTime == 0 ||
+					!slices.Contains(Policies, s.Balance) {
+					t.Errorf("service %q after Load: connect_timeout %v, max_connections %d, retries %d, retry_timeout %v, eject_time %v, balance %q",
+						s.Name, s.ConnectTimeout, s.MaxConnections, s.Retries, s.RetryTimeout, s.EjectTime, s.Balance)
 				}
 			}
 		}
@@ -116,7 +126,7 @@ func FuzzParseForward(f *testing.F) {
 		// The canonical form parses to the same service.
 		addrs := make([]string, len(s.Backends))
 		for i, b := range s.Backends {
-			addrs[i] = b.Addr
+			addrs[i] = b.String()
 		}
 		canon := s.Listen + "=" + strings.Join(addrs, ",")
 		s2, err := ParseForward(canon)
@@ -126,9 +136,78 @@ func FuzzParseForward(f *testing.F) {
 	})
 }
 
+// FuzzParseBackend feeds one backend as --forward and the file's strings
+// give it.
+func FuzzParseBackend(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := ParseBackend(s)
+		if err != nil {
+			if err.Error() == "" || strings.ContainsAny(err.Error(), "\n\r") {
+				t.Errorf("error %q: want one non-empty line", err)
+			}
+			if !reflect.DeepEqual(b, Backend{}) {
+				t.Errorf("error %v with a backend %+v", err, b)
+			}
+			return
+		}
+		if addr, err := ParseHostPort(s); err == nil && b.Addr != addr {
+			t.Errorf("%q is host:port %q, but ParseBackend made %s of it", s, addr, dump(b))
+		}
+		if b.Weight != 0 {
+			t.Errorf("%q: weight %d from a string", s, b.Weight)
+		}
+		checkBackend(t, "ParseBackend", b)
+		// The printed form reads back the same, and prints the same.
+		again, err := ParseBackend(b.String())
+		if err != nil || !reflect.DeepEqual(again, b) || again.String() != b.String() {
+			t.Errorf("%q parses to %s, printed %q, which parses to %s, %v", s, dump(b), b.String(), dump(again), err)
+		}
+	})
+}
+
+// checkBackend checks what the parsers promise about a backend: a
+// canonical host:port, or a discovery entry of a known kind that is
+// complete, prints on one line, and reads back through ParseBackend (but an
+// etcd key without a server, which has no URL form).
+func checkBackend(t *testing.T, where string, b Backend) {
+	t.Helper()
+	if b.Weight < 0 {
+		t.Errorf("%s: backend %s has a negative weight", where, dump(b))
+	}
+	d := b.Discover
+	if d == nil {
+		if got, err := ParseHostPort(b.Addr); err != nil || got != b.Addr {
+			t.Errorf("%s: backend %q is not canonical: ParseHostPort gives %q, %v", where, b.Addr, got, err)
+		}
+		return
+	}
+	if b.Addr != "" || b.Weight != 0 {
+		t.Errorf("%s: discovery backend %s with an address or a weight", where, dump(b))
+	}
+	if !slices.Contains(discoverKinds, d.Kind) || d.Name == "" || (d.Kind == KindDNS) != (d.Port != 0) ||
+		d.Port < 0 || d.Port > 65535 || d.Tag != "" && d.Kind != KindConsul {
+		t.Errorf("%s: discovery entry %+v is incomplete or inconsistent", where, *d)
+	}
+	if d.Server != "" {
+		if got, err := ParseHostPort(d.Server); err != nil || got != d.Server {
+			t.Errorf("%s: server %q of %+v is not canonical: %q, %v", where, d.Server, *d, got, err)
+		}
+	}
+	str := d.String()
+	if checkText(str) != nil {
+		t.Errorf("%s: %+v prints as %q, with control characters", where, *d, str)
+	}
+	if d.Kind == KindEtcd && d.Server == "" {
+		return
+	}
+	if again, err := ParseBackend(str); err != nil || !reflect.DeepEqual(again, Backend{Discover: d}) {
+		t.Errorf("%s: %+v prints as %q, which parses to %s, %v", where, *d, str, dump(again), err)
+	}
+}
+
 // checkServices checks what every parser promises about what it returns:
 // a listen address ParseListen accepts unchanged, at least one backend,
-// each one ParseHostPort accepts unchanged, and a name.
+// each one as checkBackend wants it, and a name.
 func checkServices(t *testing.T, services []Service) {
 	t.Helper()
 	for _, s := range services {
@@ -142,9 +221,7 @@ func checkServices(t *testing.T, services []Service) {
 			t.Errorf("service %q has no backends", s.Name)
 		}
 		for _, b := range s.Backends {
-			if got, err := ParseHostPort(b.Addr); err != nil || got != b.Addr {
-				t.Errorf("service %q: backend %q is not canonical: ParseHostPort gives %q, %v", s.Name, b.Addr, got, err)
-			}
+			checkBackend(t, "service "+strconv.Quote(s.Name), b)
 		}
 		if s.Origin == "" {
 			t.Errorf("service %q has no origin", s.Name)
@@ -163,11 +240,13 @@ func checkUniqueNames(t *testing.T, services []Service) {
 	}
 }
 
-// checkTuning checks the encoding of settings: 0 unset, -1 off or no limit.
-func checkTuning(t *testing.T, connect, idle, keepalive time.Duration, maxConns int) {
+// checkTuning checks the encoding of settings: 0 unset, -1 off, no limit
+// or none.
+func checkTuning(t *testing.T, d Defaults) {
 	t.Helper()
-	if connect < 0 || idle < -1 || keepalive < -1 || maxConns < -1 {
-		t.Errorf("settings out of range: connect %v idle %v keepalive %v max %d", connect, idle, keepalive, maxConns)
+	if d.ConnectTimeout < 0 || d.IdleTimeout < -1 || d.KeepAlive < -1 || d.MaxConnections < -1 ||
+		d.Retries < -1 || d.RetryTimeout < 0 || d.EjectTime < -1 {
+		t.Errorf("settings out of range: %+v", d)
 	}
 }
 

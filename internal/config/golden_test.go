@@ -22,7 +22,8 @@ var update = flag.Bool("update", false, "rewrite the want sections of testdata/g
 //	-- attache.yaml --  the config file, loaded as attache.yaml
 //	-- forward --    one --forward value per line
 //	-- args --       one positional argument per line
-//	-- flags --      connect-timeout=, idle-timeout=, keepalive=, max-connections= per line
+//	-- flags --      connect-timeout=, idle-timeout=, keepalive=, max-connections=,
+//	                 retries=, retry-timeout=, eject-time= per line
 //	-- want.json --  the Config as JSON, when Load succeeds
 //	-- want.errors -- one error per line, when it fails
 //
@@ -103,6 +104,12 @@ func goldenSources(ar *archive) (Sources, error) {
 				src.Flags.KeepAlive, err = ParseDuration(v, true)
 			case "max-connections":
 				src.Flags.MaxConnections, err = strconv.Atoi(v)
+			case "retries":
+				src.Flags.Retries, err = strconv.Atoi(v)
+			case "retry-timeout":
+				src.Flags.RetryTimeout, err = ParseDuration(v, false)
+			case "eject-time":
+				src.Flags.EjectTime, err = ParseDuration(v, true)
 			default:
 				err = errors.New("unknown flag " + k)
 			}
@@ -125,18 +132,34 @@ func lines(s string) []string {
 }
 
 // goldenJSON is the Config in a stable, readable JSON form: durations as
-// Go duration strings, negative ones as "off".
+// Go duration strings, negative ones as "off"; backends as Backend.String
+// prints them. The discovery section, a health check and close_on_remove
+// appear only when set.
 func goldenJSON(t *testing.T, cfg *Config) string {
 	t.Helper()
+	type healthCheck struct {
+		Interval string `json:"interval"`
+		Timeout  string `json:"timeout"`
+		Rise     int    `json:"rise"`
+		Fall     int    `json:"fall"`
+		Send     string `json:"send,omitempty"`
+		Expect   string `json:"expect,omitempty"`
+	}
 	type service struct {
-		Name           string   `json:"name"`
-		Listen         string   `json:"listen"`
-		Backends       []string `json:"backends"`
-		ConnectTimeout string   `json:"connect_timeout"`
-		IdleTimeout    string   `json:"idle_timeout"`
-		KeepAlive      string   `json:"keepalive"`
-		MaxConnections int      `json:"max_connections"`
-		Origin         string   `json:"origin"`
+		Name           string       `json:"name"`
+		Listen         string       `json:"listen"`
+		Backends       []string     `json:"backends"`
+		Balance        string       `json:"balance"`
+		HealthCheck    *healthCheck `json:"health_check,omitempty"`
+		Retries        int          `json:"retries"`
+		RetryTimeout   string       `json:"retry_timeout"`
+		EjectTime      string       `json:"eject_time"`
+		CloseOnRemove  bool         `json:"close_on_remove,omitempty"`
+		ConnectTimeout string       `json:"connect_timeout"`
+		IdleTimeout    string       `json:"idle_timeout"`
+		KeepAlive      string       `json:"keepalive"`
+		MaxConnections int          `json:"max_connections"`
+		Origin         string       `json:"origin"`
 	}
 	dur := func(d time.Duration) string {
 		if d < 0 {
@@ -145,16 +168,21 @@ func goldenJSON(t *testing.T, cfg *Config) string {
 		return d.String()
 	}
 	out := struct {
-		Services []service `json:"services"`
-		Warnings []string  `json:"warnings,omitempty"`
-	}{Services: []service{}, Warnings: cfg.Warnings}
+		Discovery map[string]map[string]any `json:"discovery,omitempty"`
+		Services  []service                 `json:"services"`
+		Warnings  []string                  `json:"warnings,omitempty"`
+	}{Discovery: goldenDiscovery(cfg.Discovery), Services: []service{}, Warnings: cfg.Warnings}
 	for _, s := range cfg.Services {
 		js := service{
-			Name: s.Name, Listen: s.Listen, ConnectTimeout: dur(s.ConnectTimeout), IdleTimeout: dur(s.IdleTimeout),
-			KeepAlive: dur(s.KeepAlive), MaxConnections: s.MaxConnections, Origin: s.Origin,
+			Name: s.Name, Listen: s.Listen, Balance: s.Balance, Retries: s.Retries, RetryTimeout: dur(s.RetryTimeout),
+			EjectTime: dur(s.EjectTime), CloseOnRemove: s.CloseOnRemove, ConnectTimeout: dur(s.ConnectTimeout),
+			IdleTimeout: dur(s.IdleTimeout), KeepAlive: dur(s.KeepAlive), MaxConnections: s.MaxConnections, Origin: s.Origin,
+		}
+		if hc := s.HealthCheck; hc != nil {
+			js.HealthCheck = &healthCheck{dur(hc.Interval), dur(hc.Timeout), hc.Rise, hc.Fall, hc.Send, hc.Expect}
 		}
 		for _, b := range s.Backends {
-			js.Backends = append(js.Backends, b.Addr)
+			js.Backends = append(js.Backends, b.String())
 		}
 		out.Services = append(out.Services, js)
 	}
@@ -166,6 +194,53 @@ func goldenJSON(t *testing.T, cfg *Config) string {
 		t.Fatal(err)
 	}
 	return buf.String()
+}
+
+// goldenDiscovery is the discovery section under the file's own key names,
+// leaving out what is not set; nil when nothing is.
+func goldenDiscovery(d Discovery) map[string]map[string]any {
+	out := map[string]map[string]any{}
+	set := func(section, key string, v any) {
+		switch v := v.(type) {
+		case string:
+			if v == "" {
+				return
+			}
+		case []string:
+			if len(v) == 0 {
+				return
+			}
+		}
+		if out[section] == nil {
+			out[section] = map[string]any{}
+		}
+		out[section][key] = v
+	}
+	dur := func(v time.Duration) string { // "" when unset, so set skips it
+		if v == 0 {
+			return ""
+		}
+		return v.String()
+	}
+	set("dns", "server", d.DNS.Server)
+	set("dns", "min_ttl", dur(d.DNS.MinTTL))
+	set("dns", "max_ttl", dur(d.DNS.MaxTTL))
+	set("dns", "timeout", dur(d.DNS.Timeout))
+	set("etcd", "endpoints", d.Etcd.Endpoints)
+	set("etcd", "username", d.Etcd.Username)
+	set("etcd", "password", d.Etcd.Password)
+	set("etcd", "dial_timeout", dur(d.Etcd.DialTimeout))
+	set("consul", "address", d.Consul.Address)
+	set("consul", "token", d.Consul.Token)
+	set("consul", "datacenter", d.Consul.Datacenter)
+	set("docker", "host", d.Docker.Host)
+	set("docker", "label", d.Docker.Label)
+	set("docker", "port_label", d.Docker.PortLabel)
+	set("docker", "network", d.Docker.Network)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // archive is a txtar archive (golang.org/x/tools/txtar's format: a comment,

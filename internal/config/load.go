@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -18,7 +19,8 @@ type Sources struct {
 	// Env is the process environment ("KEY=value"), scanned for Docker link
 	// variables. Nil reads no environment.
 	Env []string
-	// Forwards are --forward values: [LISTEN_HOST:]PORT=HOST:PORT.
+	// Forwards are --forward values: [LISTEN_HOST:]PORT=BACKEND[,BACKEND…],
+	// each BACKEND as ParseBackend reads it.
 	Forwards []string
 	// Args are the positional arguments: none, or HOST PORT (the later form
 	// of the classic ambassador image: listen on PORT, forward to HOST:PORT).
@@ -65,6 +67,7 @@ func Load(src Sources) (*Config, error) {
 			f, err := ParseFile(name, data)
 			errs = appendErrs(errs, err)
 			fileDefaults = f.Defaults
+			cfg.Discovery = f.Discovery
 			cfg.Services = append(cfg.Services, f.Services...)
 		}
 	}
@@ -114,6 +117,18 @@ func Load(src Sources) (*Config, error) {
 		BuiltinDefaults.apply(s)
 		if s.MaxConnections < 0 { // explicitly "no limit"
 			s.MaxConnections = 0
+		}
+		if s.Retries < 0 { // explicitly none
+			s.Retries = 0
+		}
+		if s.RetryTimeout == 0 {
+			s.RetryTimeout = s.ConnectTimeout
+		}
+		if s.Balance == "" {
+			s.Balance = "round_robin"
+			if slices.ContainsFunc(s.Backends, func(b Backend) bool { return b.Discover != nil && b.Discover.Kind == KindSRV }) {
+				s.Balance = "first"
+			}
 		}
 	}
 	errs = append(errs, Validate(&cfg)...)
@@ -187,6 +202,15 @@ func overlay(top, bottom Defaults) Defaults {
 	if top.MaxConnections != 0 {
 		out.MaxConnections = top.MaxConnections
 	}
+	if top.Retries != 0 {
+		out.Retries = top.Retries
+	}
+	if top.RetryTimeout != 0 {
+		out.RetryTimeout = top.RetryTimeout
+	}
+	if top.EjectTime != 0 {
+		out.EjectTime = top.EjectTime
+	}
 	return out
 }
 
@@ -219,11 +243,11 @@ func ParseForward(v string) (Service, error) {
 	}
 	var backends []Backend
 	for t := range strings.SplitSeq(target, ",") {
-		addr, err := ParseHostPort(t)
+		b, err := ParseBackend(t)
 		if err != nil {
 			return Service{}, fmt.Errorf("target side: %w", err)
 		}
-		backends = append(backends, Backend{Addr: addr})
+		backends = append(backends, b)
 	}
 	_, port, _ := net.SplitHostPort(l)
 	return Service{

@@ -118,10 +118,13 @@ func TestParseForward(t *testing.T) {
 		{in: "=x:1", err: "listen side: want [host:]port, got an empty value"},
 		{in: "x=y:1", err: `listen side: want a port number 0-65535 (0: any free port), got "x"`},
 		{in: "70000=y:1", err: `listen side: want a port number 0-65535 (0: any free port), got "70000"`},
-		{in: "1=", err: `target side: want host:port (IPv6 in brackets), got ""`},
-		{in: "1=y", err: `target side: want host:port (IPv6 in brackets), got "y"`},
+		{in: "1=", err: `target side: want host:port, a DNS SRV name or a discovery URL, got an empty value`},
+		{in: "1=10.0.0.1", err: `target side: want host:port, got "10.0.0.1", an IP address without a port`},
+		{in: "1=6379", err: `target side: want host:port, got "6379", a port without a host`},
 		{in: "1=y:0", err: `target side: want a port number 1-65535, got "0"`},
-		{in: "1=a:1,", err: `target side: want host:port (IPv6 in brackets), got ""`},
+		{in: "1=a:1,", err: `target side: want host:port, a DNS SRV name or a discovery URL, got an empty value`},
+		{in: "1=a:1,tcp://b:2", err: `target side: want host:port without tcp://, got "tcp://b:2"`},
+		{in: "1=a b", err: `target side: want host:port, a DNS SRV name or a discovery URL, got "a b": want a DNS name (letters, digits, '-', '_'), got "a b"`},
 		{in: "1=a:1, b:2", err: `target side: want a host name or IP address, got " b"`},
 		{in: "1=a:1=b:2", err: `target side: want host:port (IPv6 in brackets), got "a:1=b:2"`},
 	}
@@ -357,14 +360,14 @@ func TestLoadErrors(t *testing.T) {
 			name: "errors from every source are reported together, in source order",
 			src: Sources{
 				File:     "a.yaml",
-				FileData: []byte("services:\n  - {name: a, listen: 1, backends: [x]}\n"),
-				Forwards: []string{"2=y"},
+				FileData: []byte("services:\n  - {name: a, listen: 1, backends: [x:0]}\n"),
+				Forwards: []string{"2=10.0.0.1"},
 				Args:     []string{"h", "x"},
 				Env:      []string{"A_PORT_3_TCP=nope", "B_PORT_4_TCP=tcp://b:4", "C_PORT_4_TCP=tcp://c:4"},
 			},
 			errs: []string{
-				`a.yaml:2: backend: want host:port (IPv6 in brackets), got "x"`,
-				`--forward 2=y: target side: want host:port (IPv6 in brackets), got "y"`,
+				`a.yaml:2: backend: want a port number 1-65535, got "0"`,
+				`--forward 2=10.0.0.1: target side: want host:port, got "10.0.0.1", an IP address without a port`,
 				`argument PORT "x": want a port number 1-65535, got "x"`,
 				`env A_PORT_3_TCP: want tcp://host:port, got "nope"`,
 				`env B_PORT_4_TCP and env C_PORT_4_TCP: both ask for port 4, with different targets b:4 and c:4`,
@@ -395,11 +398,11 @@ func TestAppendErrs(t *testing.T) {
 func TestLoadFileFromDisk(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "attache.yaml")
-	if err := os.WriteFile(path, []byte("services:\n  - name: r\n    listen: 1\n    backends: [x]\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("services:\n  - name: r\n    listen: 1\n    backends: [x:0]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Load(Sources{File: path})
-	checkErrors(t, err, []string{path + `:4: backend: want host:port (IPv6 in brackets), got "x"`})
+	checkErrors(t, err, []string{path + `:4: backend: want a port number 1-65535, got "0"`})
 }
 
 func TestValidate(t *testing.T) {

@@ -17,8 +17,9 @@ import (
 
 // File is a parsed configuration file.
 type File struct {
-	Defaults Defaults
-	Services []Service
+	Defaults  Defaults
+	Discovery Discovery
+	Services  []Service
 }
 
 // ParseFile decodes a YAML configuration strictly: an unknown key, a value of
@@ -72,8 +73,9 @@ func ParseFile(name string, data []byte) (f File, err error) {
 		return f, nil
 	}
 	p.fields(doc, "top level", map[string]func(*yaml.Node){
-		"defaults": func(n *yaml.Node) { f.Defaults = p.defaults(n) },
-		"services": func(n *yaml.Node) { f.Services = p.services(n) },
+		"defaults":  func(n *yaml.Node) { f.Defaults = p.defaults(n) },
+		"services":  func(n *yaml.Node) { f.Services = p.services(n) },
+		"discovery": func(n *yaml.Node) { f.Discovery = p.discovery(n) },
 	})
 	if len(p.errs) > 0 {
 		return f, p.errs
@@ -255,17 +257,20 @@ func keyList(h map[string]func(*yaml.Node)) string {
 
 func (p *fileParser) defaults(n *yaml.Node) Defaults {
 	var d Defaults
-	p.fields(n, "defaults", p.tuningFields(&d.ConnectTimeout, &d.IdleTimeout, &d.KeepAlive, &d.MaxConnections))
+	p.fields(n, "defaults", p.tuningFields(&d))
 	return d
 }
 
 // tuningFields are the settings a service shares with the defaults block.
-func (p *fileParser) tuningFields(connect, idle, keepalive *time.Duration, maxConns *int) map[string]func(*yaml.Node) {
+func (p *fileParser) tuningFields(d *Defaults) map[string]func(*yaml.Node) {
 	return map[string]func(*yaml.Node){
-		"connect_timeout": func(v *yaml.Node) { *connect = p.duration(v, "connect_timeout", false) },
-		"idle_timeout":    func(v *yaml.Node) { *idle = p.duration(v, "idle_timeout", true) },
-		"keepalive":       func(v *yaml.Node) { *keepalive = p.duration(v, "keepalive", true) },
-		"max_connections": func(v *yaml.Node) { *maxConns = p.count(v, "max_connections") },
+		"connect_timeout": func(v *yaml.Node) { d.ConnectTimeout = p.duration(v, "connect_timeout", false) },
+		"idle_timeout":    func(v *yaml.Node) { d.IdleTimeout = p.duration(v, "idle_timeout", true) },
+		"keepalive":       func(v *yaml.Node) { d.KeepAlive = p.duration(v, "keepalive", true) },
+		"max_connections": func(v *yaml.Node) { d.MaxConnections = p.count(v, "max_connections", "no limit") },
+		"retries":         func(v *yaml.Node) { d.Retries = p.count(v, "retries", "none") },
+		"retry_timeout":   func(v *yaml.Node) { d.RetryTimeout = p.duration(v, "retry_timeout", false) },
+		"eject_time":      func(v *yaml.Node) { d.EjectTime = p.duration(v, "eject_time", true) },
 	}
 }
 
@@ -279,12 +284,18 @@ func (p *fileParser) services(n *yaml.Node) []Service {
 	for _, sn := range n.Content {
 		sn = deref(sn)
 		s := Service{Origin: fmt.Sprintf("%s:%d", p.name, sn.Line)}
-		handlers := p.tuningFields(&s.ConnectTimeout, &s.IdleTimeout, &s.KeepAlive, &s.MaxConnections)
+		var t Defaults
+		handlers := p.tuningFields(&t)
 		handlers["name"] = func(v *yaml.Node) { s.Name = p.name_(v) }
+		handlers["balance"] = func(v *yaml.Node) { s.Balance = p.balance(v) }
+		handlers["health_check"] = func(v *yaml.Node) { s.HealthCheck = p.healthCheck(v) }
+		handlers["close_on_remove"] = func(v *yaml.Node) { s.CloseOnRemove = p.boolean(v, "close_on_remove") }
 		handlers["listen"] = func(v *yaml.Node) { s.Listen = p.listen(v) }
 		handlers["backends"] = func(v *yaml.Node) { s.Backends = p.backends(v) }
 		before := len(p.errs)
 		p.fields(sn, "service", handlers)
+		s.ConnectTimeout, s.IdleTimeout, s.KeepAlive, s.MaxConnections = t.ConnectTimeout, t.IdleTimeout, t.KeepAlive, t.MaxConnections
+		s.Retries, s.RetryTimeout, s.EjectTime = t.Retries, t.RetryTimeout, t.EjectTime
 		if sn.Kind != yaml.MappingNode {
 			continue
 		}
@@ -295,7 +306,7 @@ func (p *fileParser) services(n *yaml.Node) []Service {
 			p.errorf(sn, "listen", "missing in service %q: want [host:]port", s.Name)
 		}
 		if !hasKey(sn, "backends") {
-			p.errorf(sn, "backends", "missing in service %q: want at least one host:port", s.Name)
+			p.errorf(sn, "backends", "missing in service %q: want at least one host:port or discovery entry", s.Name)
 		}
 		if len(p.errs) == before {
 			out = append(out, s)
@@ -304,13 +315,17 @@ func (p *fileParser) services(n *yaml.Node) []Service {
 	return out
 }
 
-func hasKey(n *yaml.Node, key string) bool {
+func hasKey(n *yaml.Node, key string) bool { return keyNode(n, key) != nil }
+
+// keyNode is the first key node named key in mapping n, or nil: errors
+// about a key that is wrong next to its siblings point at its own line.
+func keyNode(n *yaml.Node, key string) *yaml.Node {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		if n.Content[i].Value == key {
-			return true
+			return n.Content[i]
 		}
 	}
-	return false
+	return nil
 }
 
 var serviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -343,48 +358,172 @@ func (p *fileParser) listen(v *yaml.Node) string {
 func (p *fileParser) backends(v *yaml.Node) []Backend {
 	v = deref(v)
 	if v.Kind != yaml.SequenceNode {
-		p.errorf(v, "backends", "want a list of host:port, got %s", describe(v))
+		p.errorf(v, "backends", "want a list of host:port or discovery entries, got %s", describe(v))
 		return nil
 	}
 	if len(v.Content) == 0 {
-		p.errorf(v, "backends", "empty: want at least one host:port")
+		p.errorf(v, "backends", "empty: want at least one host:port or discovery entry")
 		return nil
 	}
 	var out []Backend
 	for _, bn := range v.Content {
 		bn = deref(bn)
-		var b Backend
+		var (
+			b  Backend
+			ok bool
+		)
 		switch bn.Kind {
 		case yaml.ScalarNode:
-			b.Addr = p.backendAddr(bn)
+			b, ok = p.backendSpec(bn, "backend")
 		case yaml.MappingNode:
-			p.fields(bn, "backend", map[string]func(*yaml.Node){
-				"addr": func(n *yaml.Node) { b.Addr = p.backendAddr(n) },
-			})
-			if !hasKey(bn, "addr") {
-				p.errorf(bn, "addr", "missing in backend: want host:port")
-			}
+			b, ok = p.backendMapping(bn)
 		default:
-			p.errorf(bn, "backends", "want host:port or {addr: host:port}, got %s", describe(bn))
+			p.errorf(bn, "backends", "want host:port, a discovery URL or a mapping such as {addr: host:port, weight: 2} or {srv: name}, got %s", describe(bn))
 		}
-		if b.Addr != "" {
+		if ok {
 			out = append(out, b)
 		}
 	}
 	return out
 }
 
-func (p *fileParser) backendAddr(n *yaml.Node) string {
-	s, ok := p.scalar(n, "backend")
+// backendKinds are the keys of a backend mapping that say what it is; exactly
+// one must be present.
+var backendKinds = []string{"addr", KindDNS, KindSRV, KindEtcd, KindConsul, KindConsulKV, KindDocker, "url"}
+
+func (p *fileParser) backendMapping(bn *yaml.Node) (Backend, bool) {
+	var b Backend
+	var d Discover
+	before := len(p.errs)
+	p.fields(bn, "backend", map[string]func(*yaml.Node){
+		"addr": func(n *yaml.Node) {
+			if s, ok := p.scalar(n, "addr"); ok {
+				if strings.Contains(s, "://") {
+					p.errorf(n, "addr", "want host:port, got %q (a discovery URL goes under url)", s)
+					return
+				}
+				addr, err := ParseHostPort(s)
+				if err != nil {
+					p.errorf(n, "addr", "%v", err)
+				}
+				b.Addr = addr
+			}
+		},
+		"url": func(n *yaml.Node) {
+			if got, ok := p.backendSpec(n, "url"); ok {
+				b = Backend{Addr: got.Addr, Discover: got.Discover, Weight: b.Weight}
+			}
+		},
+		"weight": func(n *yaml.Node) { b.Weight = p.positive(n, "weight") },
+		KindDNS: func(n *yaml.Node) {
+			if s, ok := p.scalar(n, KindDNS); ok {
+				got, err := parseDNSTarget(s)
+				if err != nil {
+					p.errorf(n, KindDNS, "want name:port, got %q: %v", s, err)
+					return
+				}
+				d = *got
+			}
+		},
+		KindSRV:    func(n *yaml.Node) { d = Discover{Kind: KindSRV, Name: p.dnsName(n, KindSRV)} },
+		KindEtcd:   func(n *yaml.Node) { d = Discover{Kind: KindEtcd, Name: p.keyPath(n, KindEtcd, true)} },
+		KindConsul: func(n *yaml.Node) { d = Discover{Kind: KindConsul, Name: p.keyPath(n, KindConsul, false), Tag: d.Tag} },
+		KindConsulKV: func(n *yaml.Node) {
+			d = Discover{Kind: KindConsulKV, Name: strings.TrimLeft(p.keyPath(n, KindConsulKV, true), "/")}
+		},
+		KindDocker: func(n *yaml.Node) {
+			if s, ok := p.scalar(n, KindDocker); ok {
+				if err := dockerLabelValue(s); err != nil {
+					p.errorf(n, KindDocker, "%v", err)
+				}
+				d = Discover{Kind: KindDocker, Name: s}
+			}
+		},
+		"tag": func(n *yaml.Node) {
+			if s, ok := p.scalar(n, "tag"); ok {
+				if err := checkText(s); err != nil {
+					p.errorf(n, "tag", "%v", err)
+				}
+				d.Tag = s
+			}
+		},
+	})
+	var kinds []string
+	for _, k := range backendKinds {
+		if hasKey(bn, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	switch {
+	case len(kinds) == 0:
+		p.errorf(bn, "backend", "want one of the keys %s", strings.Join(backendKinds, ", "))
+	case len(kinds) > 1:
+		p.errorf(bn, "backend", "want only one of %s, got %s", strings.Join(backendKinds, ", "), strings.Join(kinds, " and "))
+	}
+	if k := keyNode(bn, "tag"); k != nil && (len(kinds) != 1 || kinds[0] != KindConsul) {
+		p.errorf(k, "tag", "only a consul backend takes a tag (a consul-service:// url carries its own ?tag=)")
+	}
+	if len(p.errs) > before {
+		return Backend{}, false
+	}
+	if d.Kind != "" {
+		b.Discover = &d
+	}
+	if b.Discover != nil && b.Weight != 0 {
+		p.errorf(keyNode(bn, "weight"), "weight", "only a fixed addr takes a weight; discovered backends carry their own")
+		return Backend{}, false
+	}
+	return b, true
+}
+
+// backendSpec reads a backend written as a string, in a backends list or
+// under a url key.
+func (p *fileParser) backendSpec(n *yaml.Node, key string) (Backend, bool) {
+	s, ok := p.scalar(n, key)
+	if !ok {
+		return Backend{}, false
+	}
+	b, err := ParseBackend(s)
+	if err != nil {
+		p.errorf(n, key, "%v", err)
+		return Backend{}, false
+	}
+	return b, true
+}
+
+func (p *fileParser) dnsName(n *yaml.Node, key string) string {
+	s, ok := p.scalar(n, key)
 	if !ok {
 		return ""
 	}
-	addr, err := ParseHostPort(s)
+	name, err := dnsName(s)
 	if err != nil {
-		p.errorf(n, "backend", "%v", err)
+		p.errorf(n, key, "%v", err)
+	}
+	return name
+}
+
+// keyPath reads an etcd or Consul key (or, without slashes, a Consul
+// service name).
+func (p *fileParser) keyPath(n *yaml.Node, key string, slashes bool) string {
+	s, ok := p.scalar(n, key)
+	if !ok {
 		return ""
 	}
-	return addr
+	s = strings.TrimRight(s, "/")
+	var err error
+	switch {
+	case s == "" || s == "/":
+		err = fmt.Errorf("want a non-empty key")
+	case !slashes:
+		err = checkConsulService(s)
+	default:
+		err = checkKey(s)
+	}
+	if err != nil {
+		p.errorf(n, key, "%v", err)
+	}
+	return s
 }
 
 func (p *fileParser) scalar(v *yaml.Node, key string) (string, bool) {
@@ -435,16 +574,17 @@ func ParseDuration(s string, allowOff bool) (time.Duration, error) {
 	return d, nil
 }
 
-// count parses a limit. An explicit 0 ("no limit") is returned as -1, so
-// that it is not mistaken for "not set" and beats a lower-priority default.
-func (p *fileParser) count(v *yaml.Node, key string) int {
+// count parses a limit or a count, for which 0 means zeroMeans. An explicit
+// 0 is returned as -1, so that it is not mistaken for "not set" and beats a
+// lower-priority default.
+func (p *fileParser) count(v *yaml.Node, key, zeroMeans string) int {
 	s, ok := p.scalar(v, key)
 	if !ok {
 		return 0
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		p.errorf(v, key, "want a whole number 0 or more (0: no limit), got %q", s)
+		p.errorf(v, key, "want a whole number 0 or more (0: %s), got %q", zeroMeans, s)
 		return 0
 	}
 	if n == 0 {

@@ -46,8 +46,8 @@ services:
 `,
 			defaults: Defaults{ConnectTimeout: 5 * time.Second, IdleTimeout: time.Hour, KeepAlive: 30 * time.Second, MaxConnections: 10000},
 			want: []Service{
-				{Name: "redis", Listen: "0.0.0.0:6379", Backends: []Backend{{"10.0.0.5:6379"}, {"redis-2.internal:6379"}}, IdleTimeout: -1, Origin: "f.yaml:7"},
-				{Name: "postgres", Listen: "127.0.0.1:5432", Backends: []Backend{{"db.internal:5432"}}, Origin: "f.yaml:13"},
+				{Name: "redis", Listen: "0.0.0.0:6379", Backends: []Backend{{Addr: "10.0.0.5:6379"}, {Addr: "redis-2.internal:6379"}}, IdleTimeout: -1, Origin: "f.yaml:7"},
+				{Name: "postgres", Listen: "127.0.0.1:5432", Backends: []Backend{{Addr: "db.internal:5432"}}, Origin: "f.yaml:13"},
 			},
 		},
 		{
@@ -60,11 +60,11 @@ services:
   - {name: e, listen: "[::1]:6382", backends: [x:3]}
 `,
 			want: []Service{
-				{Name: "a", Listen: ":6379", Backends: []Backend{{"[2001:db8::5]:6379"}}, Origin: "f.yaml:2"},
-				{Name: "b", Listen: ":6380", Backends: []Backend{{"10.0.0.1:1"}}, Origin: "f.yaml:3"},
-				{Name: "c", Listen: "[::]:6381", Backends: []Backend{{"x:1"}}, Origin: "f.yaml:4"},
-				{Name: "d", Listen: ":0", Backends: []Backend{{"x:2"}}, Origin: "f.yaml:5"},
-				{Name: "e", Listen: "[::1]:6382", Backends: []Backend{{"x:3"}}, Origin: "f.yaml:6"},
+				{Name: "a", Listen: ":6379", Backends: []Backend{{Addr: "[2001:db8::5]:6379"}}, Origin: "f.yaml:2"},
+				{Name: "b", Listen: ":6380", Backends: []Backend{{Addr: "10.0.0.1:1"}}, Origin: "f.yaml:3"},
+				{Name: "c", Listen: "[::]:6381", Backends: []Backend{{Addr: "x:1"}}, Origin: "f.yaml:4"},
+				{Name: "d", Listen: ":0", Backends: []Backend{{Addr: "x:2"}}, Origin: "f.yaml:5"},
+				{Name: "e", Listen: "[::1]:6382", Backends: []Backend{{Addr: "x:3"}}, Origin: "f.yaml:6"},
 			},
 		},
 		{
@@ -78,13 +78,13 @@ services:
     keepalive: "OFF"
     max_connections: 0
 `,
-			want: []Service{{Name: "s", Listen: ":1", Backends: []Backend{{"x:1"}},
+			want: []Service{{Name: "s", Listen: ":1", Backends: []Backend{{Addr: "x:1"}},
 				ConnectTimeout: 250 * time.Millisecond, IdleTimeout: -1, KeepAlive: -1, MaxConnections: -1, Origin: "f.yaml:2"}},
 		},
 		{
 			name: "an explicit document start",
 			in:   "---\nservices:\n  - {name: a, listen: 1, backends: [x:1]}\n...\n",
-			want: []Service{{Name: "a", Listen: ":1", Backends: []Backend{{"x:1"}}, Origin: "f.yaml:3"}},
+			want: []Service{{Name: "a", Listen: ":1", Backends: []Backend{{Addr: "x:1"}}, Origin: "f.yaml:3"}},
 		},
 		{
 			name: "empty documents around the real one",
@@ -143,7 +143,7 @@ services:
 	}
 }
 
-const allowedService = "(want one of: backends, connect_timeout, idle_timeout, keepalive, listen, max_connections, name)"
+const allowedService = "(want one of: backends, balance, close_on_remove, connect_timeout, eject_time, health_check, idle_timeout, keepalive, listen, max_connections, name, retries, retry_timeout)"
 
 func TestParseFileErrors(t *testing.T) {
 	tests := []struct {
@@ -154,31 +154,31 @@ func TestParseFileErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			in:   "services: []\nservice: []\n",
-			errs: []string{"f.yaml:2: service: unknown key in top level (want one of: defaults, services)"},
+			errs: []string{"f.yaml:2: service: unknown key in top level (want one of: defaults, discovery, services)"},
 		},
 		{
 			name: "unknown key in defaults",
 			in:   "defaults:\n  connect_timeout: 1s\n  conect_timeout: 1s\n",
-			errs: []string{"f.yaml:3: conect_timeout: unknown key in defaults (want one of: connect_timeout, idle_timeout, keepalive, max_connections)"},
+			errs: []string{"f.yaml:3: conect_timeout: unknown key in defaults (want one of: connect_timeout, eject_time, idle_timeout, keepalive, max_connections, retries, retry_timeout)"},
 		},
 		{
 			name: "unknown key in a service (the README's bad.yaml)",
 			in:   "services:\n  - name: redis\n    listn: 6379\n    backends:\n      - 10.0.0.5\n",
 			errs: []string{
 				"f.yaml:3: listn: unknown key in service " + allowedService,
-				`f.yaml:5: backend: want host:port (IPv6 in brackets), got "10.0.0.5"`,
+				`f.yaml:5: backend: want host:port, got "10.0.0.5", an IP address without a port`,
 				`f.yaml:2: listen: missing in service "redis": want [host:]port`,
 			},
 		},
 		{
 			name: "unknown key in a backend mapping",
-			in:   "services:\n  - name: r\n    listen: 1\n    backends:\n      - addr: a:1\n        weight: 2\n",
-			errs: []string{"f.yaml:6: weight: unknown key in backend (want one of: addr)"},
+			in:   "services:\n  - name: r\n    listen: 1\n    backends:\n      - addr: a:1\n        port: 2\n",
+			errs: []string{"f.yaml:6: port: unknown key in backend (want one of: addr, consul, consul_kv, dns, docker, etcd, srv, tag, url, weight)"},
 		},
 		{
-			name: "backend mapping without addr",
+			name: "backend mapping without addr or a discovery key",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends:\n      - {}\n",
-			errs: []string{"f.yaml:5: addr: missing in backend: want host:port"},
+			errs: []string{"f.yaml:5: backend: want one of the keys addr, dns, srv, etcd, consul, consul_kv, docker, url"},
 		},
 		{
 			name: "a key with a newline is quoted so the error stays on one line",
@@ -206,7 +206,7 @@ func TestParseFileErrors(t *testing.T) {
 		{
 			name: "a backend addr that is a list",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends:\n      - addr: [a:1]\n",
-			errs: []string{"f.yaml:5: backend: want a single value, got a list"},
+			errs: []string{"f.yaml:5: addr: want a single value, got a list"},
 		},
 		{
 			name: "max_connections that is a mapping",
@@ -266,22 +266,22 @@ func TestParseFileErrors(t *testing.T) {
 		{
 			name: "backends is a string",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends: a:1\n",
-			errs: []string{`f.yaml:4: backends: want a list of host:port, got "a:1"`},
+			errs: []string{`f.yaml:4: backends: want a list of host:port or discovery entries, got "a:1"`},
 		},
 		{
 			name: "backends is empty",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends: []\n",
-			errs: []string{"f.yaml:4: backends: empty: want at least one host:port"},
+			errs: []string{"f.yaml:4: backends: empty: want at least one host:port or discovery entry"},
 		},
 		{
 			name: "backends is null",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends:\n",
-			errs: []string{"f.yaml:4: backends: want a list of host:port, got nothing"},
+			errs: []string{"f.yaml:4: backends: want a list of host:port or discovery entries, got nothing"},
 		},
 		{
 			name: "a backend is a list",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends: [[a:1]]\n",
-			errs: []string{"f.yaml:4: backends: want host:port or {addr: host:port}, got a list"},
+			errs: []string{"f.yaml:4: backends: want host:port, a discovery URL or a mapping such as {addr: host:port, weight: 2} or {srv: name}, got a list"},
 		},
 		{
 			name: "name is a list",
@@ -334,7 +334,7 @@ func TestParseFileErrors(t *testing.T) {
 			errs: []string{
 				`f.yaml:5: backend: want a port number 1-65535, got "0"`,
 				`f.yaml:6: backend: want host:port with a host, got ":80"`,
-				`f.yaml:7: backend: want host:port (IPv6 in brackets), got "[::1]"`,
+				`f.yaml:7: addr: want host:port (IPv6 in brackets), got "[::1]"`,
 				`f.yaml:8: backend: want a host name or IP address, got "192.168.1.520", which is not a valid IPv4 address`,
 			},
 		},
@@ -371,7 +371,7 @@ func TestParseFileErrors(t *testing.T) {
 			errs: []string{
 				"f.yaml:2: name: missing: every service needs a name",
 				`f.yaml:2: listen: missing in service "": want [host:]port`,
-				`f.yaml:2: backends: missing in service "": want at least one host:port`,
+				`f.yaml:2: backends: missing in service "": want at least one host:port or discovery entry`,
 			},
 		},
 		{
@@ -431,13 +431,13 @@ services:
     backends: [x:2]
   - name: c
     listen: 3
-    backends: [x]
+    backends: [x:0]
     idle: 1s
 `,
 			errs: []string{
 				`f.yaml:2: keepalive: want a duration`,
 				`f.yaml:7: name: want letters, digits`,
-				`f.yaml:12: backend: want host:port (IPv6 in brackets), got "x"`,
+				`f.yaml:12: backend: want a port number 1-65535, got "0"`,
 				`f.yaml:13: idle: unknown key in service ` + allowedService,
 			},
 		},
@@ -492,7 +492,7 @@ func TestParseFileSyntaxLines(t *testing.T) {
 // its neighbours with it: the good ones are still returned (for `attache
 // check`), only the error decides.
 func TestParseFileKeepsGoodServices(t *testing.T) {
-	in := "services:\n  - {name: good, listen: 1, backends: [x:1]}\n  - {name: bad, listen: 2, backends: [x]}\n"
+	in := "services:\n  - {name: good, listen: 1, backends: [x:1]}\n  - {name: bad, listen: 2, backends: [x:0]}\n"
 	f, err := ParseFile("f.yaml", []byte(in))
 	if err == nil {
 		t.Fatal("want an error")

@@ -3,7 +3,9 @@ package config
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 )
 
 // Validate checks what no single source can: unique service names, no two
@@ -25,7 +27,7 @@ func Validate(cfg *Config) Errors {
 	byPort := map[int][]bound{}
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
-		errs = append(errs, checkService(s)...)
+		errs = append(errs, checkService(s, cfg.Discovery.Etcd.Endpoints)...)
 		listen, err := ParseListen(s.Listen)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: listen: %w", s.Origin, err))
@@ -58,6 +60,9 @@ func Validate(cfg *Config) Errors {
 	return errs
 }
 
+// discoverKinds are the Kind constants, for checking a Config built by code.
+var discoverKinds = []string{KindDNS, KindSRV, KindEtcd, KindConsul, KindConsulKV, KindDocker}
+
 func isWildcard(host string) bool {
 	if host == "" {
 		return true
@@ -70,7 +75,7 @@ func isWildcard(host string) bool {
 // of this for what they produce; Validate checks it again for a Config built
 // by other code, and for what only the whole service shows (a backend listed
 // twice).
-func checkService(s *Service) Errors {
+func checkService(s *Service, etcdEndpoints []string) Errors {
 	var errs Errors
 	if s.Name == "" {
 		errs = append(errs, fmt.Errorf("%s: service has no name", s.Origin))
@@ -80,14 +85,34 @@ func checkService(s *Service) Errors {
 	}
 	seen := map[string]bool{}
 	for _, b := range s.Backends {
-		if _, err := ParseHostPort(b.Addr); err != nil {
+		key := b.Addr
+		if b.Discover != nil {
+			key = b.Discover.String()
+			if !slices.Contains(discoverKinds, b.Discover.Kind) {
+				errs = append(errs, fmt.Errorf("%s: service %q: unknown discovery kind %q (want one of %s)",
+					s.Origin, s.Name, b.Discover.Kind, strings.Join(discoverKinds, ", ")))
+				continue
+			}
+			if b.Discover.Name == "" || b.Discover.Kind == KindDNS && b.Discover.Port == 0 {
+				errs = append(errs, fmt.Errorf("%s: service %q: incomplete %s", s.Origin, s.Name, describeDiscovery(b.Discover)))
+				continue
+			}
+			if b.Discover.Kind == KindEtcd && b.Discover.Server == "" && len(etcdEndpoints) == 0 {
+				errs = append(errs, fmt.Errorf("%s: service %q: %s needs discovery.etcd.endpoints in the file, or an etcd://host:port/key URL",
+					s.Origin, s.Name, describeDiscovery(b.Discover)))
+			}
+		} else if _, err := ParseHostPort(b.Addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s: service %q: backend: %w", s.Origin, s.Name, err))
 			continue
 		}
-		if seen[b.Addr] {
-			errs = append(errs, fmt.Errorf("%s: service %q lists backend %s twice", s.Origin, s.Name, b.Addr))
+		if seen[key] {
+			errs = append(errs, fmt.Errorf("%s: service %q lists backend %s twice", s.Origin, s.Name, key))
 		}
-		seen[b.Addr] = true
+		seen[key] = true
+	}
+	if s.Balance != "" && !slices.Contains(Policies, s.Balance) {
+		errs = append(errs, fmt.Errorf("%s: service %q: unknown balance policy %q (want one of %s)",
+			s.Origin, s.Name, s.Balance, strings.Join(Policies, ", ")))
 	}
 	return errs
 }

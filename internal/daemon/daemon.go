@@ -20,7 +20,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/attache/attache/internal/backend"
 	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/health"
 	"github.com/attache/attache/internal/proxy"
 )
 
@@ -78,6 +80,12 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
+	// Build everything that can refuse the configuration before opening a
+	// socket: never a half-started proxy.
+	disc, err := newDiscovery(cfg, log)
+	if err != nil {
+		return err
+	}
 	listeners, err := openAll(ctx, cfg.Services)
 	if err != nil {
 		return err
@@ -85,11 +93,13 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	d := &daemon{
-		log:     log,
-		proxy:   &proxy.Proxy{Logger: log, Resolver: opts.Resolver},
-		ctx:     serveCtx,
-		stop:    stopServing,
-		serving: map[string]*served{},
+		log:        log,
+		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver},
+		ctx:        serveCtx,
+		stop:       stopServing,
+		serving:    map[string]*served{},
+		registry:   health.NewRegistry(backend.DefaultBackoff),
+		discovered: map[string][]backend.Endpoint{},
 	}
 	bound := make([]Bound, len(listeners))
 	for i, l := range listeners {
@@ -97,6 +107,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		bound[i] = Bound{Service: s.Name, Addr: l.Addr()}
 		d.serve(s, l)
 	}
+	d.startDiscovery(disc)
 	if opts.Ready != nil {
 		opts.Ready(bound)
 	}
@@ -117,6 +128,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
+	d.stopDiscovery()
 
 	if n := d.proxy.Active(); n > 0 {
 		log.Info("draining open connections", "connections", n, "grace", opts.Grace)
@@ -138,22 +150,29 @@ type daemon struct {
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 
-	mu       sync.Mutex
-	serving  map[string]*served // by configured listen address
-	serveErr error
-}
+	// registry holds each backend's live state (connections, health),
+	// keyed by service and address, across reloads and discovery changes.
+	registry *health.Registry
 
-type served struct {
-	svc config.Service
-	l   *proxy.Listener
+	// discovery is the running set of providers, replaced on a reload
+	// that changes what to discover.
+	discMu sync.Mutex
+	disc   *discoveryRun
+
+	mu         sync.Mutex
+	serving    map[string]*served // by configured listen address
+	discovered map[string][]backend.Endpoint
+	serveErr   error
 }
 
 func (d *daemon) serve(s config.Service, l *proxy.Listener) {
 	d.mu.Lock()
-	d.serving[s.Listen] = &served{svc: s, l: l}
+	sv := &served{svc: s, l: l}
+	d.serving[s.Listen] = sv
+	d.configure(sv, s)
 	d.mu.Unlock()
 	d.log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(),
-		"backends", backendAddrs(s), "from", s.Origin)
+		"backends", backendList(s), "balance", s.Balance, "from", s.Origin)
 	d.wg.Go(func() {
 		if err := d.proxy.Serve(d.ctx, l); err != nil {
 			d.mu.Lock()
@@ -176,6 +195,11 @@ func (d *daemon) reload(load func() (*config.Config, error)) error {
 		return errors.New("reload: no configuration source to reload from")
 	}
 	cfg, err := load()
+	if err != nil {
+		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
+		return fmt.Errorf("reload: %w", err)
+	}
+	disc, err := newDiscovery(cfg, d.log)
 	if err != nil {
 		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
 		return fmt.Errorf("reload: %w", err)
@@ -212,8 +236,10 @@ func (d *daemon) reload(load func() (*config.Config, error)) error {
 			delete(d.serving, addr)
 			continue
 		}
-		sv.l.SetRoute(routeFor(s))
-		sv.svc = s
+		d.configure(sv, s)
+	}
+	for _, sv := range removed {
+		d.unconfigure(sv)
 	}
 	d.mu.Unlock()
 	for _, sv := range removed {
@@ -224,6 +250,7 @@ func (d *daemon) reload(load func() (*config.Config, error)) error {
 	for i, l := range opened {
 		d.serve(added[i], l)
 	}
+	d.startDiscovery(disc)
 	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(added), "removed", len(removed))
 	return nil
 }
@@ -241,7 +268,8 @@ func openAll(ctx context.Context, services []config.Service) ([]*proxy.Listener,
 			}
 			return nil, &ListenError{Service: s, Err: unwrapOp(err)}
 		}
-		out = append(out, proxy.NewListener(ln, routeFor(s), s.MaxConnections))
+		// The route is set by configure once the daemon owns the listener.
+		out = append(out, proxy.NewListener(ln, &proxy.Route{Service: s.Name, Backends: backend.NewSet()}, s.MaxConnections))
 	}
 	return out, nil
 }
@@ -265,24 +293,6 @@ func listenNetwork(addr string) string {
 		return "tcp6"
 	}
 	return "tcp"
-}
-
-func routeFor(s config.Service) *proxy.Route {
-	return &proxy.Route{
-		Service:        s.Name,
-		Backends:       backendAddrs(s),
-		ConnectTimeout: s.ConnectTimeout,
-		IdleTimeout:    s.IdleTimeout,
-		KeepAlive:      s.KeepAlive,
-	}
-}
-
-func backendAddrs(s config.Service) []string {
-	out := make([]string, len(s.Backends))
-	for i, b := range s.Backends {
-		out[i] = b.Addr
-	}
-	return out
 }
 
 func unwrapOp(err error) error {

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/attache/attache/internal/backend"
 )
 
 var temporaryAcceptErrnos = []error{
@@ -22,7 +25,8 @@ var temporaryAcceptErrnos = []error{
 // be called from any goroutine to end the connection early.
 type conn struct {
 	client   *net.TCPConn
-	backend  *net.TCPConn // set once dialled, under mu
+	backend  *net.TCPConn     // set once dialled, under mu
+	target   *backend.Backend // the backend dialled, under mu; its Active count is ours
 	listener *Listener
 	route    *Route
 	sem      chan struct{}
@@ -58,14 +62,21 @@ func (c *conn) abort(reason string) {
 	}
 }
 
-func (c *conn) setBackend(b *net.TCPConn) bool {
+func (c *conn) setBackend(b *net.TCPConn, target *backend.Backend) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
 		return false
 	}
-	c.backend = b
+	c.backend, c.target = b, target
+	target.Acquire()
 	return true
+}
+
+func (c *conn) backendIs(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.target != nil && c.target.Addr == addr
 }
 
 // handle dials the backend and starts the two copy goroutines, then
@@ -85,18 +96,18 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	}()
 	c.listener.Stats.Active.Add(1)
 	r := c.route
-	backend, addr, err := p.dial(ctx, c, r)
+	bc, target, err := p.dial(ctx, c, r)
 	if err != nil {
 		c.listener.Stats.Failed.Add(1)
 		p.logger().Warn("no backend reachable; closing client connection",
 			"service", r.Service, "client", c.client.RemoteAddr().String(), "error", err)
 		return
 	}
-	if !c.setBackend(backend) {
-		backend.Close()
+	if !c.setBackend(bc, target) {
+		bc.Close()
 		return
 	}
-	c.backendAddr = addr
+	c.backendAddr = target.Addr
 	if r.IdleTimeout > 0 {
 		c.stopIdle = c.watchIdle(r.IdleTimeout)
 	}
@@ -116,6 +127,7 @@ func (p *Proxy) finish(c *conn) {
 	c.client.Close()
 	if c.backend != nil {
 		c.backend.Close()
+		c.target.Release()
 	}
 	if c.stopIdle != nil {
 		c.stopIdle()
@@ -157,31 +169,89 @@ func (p *Proxy) logClose(c *conn) {
 		"bytes_out", c.bytesOut, "reason", reason)
 }
 
-// dial tries each backend once, starting at the round-robin cursor, and
-// returns the first connection that succeeds. A failed dial moves on to the
-// next backend before the client sees anything.
-func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, string, error) {
-	n := len(r.Backends)
-	if n == 0 {
-		return nil, "", errors.New("route has no backends")
-	}
+// errNoBackend is returned when no backend was usable for the whole retry
+// budget (none discovered, or every one down or ejected).
+var errNoBackend = errors.New("no usable backend")
+
+// dial asks the route's policy for a backend and dials it. A failed dial
+// ejects that backend (passive health, when on) and tries the next pick, up
+// to Retries more times, before the client sees anything. When the policy
+// has nothing to offer, it waits for the listener's route to gain a usable
+// backend (discovery catching up, a check passing) until RetryTimeout, which
+// bounds the whole search.
+func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *backend.Backend, error) {
 	d := r.dialer(p.Resolver)
-	first := int(r.next.Add(1)-1) % n
-	var errs []error
-	for i := range n {
-		addr := r.Backends[(first+i)%n]
-		bc, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			return bc.(*net.TCPConn), addr, nil
+	from := clientAddrPort(c.client)
+	deadline := c.start.Add(r.retryTimeout())
+	var (
+		errs     []error
+		attempts int
+	)
+	for {
+		b := r.policy().Pick(r.Backends, from)
+		if b == nil {
+			if !waitForBackend(ctx, deadline) {
+				c.listener.Stats.NoBackend.Add(1)
+				if len(errs) == 0 {
+					return nil, nil, fmt.Errorf("%w among %d backends after %s", errNoBackend, r.Backends.Len(), r.retryTimeout())
+				}
+				return nil, nil, errors.Join(append(errs, errNoBackend)...)
+			}
+			// Pick up a route swapped in meanwhile (new backends, new
+			// health), keeping this connection's own settings.
+			if nr := c.listener.route.Load(); nr != r && nr.Service == r.Service {
+				r = &Route{Service: r.Service, Backends: nr.Backends, Policy: nr.policy(), Retries: r.Retries,
+					RetryTimeout: r.RetryTimeout, Passive: r.Passive, ConnectTimeout: r.ConnectTimeout}
+			}
+			continue
 		}
+		bc, err := d.DialContext(ctx, "tcp", b.Addr)
+		if err == nil {
+			if r.Passive {
+				b.ReportSuccess()
+			}
+			if attempts > 0 {
+				c.listener.Stats.Retried.Add(1)
+			}
+			return bc.(*net.TCPConn), b, nil
+		}
+		attempts++
 		c.listener.Stats.DialErrors.Add(1)
-		errs = append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
-		p.logger().Debug("dial failed; trying the next backend", "service", r.Service, "backend", addr, "error", err)
-		if ctx.Err() != nil {
-			break
+		if r.Passive && ctx.Err() == nil {
+			b.ReportFailure(time.Now())
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", b.Addr, unwrapOpError(err)))
+		p.logger().Debug("dial failed", "service", r.Service, "backend", b.Addr, "attempt", attempts, "error", err)
+		if ctx.Err() != nil || attempts > r.Retries || !time.Now().Before(deadline) {
+			return nil, nil, errors.Join(errs...)
 		}
 	}
-	return nil, "", errors.Join(errs...)
+}
+
+// waitForBackend sleeps a little before the next Pick, unless the deadline
+// has passed or ctx is done; it reports whether to try again.
+func waitForBackend(ctx context.Context, deadline time.Time) bool {
+	rest := time.Until(deadline)
+	if rest <= 0 {
+		return false
+	}
+	t := time.NewTimer(min(rest, 25*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// clientAddrPort is the client's address for source_hash; the zero value
+// when it is not TCP.
+func clientAddrPort(c *net.TCPConn) netip.AddrPort {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort()
+	}
+	return netip.AddrPort{}
 }
 
 func unwrapOpError(err error) error {

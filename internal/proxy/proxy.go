@@ -6,7 +6,8 @@
 //
 //	p := &proxy.Proxy{Logger: log}
 //	ln, _ := net.Listen("tcp", ":6379")
-//	go p.Serve(ctx, ln, &proxy.Route{Service: "redis", Backends: []string{"10.0.0.5:6379"}})
+//	l := proxy.NewListener(ln, proxy.NewRoute("redis", "10.0.0.5:6379"), 0)
+//	go p.Serve(ctx, l)
 //	...
 //	p.Shutdown(graceCtx) // stop accepting, drain, then force-close
 package proxy
@@ -20,6 +21,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/balance"
 )
 
 // Route is what a listener forwards to. A Route is immutable once served,
@@ -28,9 +32,22 @@ import (
 type Route struct {
 	// Service names the route in logs.
 	Service string
-	// Backends are host:port addresses, tried in round-robin order. A
-	// hostname is resolved at each dial.
-	Backends []string
+	// Backends is the set Policy picks from. A hostname in an address is
+	// resolved at each dial.
+	Backends *backend.Set
+	// Policy chooses a backend for each connection; nil is round robin.
+	Policy balance.Policy
+	// Retries is how many further dials a connection may make, each to the
+	// backend Policy picks next, after a failed one.
+	Retries int
+	// RetryTimeout bounds the whole search for a backend, dials and waits
+	// included: when no backend is usable (none discovered yet, or all
+	// down), a new connection waits up to this long for one to appear
+	// before it is closed. Zero means ConnectTimeout.
+	RetryTimeout time.Duration
+	// Passive, when true, ejects a backend whose dial failed for a back-off
+	// (see backend.Backend.ReportFailure), so the next connections avoid it.
+	Passive bool
 	// ConnectTimeout bounds one dial to one backend; zero means 5s.
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection with no bytes moving either way for
@@ -41,12 +58,41 @@ type Route struct {
 	// side takes it from the listener (see ListenConfig).
 	KeepAlive time.Duration
 
-	next atomic.Uint32 // round-robin cursor
+	defaultPolicy balance.RoundRobin
 
 	// The Dialer (and its keepalive Control closure) is built once per
 	// route, not once per connection.
 	dialerOnce sync.Once
 	dialerVal  net.Dialer
+}
+
+// NewRoute is a Route to fixed addresses, round robin, with passive health
+// and one retry per other backend, as the foundation's ambassador did.
+func NewRoute(service string, addrs ...string) *Route {
+	return &Route{Service: service, Backends: Addrs(addrs...), Retries: max(len(addrs)-1, 0), Passive: true}
+}
+
+// Addrs is a Set of fresh backends at addrs (no shared health state).
+func Addrs(addrs ...string) *backend.Set {
+	bs := make([]*backend.Backend, len(addrs))
+	for i, a := range addrs {
+		bs[i] = backend.New(backend.Endpoint{Addr: a})
+	}
+	return backend.NewSet(bs...)
+}
+
+func (r *Route) policy() balance.Policy {
+	if r.Policy == nil {
+		return &r.defaultPolicy
+	}
+	return r.Policy
+}
+
+func (r *Route) retryTimeout() time.Duration {
+	if r.RetryTimeout <= 0 {
+		return r.connectTimeout()
+	}
+	return r.RetryTimeout
 }
 
 func (r *Route) connectTimeout() time.Duration {
@@ -61,6 +107,8 @@ type Stats struct {
 	Accepted   atomic.Int64 // connections accepted
 	Active     atomic.Int64 // connections open now
 	Failed     atomic.Int64 // connections closed because no backend answered
+	NoBackend  atomic.Int64 // of those, closed because no backend was usable at all
+	Retried    atomic.Int64 // connections that needed more than one dial
 	DialErrors atomic.Int64 // failed dials (one connection may count several)
 	BytesIn    atomic.Int64 // client to backend
 	BytesOut   atomic.Int64 // backend to client
@@ -214,6 +262,24 @@ func (p *Proxy) untrack(c *conn) {
 	}
 	p.mu.Unlock()
 	p.handlers.Done()
+}
+
+// CloseBackend aborts the connections of l that are open to the backend at
+// addr, and returns how many it closed. The daemon uses it for services with
+// close_on_remove, when a backend leaves the set or fails its checks.
+func (p *Proxy) CloseBackend(l *Listener, addr, reason string) int {
+	p.mu.Lock()
+	var victims []*conn
+	for c := range p.conns {
+		if c.listener == l && c.backendIs(addr) {
+			victims = append(victims, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range victims {
+		c.abort(reason)
+	}
+	return len(victims)
 }
 
 // Active reports the connections open across every listener.

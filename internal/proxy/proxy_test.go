@@ -61,7 +61,7 @@ const deadlineFor = 20 * time.Second
 
 func TestBytesIntactBothWays(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	l := start(t, &Proxy{}, &Route{Service: "echo", Backends: []string{echo}}, 0)
+	l := start(t, &Proxy{}, &Route{Service: "echo", Backends: Addrs(echo), Retries: 3, Passive: true}, 0)
 
 	// Sizes cover the buffer path (small), the switch to splice (a read
 	// that fills the buffer) and long splice runs.
@@ -111,7 +111,7 @@ func TestHalfCloseClientFirst(t *testing.T) {
 		time.Sleep(700 * time.Millisecond)
 		c.Write(append([]byte(fmt.Sprintf("got %d;", len(req))), reply...))
 	})
-	l := start(t, &Proxy{}, &Route{Service: "half", Backends: []string{ln.Addr().String()}}, 0)
+	l := start(t, &Proxy{}, &Route{Service: "half", Backends: Addrs(ln.Addr().String()), Retries: 3, Passive: true}, 0)
 	c := dial(t, l.Addr().String())
 	c.SetDeadline(time.Now().Add(deadlineFor))
 	c.Write([]byte("request"))
@@ -140,7 +140,7 @@ func TestHalfCloseBackendFirst(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		received <- b
 	})
-	l := start(t, &Proxy{}, &Route{Service: "half", Backends: []string{ln.Addr().String()}}, 0)
+	l := start(t, &Proxy{}, &Route{Service: "half", Backends: Addrs(ln.Addr().String()), Retries: 3, Passive: true}, 0)
 	c := dial(t, l.Addr().String())
 	c.SetDeadline(time.Now().Add(deadlineFor))
 	got, err := io.ReadAll(c) // EOF arrives after the banner
@@ -162,31 +162,42 @@ func TestHalfCloseBackendFirst(t *testing.T) {
 }
 
 func TestFailoverToNextBackend(t *testing.T) {
-	echo := testenv.Echo(t, "127.0.0.1:0")
-	dead := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t, "127.0.0.1"))
-	l := start(t, &Proxy{}, &Route{Service: "fo", Backends: []string{dead, echo}}, 0)
-	for i := range 6 {
-		c := dial(t, l.Addr().String())
-		c.SetDeadline(time.Now().Add(deadlineFor))
-		msg := fmt.Sprintf("hello %d", i)
-		c.Write([]byte(msg))
-		c.CloseWrite()
-		got, err := io.ReadAll(c)
-		if err != nil || string(got) != msg {
-			t.Fatalf("connection %d: got %q, %v", i, got, err)
-		}
-	}
-	if n := l.Stats.DialErrors.Load(); n != 3 {
-		t.Errorf("dial errors = %d, want 3 (every other connection starts at the dead backend)", n)
-	}
-	if n := l.Stats.Failed.Load(); n != 0 {
-		t.Errorf("failed connections = %d, want 0", n)
+	for _, passive := range []bool{false, true} {
+		t.Run(fmt.Sprintf("passive=%v", passive), func(t *testing.T) {
+			echo := testenv.Echo(t, "127.0.0.1:0")
+			dead := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t, "127.0.0.1"))
+			l := start(t, &Proxy{}, &Route{Service: "fo", Backends: Addrs(dead, echo), Retries: 3, Passive: passive}, 0)
+			for i := range 6 {
+				c := dial(t, l.Addr().String())
+				c.SetDeadline(time.Now().Add(deadlineFor))
+				msg := fmt.Sprintf("hello %d", i)
+				c.Write([]byte(msg))
+				c.CloseWrite()
+				got, err := io.ReadAll(c)
+				if err != nil || string(got) != msg {
+					t.Fatalf("connection %d: got %q, %v", i, got, err)
+				}
+			}
+			n := l.Stats.DialErrors.Load()
+			switch {
+			case !passive && n < 3:
+				t.Errorf("dial errors = %d, want at least 3 (without ejection round robin keeps landing on the dead backend)", n)
+			case passive && (n < 1 || n >= 3):
+				t.Errorf("dial errors = %d, want fewer than 3: the first failure ejects the dead backend", n)
+			}
+			if n := l.Stats.Failed.Load(); n != 0 {
+				t.Errorf("failed connections = %d, want 0", n)
+			}
+			if n := l.Stats.Retried.Load(); n != l.Stats.DialErrors.Load() {
+				t.Errorf("retried connections = %d, want one per dial error (%d)", n, l.Stats.DialErrors.Load())
+			}
+		})
 	}
 }
 
 func TestNoBackendClosesClientAndKeepsServing(t *testing.T) {
 	dead := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t, "127.0.0.1"))
-	r := &Route{Service: "down", Backends: []string{dead}}
+	r := &Route{Service: "down", Backends: Addrs(dead), Retries: 3, Passive: true, RetryTimeout: 300 * time.Millisecond}
 	l := start(t, &Proxy{}, r, 0)
 	for range 3 {
 		c := dial(t, l.Addr().String())
@@ -204,7 +215,7 @@ func TestNoBackendClosesClientAndKeepsServing(t *testing.T) {
 	}
 	// The listener still works once a backend exists.
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	l.SetRoute(&Route{Service: "down", Backends: []string{echo}})
+	l.SetRoute(&Route{Service: "down", Backends: Addrs(echo), Retries: 3, Passive: true})
 	c := dial(t, l.Addr().String())
 	c.SetDeadline(time.Now().Add(deadlineFor))
 	c.Write([]byte("up"))
@@ -217,7 +228,7 @@ func TestNoBackendClosesClientAndKeepsServing(t *testing.T) {
 func TestIdleTimeoutClosesOnlyIdleConnections(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
 	const idle = 300 * time.Millisecond
-	l := start(t, &Proxy{}, &Route{Service: "idle", Backends: []string{echo}, IdleTimeout: idle}, 0)
+	l := start(t, &Proxy{}, &Route{Service: "idle", Backends: Addrs(echo), Retries: 3, Passive: true, IdleTimeout: idle}, 0)
 
 	busy := dial(t, l.Addr().String())
 	quiet := dial(t, l.Addr().String())
@@ -251,7 +262,7 @@ func TestIdleTimeoutClosesOnlyIdleConnections(t *testing.T) {
 
 func TestConnectionLimitQueuesInBacklog(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	l := start(t, &Proxy{}, &Route{Service: "lim", Backends: []string{echo}}, 1)
+	l := start(t, &Proxy{}, &Route{Service: "lim", Backends: Addrs(echo), Retries: 3, Passive: true}, 1)
 	first := dial(t, l.Addr().String())
 	first.SetDeadline(time.Now().Add(deadlineFor))
 	first.Write([]byte("a"))
@@ -280,7 +291,7 @@ func TestShutdownDrainsThenForces(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
 	p := &Proxy{}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	l := NewListener(ln, &Route{Service: "drain", Backends: []string{echo}}, 0)
+	l := NewListener(ln, &Route{Service: "drain", Backends: Addrs(echo), Retries: 3, Passive: true}, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ctx, l) }()
@@ -355,7 +366,7 @@ func TestResolvesAtEachConnection(t *testing.T) {
 	d := testenv.StartDNS(t)
 	d.SetA("backend.test", "127.0.0.2")
 	p := &Proxy{Resolver: d.Resolver()}
-	l := start(t, p, &Route{Service: "dns", Backends: []string{fmt.Sprintf("backend.test:%d", port)}}, 0)
+	l := start(t, p, &Route{Service: "dns", Backends: Addrs(fmt.Sprintf("backend.test:%d", port)), Retries: 3, Passive: true}, 0)
 	who := func() string {
 		c := dial(t, l.Addr().String())
 		c.SetDeadline(time.Now().Add(deadlineFor))
@@ -375,7 +386,7 @@ func TestResolvesAtEachConnection(t *testing.T) {
 // redis-server through attache.
 func TestRealRedis(t *testing.T) {
 	redis := testenv.Redis(t)
-	l := start(t, &Proxy{}, &Route{Service: "redis", Backends: []string{redis}}, 0)
+	l := start(t, &Proxy{}, &Route{Service: "redis", Backends: Addrs(redis), Retries: 3, Passive: true}, 0)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for w := range 8 {
@@ -436,7 +447,7 @@ func TestRealRedis(t *testing.T) {
 // sockets and nothing else — no splice pipe.
 func TestIdleConnectionsHoldNoPipe(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	l := start(t, &Proxy{}, &Route{Service: "idle", Backends: []string{echo}}, 0)
+	l := start(t, &Proxy{}, &Route{Service: "idle", Backends: Addrs(echo), Retries: 3, Passive: true}, 0)
 	const n = 20
 	before := countPipes(t) - 2*pipePool.idle()
 	payload := make([]byte, 4<<20)
@@ -510,7 +521,7 @@ func TestAcceptErrorsBackOffAndRecover(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	fl := &flakyListener{Listener: ln, fails: 5}
 	p := &Proxy{}
-	l := NewListener(fl, &Route{Service: "emfile", Backends: []string{echo}}, 0)
+	l := NewListener(fl, &Route{Service: "emfile", Backends: Addrs(echo), Retries: 3, Passive: true}, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, l) }()

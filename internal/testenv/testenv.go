@@ -1,11 +1,10 @@
 // Package testenv starts real servers for tests: a TCP echo server, a
-// redis-server process and an in-process DNS server whose records a test can
-// change while traffic flows. Every server is stopped by t.Cleanup.
+// redis-server process and an in-process DNS server (dns.go) whose records a
+// test can change while traffic flows. Every server is stopped by t.Cleanup.
 package testenv
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -15,8 +14,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // Echo starts a TCP server on addr (e.g. "127.0.0.1:0") that writes back
@@ -158,84 +155,4 @@ func redisPing(addr string) error {
 		return fmt.Errorf("unexpected reply %q", line)
 	}
 	return nil
-}
-
-// DNS is a real DNS server on loopback UDP whose A records can be changed
-// while it runs.
-type DNS struct {
-	Addr string
-	mu   sync.Mutex
-	a    map[string][]net.IP
-}
-
-// StartDNS starts a DNS server on a free 127.0.0.1 UDP port.
-func StartDNS(t testing.TB) *DNS {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("dns listen: %v", err)
-	}
-	d := &DNS{Addr: pc.LocalAddr().String(), a: map[string][]net.IP{}}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve)}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	done := make(chan error, 1)
-	go func() { done <- srv.ActivateAndServe() }()
-	select {
-	case <-started:
-	case err := <-done:
-		t.Fatalf("dns server: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = srv.Shutdown()
-		<-done
-	})
-	return d
-}
-
-// SetA replaces the A records of name ("backend.test.").
-func (d *DNS) SetA(name string, ips ...string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var list []net.IP
-	for _, ip := range ips {
-		list = append(list, net.ParseIP(ip))
-	}
-	d.a[dns.Fqdn(name)] = list
-}
-
-func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	d.mu.Lock()
-	for _, q := range req.Question {
-		ips, ok := d.a[strings.ToLower(q.Name)]
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-			continue
-		}
-		if q.Qtype != dns.TypeA {
-			continue
-		}
-		for _, ip := range ips {
-			m.Answer = append(m.Answer, &dns.A{
-				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 0},
-				A:   ip.To4(),
-			})
-		}
-	}
-	d.mu.Unlock()
-	_ = w.WriteMsg(m)
-}
-
-// Resolver returns a pure-Go resolver that asks only this server.
-func (d *DNS) Resolver() *net.Resolver {
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "udp", d.Addr)
-		},
-	}
 }

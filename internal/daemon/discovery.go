@@ -1,0 +1,231 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
+	"sync"
+
+	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/discovery/consul"
+	"github.com/attache/attache/internal/discovery/dns"
+	"github.com/attache/attache/internal/discovery/docker"
+	"github.com/attache/attache/internal/discovery/etcd"
+)
+
+// discoveryRun is a set of providers built from one configuration, and the
+// goroutines running them once started.
+type discoveryRun struct {
+	// spec is what the providers were built from; a reload whose spec is
+	// equal keeps the running providers (and their watches) untouched.
+	spec      discoverySpec
+	providers []discovery.Provider
+	cancel    context.CancelFunc
+	merger    *discovery.Merger
+	wg        sync.WaitGroup
+}
+
+// discoverySpec is every discovery entry of a configuration plus the
+// discovery section: all a provider's behaviour depends on.
+type discoverySpec struct {
+	Settings config.Discovery
+	Entries  map[string][]config.Discover // service → entries, in file order
+}
+
+// newDiscovery builds (and so validates) the providers cfg needs, without
+// starting them. A configuration without discovery entries gives a run with
+// no providers.
+func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
+	spec := discoverySpec{Settings: cfg.Discovery, Entries: map[string][]config.Discover{}}
+	for _, s := range cfg.Services {
+		for _, b := range s.Backends {
+			if b.Discover != nil {
+				spec.Entries[s.Name] = append(spec.Entries[s.Name], *b.Discover)
+			}
+		}
+	}
+	run := &discoveryRun{spec: spec}
+	var (
+		dnsCfg    = dns.Config{Server: cfg.Discovery.DNS.Server, MinTTL: cfg.Discovery.DNS.MinTTL, MaxTTL: cfg.Discovery.DNS.MaxTTL, Timeout: cfg.Discovery.DNS.Timeout}
+		etcdCfgs  = map[string]*etcd.Config{}   // by server ("" = the section's endpoints)
+		consulCfg = map[string]*consul.Config{} // by server ("" = the section's address)
+		dockerFor = map[string][]string{}       // label value → attache services
+	)
+	for _, svc := range slices.Sorted(maps.Keys(spec.Entries)) {
+		for _, e := range spec.Entries[svc] {
+			switch e.Kind {
+			case config.KindDNS:
+				dnsCfg.Queries = append(dnsCfg.Queries, dns.Query{Service: svc, Name: e.Name, Type: dns.A, Port: e.Port})
+			case config.KindSRV:
+				dnsCfg.Queries = append(dnsCfg.Queries, dns.Query{Service: svc, Name: e.Name, Type: dns.SRV})
+			case config.KindEtcd:
+				c := etcdCfgs[e.Server]
+				if c == nil {
+					eps := cfg.Discovery.Etcd.Endpoints
+					if e.Server != "" {
+						eps = []string{e.Server}
+					}
+					c = &etcd.Config{Endpoints: eps, Username: cfg.Discovery.Etcd.Username, Password: cfg.Discovery.Etcd.Password,
+						DialTimeout: cfg.Discovery.Etcd.DialTimeout, Logger: log}
+					etcdCfgs[e.Server] = c
+				}
+				c.Watches = append(c.Watches, etcd.Watch{Service: svc, Key: e.Name})
+			case config.KindConsul, config.KindConsulKV:
+				c := consulCfg[e.Server]
+				if c == nil {
+					addr := cfg.Discovery.Consul.Address
+					if e.Server != "" {
+						addr = e.Server
+					}
+					c = &consul.Config{Address: addr, Token: cfg.Discovery.Consul.Token, Datacenter: cfg.Discovery.Consul.Datacenter, Logger: log}
+					consulCfg[e.Server] = c
+				}
+				w := consul.Watch{Service: svc, Name: e.Name, Tag: e.Tag}
+				if e.Kind == config.KindConsulKV {
+					w = consul.Watch{Service: svc, KVKey: e.Name}
+				}
+				c.Watches = append(c.Watches, w)
+			case config.KindDocker:
+				dockerFor[e.Name] = append(dockerFor[e.Name], svc)
+			default:
+				return nil, fmt.Errorf("service %s: unknown discovery kind %q", svc, e.Kind)
+			}
+		}
+	}
+	add := func(p discovery.Provider, err error, what string) error {
+		if err != nil {
+			return fmt.Errorf("discovery (%s): %w", what, err)
+		}
+		run.providers = append(run.providers, p)
+		return nil
+	}
+	if len(dnsCfg.Queries) > 0 {
+		dnsCfg.Logger = log
+		p, err := dns.New(dnsCfg)
+		if err := add(p, err, "dns"); err != nil {
+			return nil, err
+		}
+	}
+	for _, server := range slices.Sorted(maps.Keys(etcdCfgs)) {
+		p, err := etcd.New(*etcdCfgs[server])
+		if err := add(p, err, "etcd"); err != nil {
+			return nil, err
+		}
+	}
+	for _, server := range slices.Sorted(maps.Keys(consulCfg)) {
+		p, err := consul.New(*consulCfg[server])
+		if err := add(p, err, "consul"); err != nil {
+			return nil, err
+		}
+	}
+	if len(dockerFor) > 0 {
+		dc := cfg.Discovery.Docker
+		p, err := docker.New(docker.Config{Host: dc.Host, Label: dc.Label, PortLabel: dc.PortLabel, Network: dc.Network,
+			Services: slices.Sorted(maps.Keys(dockerFor)), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("discovery (docker): %w", err)
+		}
+		run.providers = append(run.providers, renamed{Provider: p, to: dockerFor})
+	}
+	return run, nil
+}
+
+// renamed reports a provider's services under other names: Docker label
+// values are not always the attache service names that ask for them, and
+// one label value may feed several services.
+type renamed struct {
+	discovery.Provider
+	to map[string][]string
+}
+
+func (r renamed) Run(ctx context.Context, out chan<- discovery.Snapshot) error {
+	in := make(chan discovery.Snapshot)
+	errc := make(chan error, 1)
+	go func() { errc <- r.Provider.Run(ctx, in) }()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case s := <-in:
+			m := map[string][]backend.Endpoint{}
+			for from, eps := range s.Services {
+				for _, to := range r.to[from] {
+					m[to] = append(m[to], eps...)
+				}
+			}
+			select {
+			case out <- discovery.Snapshot{Provider: s.Provider, Services: m}:
+			case <-ctx.Done():
+				return <-errc
+			}
+		}
+	}
+}
+
+// startDiscovery runs next's providers, unless the running ones were built
+// from the same spec, in which case they carry on and next is dropped.
+func (d *daemon) startDiscovery(next *discoveryRun) {
+	d.discMu.Lock()
+	defer d.discMu.Unlock()
+	var seed map[string]map[string][]backend.Endpoint
+	if cur := d.disc; cur != nil {
+		if reflect.DeepEqual(cur.spec, next.spec) {
+			return
+		}
+		cur.stop()
+		// Keep what the old providers found until their successors of the
+		// same name report, so a reload does not empty a service.
+		if cur.merger != nil {
+			seed = cur.merger.Snapshots()
+			for name := range seed {
+				if !slices.ContainsFunc(next.providers, func(p discovery.Provider) bool { return p.Name() == name }) {
+					delete(seed, name)
+				}
+			}
+		}
+	}
+	d.disc = next
+	if len(next.providers) == 0 {
+		// Nothing to discover: drop what an earlier configuration found.
+		d.applyDiscovered(map[string][]backend.Endpoint{})
+		return
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	next.cancel = cancel
+	snaps := make(chan discovery.Snapshot)
+	m := &discovery.Merger{Apply: d.applyDiscovered, Logger: d.log, Seed: seed}
+	next.merger = m
+	next.wg.Go(func() { m.Run(ctx, snaps) })
+	for _, p := range next.providers {
+		next.wg.Go(func() {
+			if err := p.Run(ctx, snaps); err != nil && ctx.Err() == nil {
+				// The last good set stays in force: better stale backends
+				// than none.
+				d.log.Error("discovery provider stopped; its last backends stay in force", "provider", p.Name(), "error", err)
+			}
+		})
+	}
+	d.log.Info("discovery started", "providers", len(next.providers))
+}
+
+func (r *discoveryRun) stop() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
+}
+
+// stopDiscovery stops the running providers (at shutdown).
+func (d *daemon) stopDiscovery() {
+	d.discMu.Lock()
+	defer d.discMu.Unlock()
+	if d.disc != nil {
+		d.disc.stop()
+		d.disc = nil
+	}
+}

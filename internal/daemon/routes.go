@@ -1,0 +1,192 @@
+package daemon
+
+import (
+	"context"
+	"reflect"
+	"slices"
+
+	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/balance"
+	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/health"
+	"github.com/attache/attache/internal/proxy"
+)
+
+// served is one open listener and what its routes are built from. Fields
+// are guarded by daemon.mu.
+type served struct {
+	svc config.Service
+	l   *proxy.Listener
+	// policy lives as long as the service keeps its policy name, so a round
+	// robin cursor or a source hash does not restart at every change.
+	policy balance.Policy
+	set    *backend.Set
+	// monitor runs the active checks, when the service has them.
+	monitor     *health.Monitor
+	stopMonitor context.CancelFunc
+}
+
+// configure (re)applies a service's configuration to its listener: policy,
+// health checks, passive ejection, then the route. d.mu is held.
+func (d *daemon) configure(sv *served, s config.Service) {
+	old := sv.svc
+	if old.Name != "" && old.Name != s.Name {
+		d.registry.Forget(old.Name)
+	}
+	if sv.policy == nil || old.Balance != s.Balance {
+		p, err := balance.New(s.Balance)
+		if err != nil { // config.Validate checked the name; keep serving regardless
+			d.log.Error("balancing policy", "service", s.Name, "error", err)
+			p = &balance.RoundRobin{}
+		}
+		sv.policy = p
+	}
+	if s.EjectTime > 0 {
+		d.registry.SetBackoff(s.Name, backend.Backoff{Base: s.EjectTime, Max: 30 * s.EjectTime})
+	}
+	if sv.monitor != nil && (s.HealthCheck == nil || !reflect.DeepEqual(*s.HealthCheck, *old.HealthCheck) || old.Name != s.Name) {
+		sv.stopMonitor()
+		sv.monitor, sv.stopMonitor = nil, nil
+		// The checks stop with it: their verdict must not keep a backend
+		// out of rotation.
+		for i := range sv.set.Len() {
+			sv.set.At(i).SetHealthy(true)
+		}
+	}
+	sv.svc = s
+	if s.HealthCheck != nil && sv.monitor == nil {
+		d.startMonitor(sv)
+	}
+	d.rebuild(sv)
+}
+
+func (d *daemon) startMonitor(sv *served) {
+	hc := sv.svc.HealthCheck
+	var checker health.Checker = health.TCP{}
+	if hc.Send != "" || hc.Expect != "" {
+		checker = health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect)}
+	}
+	m := health.NewMonitor(sv.svc.Name, health.Spec{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}, checker, d.log)
+	l, service := sv.l, sv.svc.Name
+	if sv.svc.CloseOnRemove {
+		m.OnChange = func(addr string, healthy bool) {
+			if !healthy {
+				if n := d.proxy.CloseBackend(l, addr, "backend failed its health check"); n > 0 {
+					d.log.Info("closed connections to a failed backend", "service", service, "backend", addr, "connections", n)
+				}
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	sv.monitor, sv.stopMonitor = m, cancel
+	d.wg.Go(func() { _ = m.Run(ctx) })
+}
+
+// unconfigure releases what a removed service held. d.mu is held.
+func (d *daemon) unconfigure(sv *served) {
+	if sv.stopMonitor != nil {
+		sv.stopMonitor()
+	}
+	d.registry.Forget(sv.svc.Name)
+}
+
+// rebuild publishes a new route for sv from its static backends and what
+// discovery currently reports. Connections in flight keep the route they
+// started with; backends that stay keep their state. d.mu is held.
+func (d *daemon) rebuild(sv *served) {
+	s := sv.svc
+	var eps []backend.Endpoint
+	for _, b := range s.Backends {
+		if b.Discover == nil {
+			eps = append(eps, backend.Endpoint{Addr: b.Addr, Weight: b.Weight})
+		}
+	}
+	eps = append(eps, d.discovered[s.Name]...)
+	set := d.registry.Resolve(s.Name, eps)
+	prev := sv.set
+	sv.set = set
+	sv.l.SetRoute(&proxy.Route{
+		Service:        s.Name,
+		Backends:       set,
+		Policy:         sv.policy,
+		Retries:        s.Retries,
+		RetryTimeout:   s.RetryTimeout,
+		Passive:        s.EjectTime > 0,
+		ConnectTimeout: s.ConnectTimeout,
+		IdleTimeout:    s.IdleTimeout,
+		KeepAlive:      s.KeepAlive,
+	})
+	if sv.monitor != nil {
+		sv.monitor.Update(set)
+	}
+	if testHookRebuilt != nil {
+		testHookRebuilt(s.Name, setAddrs(set))
+	}
+	if s.CloseOnRemove && prev != nil {
+		for _, addr := range removedAddrs(prev, set) {
+			l, addr, name := sv.l, addr, s.Name
+			d.wg.Go(func() {
+				if n := d.proxy.CloseBackend(l, addr, "backend removed"); n > 0 {
+					d.log.Info("closed connections to a removed backend", "service", name, "backend", addr, "connections", n)
+				}
+			})
+		}
+	}
+}
+
+// testHookRebuilt, set by tests before Run, hears every route rebuild.
+var testHookRebuilt func(service string, addrs []string)
+
+func removedAddrs(prev, cur *backend.Set) []string {
+	now := setAddrs(cur)
+	var out []string
+	for i := range prev.Len() {
+		if addr := prev.At(i).Addr; !slices.Contains(now, addr) {
+			out = append(out, addr)
+		}
+	}
+	return out
+}
+
+func setAddrs(s *backend.Set) []string {
+	out := make([]string, s.Len())
+	for i := range s.Len() {
+		out[i] = s.At(i).Addr
+	}
+	return out
+}
+
+// applyDiscovered takes the merged discovery result and rebuilds the routes
+// of the services whose endpoints changed.
+func (d *daemon) applyDiscovered(m map[string][]backend.Endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, sv := range d.serving {
+		name := sv.svc.Name
+		old, had := d.discovered[name]
+		cur, has := m[name]
+		if had == has && slices.Equal(old, cur) {
+			continue
+		}
+		d.log.Info("backends changed", "service", name, "discovered", len(cur))
+		d.discovered[name] = cur
+		d.rebuild(sv)
+	}
+	for name := range d.discovered {
+		if _, ok := m[name]; !ok {
+			delete(d.discovered, name)
+		}
+	}
+	for name, eps := range m {
+		d.discovered[name] = eps
+	}
+}
+
+// backendList is a service's backends for the start-up log line.
+func backendList(s config.Service) []string {
+	out := make([]string, len(s.Backends))
+	for i, b := range s.Backends {
+		out[i] = b.String()
+	}
+	return out
+}

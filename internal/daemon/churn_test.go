@@ -204,3 +204,47 @@ func splitPort(hostport string) (string, uint16, error) {
 	}
 	return "", 0, fmt.Errorf("no port in %q", hostport)
 }
+
+// TestDNSOutageKeepsLastSet: while the DNS server fails, traffic carries on
+// to the last known backends; when it recovers, a change made meanwhile is
+// picked up without a restart.
+func TestDNSOutageKeepsLastSet(t *testing.T) {
+	w := watchRoutes(t)
+	pool := echoPool(t, 3)
+	d := testenv.StartDNS(t)
+	d.SetTTL(0)
+	d.SetA("echo.test", "127.0.0.1")
+	set := func(backends ...string) {
+		var recs []testenv.SRV
+		for _, b := range backends {
+			_, port, _ := splitPort(b)
+			recs = append(recs, testenv.SRV{Priority: 0, Weight: 1, Port: port, Target: "echo.test."})
+		}
+		d.SetSRV("_echo._tcp.test", recs...)
+	}
+	set(pool[0], pool[1])
+	addr, _ := startDaemon(t, fmt.Sprintf(`discovery:
+  dns: {server: %q, min_ttl: 10ms, max_ttl: 50ms, timeout: 50ms}
+services:
+  - name: s
+    listen: 127.0.0.1:0
+    backends: [srv://_echo._tcp.test]
+`, d.Addr))
+	w.waitFor(t, "s", pool[0], pool[1])
+	tr := testenv.StartTraffic(t, addr, 4, 2)
+	for _, f := range []testenv.Failure{testenv.FailServFail, testenv.FailDrop, testenv.FailRefused} {
+		d.Fail("", f)
+		before := d.Queries("_echo._tcp.test")
+		set(pool[2]) // not visible while the server fails
+		for d.Queries("_echo._tcp.test") < before+3 {
+			tr.AwaitProgress(1)
+		}
+		tr.AwaitProgress(20)
+		w.waitFor(t, "s", pool[0], pool[1]) // still the last good answer
+		d.Fail("", testenv.FailNone)
+		w.waitFor(t, "s", pool[2])
+		set(pool[0], pool[1])
+		w.waitFor(t, "s", pool[0], pool[1])
+	}
+	checkTraffic(t, tr.Stop())
+}

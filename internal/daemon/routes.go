@@ -67,13 +67,14 @@ func (d *daemon) startMonitor(sv *served) {
 		checker = health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect)}
 	}
 	m := health.NewMonitor(sv.svc.Name, health.Spec{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}, checker, d.log)
-	l, service := sv.l, sv.svc.Name
-	if sv.svc.CloseOnRemove {
-		m.OnChange = func(addr string, healthy bool) {
-			if !healthy {
-				if n := d.proxy.CloseBackend(l, addr, "backend failed its health check"); n > 0 {
-					d.log.Info("closed connections to a failed backend", "service", service, "backend", addr, "connections", n)
-				}
+	l, service, closeOn := sv.l, sv.svc.Name, sv.svc.CloseOnRemove
+	m.OnChange = func(addr string, healthy bool) {
+		if testHookHealth != nil {
+			testHookHealth(service, addr, healthy)
+		}
+		if closeOn && !healthy {
+			if n := d.proxy.CloseBackend(l, addr, "backend failed its health check"); n > 0 {
+				d.log.Info("closed connections to a failed backend", "service", service, "backend", addr, "connections", n)
 			}
 		}
 	}
@@ -134,8 +135,12 @@ func (d *daemon) rebuild(sv *served) {
 	}
 }
 
-// testHookRebuilt, set by tests before Run, hears every route rebuild.
-var testHookRebuilt func(service string, addrs []string)
+// Test hooks, set by tests before Run: every route rebuild, every health
+// verdict change.
+var (
+	testHookRebuilt func(service string, addrs []string)
+	testHookHealth  func(service, addr string, healthy bool)
+)
 
 func removedAddrs(prev, cur *backend.Set) []string {
 	now := setAddrs(cur)

@@ -189,6 +189,13 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 	)
 	for {
 		b := r.policy().Pick(r.Backends, from)
+		if b == nil && r.Passive {
+			// Every backend is out: when some are out only because passive
+			// ejection benched them, try one anyway rather than refuse the
+			// client (Envoy's panic mode). A dial that works ends its
+			// ejection; the active checks' verdicts still stand.
+			b = benched(r.Backends, attempts)
+		}
 		if b == nil {
 			if !waitForBackend(ctx, deadline) {
 				c.listener.Stats.NoBackend.Add(1)
@@ -226,6 +233,30 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 			return nil, nil, errors.Join(errs...)
 		}
 	}
+}
+
+// benched returns a backend that passes its active checks but is ejected by
+// passive health, the n-th such in the set (wrapping), or nil.
+func benched(set *backend.Set, n int) *backend.Backend {
+	var count int
+	for i := range set.Len() {
+		if set.At(i).CheckHealthy() {
+			count++
+		}
+	}
+	if count == 0 {
+		return nil
+	}
+	n %= count
+	for i := range set.Len() {
+		if b := set.At(i); b.CheckHealthy() {
+			if n == 0 {
+				return b
+			}
+			n--
+		}
+	}
+	return nil
 }
 
 // waitForBackend sleeps a little before the next Pick, unless the deadline

@@ -540,3 +540,34 @@ func TestAcceptErrorsBackOffAndRecover(t *testing.T) {
 }
 
 var errEMFILE = unix.EMFILE
+
+// TestEjectedBackendStillTriedWhenAlone: passive ejection must not turn a
+// blip of the only backend into an outage as long as the ejection lasts.
+// When every backend is ejected, one is tried anyway, and a dial that works
+// ends its ejection.
+func TestEjectedBackendStillTriedWhenAlone(t *testing.T) {
+	port := testenv.FreePort(t, "127.0.0.1")
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	r := &Route{Service: "blip", Backends: Addrs(addr), Retries: 0, Passive: true, RetryTimeout: 200 * time.Millisecond}
+	l := start(t, &Proxy{}, r, 0)
+	c := dial(t, l.Addr().String())
+	c.SetDeadline(time.Now().Add(deadlineFor))
+	if n, _ := c.Read(make([]byte, 1)); n != 0 {
+		t.Fatal("read data from a dead backend")
+	}
+	b := r.Backends.At(0)
+	if b.Healthy() {
+		t.Fatal("the failed dial did not eject the backend")
+	}
+	testenv.Echo(t, addr) // the backend comes back, still ejected
+	c = dial(t, l.Addr().String())
+	c.SetDeadline(time.Now().Add(deadlineFor))
+	c.Write([]byte("back"))
+	c.CloseWrite()
+	if got, err := io.ReadAll(c); string(got) != "back" {
+		t.Fatalf("got %q, %v; want the ejected but working backend to be tried", got, err)
+	}
+	if !b.Healthy() {
+		t.Error("a working dial did not end the ejection")
+	}
+}

@@ -1,0 +1,153 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/attache/attache/internal/testenv"
+)
+
+// killableEcho is an echo backend a test can kill outright: its listener
+// and every open connection close at once, as when a container dies.
+type killableEcho struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+}
+
+func startKillableEcho(t *testing.T) *killableEcho {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &killableEcho{ln: ln, conns: map[net.Conn]bool{}}
+	e.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.conns[c] = true
+			e.mu.Unlock()
+			e.wg.Go(func() {
+				_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+				_ = c.(*net.TCPConn).CloseWrite()
+				e.mu.Lock()
+				delete(e.conns, c)
+				e.mu.Unlock()
+				c.Close()
+			})
+		}
+	})
+	t.Cleanup(func() { e.kill() })
+	return e
+}
+
+func (e *killableEcho) addr() string { return e.ln.Addr().String() }
+
+// kill closes the listener and every connection, and returns how many
+// connections were open.
+func (e *killableEcho) kill() int {
+	e.ln.Close()
+	e.mu.Lock()
+	n := len(e.conns)
+	for c := range e.conns {
+		c.(*net.TCPConn).SetLinger(0) // a reset, as from a dead host's kernel
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+	return n
+}
+
+// TestKillOneOfTwoBackends: under load, one of two backends dies. Clients
+// see no errors beyond the connections that were open on the dead one; the
+// health check marks it down, and the time that took is reported.
+func TestKillOneOfTwoBackends(t *testing.T) {
+	for _, active := range []bool{false, true} {
+		t.Run(fmt.Sprintf("active_check=%v", active), func(t *testing.T) {
+			changes := make(chan time.Time, 10)
+			testHookHealth = func(service, addr string, healthy bool) {
+				if !healthy {
+					changes <- time.Now()
+				}
+			}
+			t.Cleanup(func() { testHookHealth = nil })
+			victim, survivor := startKillableEcho(t), startKillableEcho(t)
+			check := ""
+			if active {
+				check = "    health_check: {interval: 100ms, timeout: 100ms, fall: 2, rise: 2}\n"
+			}
+			addr, _ := startDaemon(t, fmt.Sprintf(`services:
+  - name: s
+    listen: 127.0.0.1:0
+    backends: [%s, %s]
+    balance: least_conn
+%s`, victim.addr(), survivor.addr(), check))
+			tr := testenv.StartTraffic(t, addr, 4, 4)
+			tr.AwaitProgress(50)
+			killed := time.Now()
+			open := victim.kill()
+			tr.AwaitProgress(200)
+			if active {
+				select {
+				case at := <-changes:
+					t.Logf("active check marked the dead backend down %s after the kill", at.Sub(killed).Round(time.Millisecond))
+				case <-time.After(30 * time.Second):
+					t.Error("the health check never marked the dead backend down")
+				}
+			}
+			r := tr.Stop()
+			t.Logf("traffic: %s; connections open on the victim at the kill: %d", r, open)
+			if failed := r.ShortFailed + r.StreamFailed; failed > int64(open) {
+				t.Errorf("%d connections failed, more than the %d open on the dead backend: %s", failed, open, r)
+			}
+			if r.ShortOK == 0 {
+				t.Errorf("no traffic: %s", r)
+			}
+		})
+	}
+}
+
+// TestCloseOnRemove: with close_on_remove, connections to a backend that
+// leaves the set are closed; without it they carry on.
+func TestCloseOnRemove(t *testing.T) {
+	for _, closeOn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("close_on_remove=%v", closeOn), func(t *testing.T) {
+			w := watchRoutes(t)
+			a, b := testenv.Echo(t, "127.0.0.1:0"), testenv.Echo(t, "127.0.0.1:0")
+			file := func(backend string) string {
+				return fmt.Sprintf("services:\n  - name: s\n    listen: 127.0.0.1:0\n    backends: [%s]\n    close_on_remove: %v\n", backend, closeOn)
+			}
+			addr, reload := startDaemon(t, file(a))
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			if err := reload(file(b)); err != nil {
+				t.Fatal(err)
+			}
+			w.waitFor(t, "s", b)
+			_, werr := c.Write([]byte("y"))
+			_, rerr := io.ReadFull(c, make([]byte, 1))
+			alive := werr == nil && rerr == nil
+			if alive == closeOn {
+				t.Errorf("connection alive=%v after its backend was removed (write %v, read %v); want alive=%v", alive, werr, rerr, !closeOn)
+			}
+		})
+	}
+}

@@ -181,8 +181,8 @@ func TestBadInput(t *testing.T) {
 		},
 		{
 			name: "bad forward",
-			args: []string{"--forward", "6379=nohostport"},
-			want: []string{"--forward 6379=nohostport", "host:port"},
+			args: []string{"--forward", "6379=10.0.0.5"},
+			want: []string{"--forward 6379=10.0.0.5", "host:port"},
 		},
 		{
 			name: "bad flag value",
@@ -265,7 +265,7 @@ func TestCheck(t *testing.T) {
 				"REDIS_PORT_6379_TCP=tcp://host:notaport",
 				"A_PORT_7000_TCP=tcp://10.0.0.1:7000", "B_PORT_7000_TCP=tcp://10.0.0.2:7000",
 			},
-			"check", "--forward", heldAddr+"=db.internal:5432", "--forward", "5000=nohostport")
+			"check", "--forward", heldAddr+"=db.internal:5432", "--forward", "5000=10.0.0.5")
 		if code != 2 {
 			t.Fatalf("exit code: got %d, want 2\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 		}
@@ -273,7 +273,7 @@ func TestCheck(t *testing.T) {
 			"3 configuration errors",
 			"REDIS_PORT_6379_TCP",
 			"A_PORT_7000_TCP and env B_PORT_7000_TCP",
-			"--forward 5000=nohostport",
+			"--forward 5000=10.0.0.5",
 		} {
 			if !strings.Contains(stderr, w) {
 				t.Errorf("stderr lacks %q:\n%s", w, stderr)

@@ -8,10 +8,13 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 test: deps lint unit fuzz-smoke image-smoke
 
-# Real servers for the tests (redis-server, redis-tools), from Debian.
+# Real servers for the tests: redis-server and redis-tools from Debian, and a
+# real Consul agent built from the Go module proxy into a cache directory
+# (Debian has no Consul package; see scripts/consul.sh).
 deps:
 	bash scripts/deps.sh
 	$(GO) mod download
+	bash scripts/consul.sh >/dev/null
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -26,6 +29,8 @@ fuzz-smoke:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseLinkEnv$$' -fuzztime=10s ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzParseFile$$' -fuzztime=10s ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzParseForward$$' -fuzztime=10s ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzParseBackend$$' -fuzztime=10s ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzParseValue$$' -fuzztime=10s ./internal/discovery/etcd
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/attache ./cmd/attache

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -52,10 +53,8 @@ type consulPorts struct {
 // file whose tail is included in every failure.
 func StartConsul(t testing.TB) *Consul {
 	t.Helper()
-	p := freeTCPUDPPorts(t, 7)
 	c := &Consul{
 		bin:     consulBinary(t),
-		ports:   consulPorts{p[0], p[1], p[2], p[3], p[4], p[5], p[6]},
 		logPath: filepath.Join(t.TempDir(), "consul.log"),
 		hc:      &http.Client{Timeout: 30 * time.Second},
 	}
@@ -63,8 +62,21 @@ func StartConsul(t testing.TB) *Consul {
 		c.stop()
 		c.hc.CloseIdleConnections()
 	})
-	c.start(t)
-	return c
+	// A port that was free when picked can be taken before the agent binds
+	// it (another test's listener or outgoing connection). Seven ports make
+	// that likely enough under parallel tests to retry with new ones.
+	for attempt := 1; ; attempt++ {
+		p := freeTCPUDPPorts(t, 7)
+		c.ports = consulPorts{p[0], p[1], p[2], p[3], p[4], p[5], p[6]}
+		err := c.start()
+		if err == nil {
+			return c
+		}
+		if !errors.Is(err, errConsulPortInUse) || attempt == 5 {
+			c.fatalf(t, "%v", err)
+		}
+		t.Logf("consul agent attempt %d: %v; retrying on other ports", attempt, err)
+	}
 }
 
 // Addr is the agent's HTTP API address, "127.0.0.1:port".
@@ -85,14 +97,19 @@ func (c *Consul) Stop(t testing.TB) {
 func (c *Consul) Restart(t testing.TB) {
 	t.Helper()
 	c.stop()
-	c.start(t)
+	if err := c.start(); err != nil {
+		c.fatalf(t, "restart: %v", err)
+	}
 }
 
-func (c *Consul) start(t testing.TB) {
-	t.Helper()
+// errConsulPortInUse marks an agent that exited because a port was taken.
+var errConsulPortInUse = errors.New("a consul port is already in use")
+
+// start launches the agent on c.ports and waits until it is ready.
+func (c *Consul) start() error {
 	f, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
-		t.Fatalf("consul log file: %v", err)
+		return fmt.Errorf("consul log file: %w", err)
 	}
 	args := []string{"agent", "-dev", "-node", consulNode,
 		"-bind", "127.0.0.1", "-client", "127.0.0.1",
@@ -108,6 +125,7 @@ func (c *Consul) start(t testing.TB) {
 		"-log-level", "info",
 		"-hcl", "disable_update_check = true",
 	}
+	start, _ := f.Seek(0, io.SeekEnd)
 	fmt.Fprintf(f, "=== testenv: %s %s\n", c.bin, strings.Join(args, " "))
 	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
@@ -117,7 +135,7 @@ func (c *Consul) start(t testing.TB) {
 	err = cmd.Start()
 	f.Close() // the child holds its own descriptor
 	if err != nil {
-		t.Fatalf("start consul %s: %v", c.bin, err)
+		return fmt.Errorf("start consul %s: %w", c.bin, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -127,27 +145,46 @@ func (c *Consul) start(t testing.TB) {
 	c.mu.Lock()
 	c.cmd, c.exited = cmd, exited
 	c.mu.Unlock()
-	c.waitReady(t, exited)
+	err = c.waitReady(exited)
+	if err != nil && c.exitedWithPortInUse(exited, start) {
+		c.stop()
+		return fmt.Errorf("%w: %v", errConsulPortInUse, err)
+	}
+	return err
+}
+
+// exitedWithPortInUse reports whether the agent has exited and its output
+// since offset from says a bind failed.
+func (c *Consul) exitedWithPortInUse(exited <-chan struct{}, from int64) bool {
+	select {
+	case <-exited:
+	default:
+		return false
+	}
+	b, err := os.ReadFile(c.logPath)
+	if err != nil || int64(len(b)) < from {
+		return false
+	}
+	return bytes.Contains(b[from:], []byte("address already in use"))
 }
 
 // waitReady polls until the agent reports a leader and its own node's
 // serfHealth check passes, so a service registered next is immediately
 // visible to ?passing health queries.
-func (c *Consul) waitReady(t testing.TB, exited <-chan struct{}) {
-	t.Helper()
+func (c *Consul) waitReady(exited <-chan struct{}) error {
 	deadline := time.Now().Add(60 * time.Second)
 	var last error
 	for {
 		select {
 		case <-exited:
-			c.fatalf(t, "consul agent exited before it was ready (last check: %v)", last)
+			return fmt.Errorf("consul agent exited before it was ready (last check: %v)", last)
 		default:
 		}
 		if last = c.ready(); last == nil {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			c.fatalf(t, "consul agent on %s not ready after 60s: %v", c.Addr(), last)
+			return fmt.Errorf("consul agent on %s not ready after 60s: %v", c.Addr(), last)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -411,9 +448,13 @@ func tailString(s string, n int) string {
 }
 
 // freeTCPUDPPorts returns n distinct loopback ports that were free for both
-// TCP and UDP a moment ago: Consul's serf and DNS ports use both.
+// TCP and UDP a moment ago: Consul's serf and DNS ports use both. They are
+// drawn below the kernel's ephemeral range (where port-0 listeners and
+// outgoing connections get theirs), so another test is unlikely to take one
+// before the agent binds it.
 func freeTCPUDPPorts(t testing.TB, n int) []int {
 	t.Helper()
+	low := ephemeralLow()
 	var (
 		ports   []int
 		closers []io.Closer
@@ -427,9 +468,13 @@ func freeTCPUDPPorts(t testing.TB, n int) []int {
 		if tries > 100*n {
 			t.Fatalf("could not find %d ports free for both TCP and UDP on 127.0.0.1", n)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		want := 0
+		if low > 11000 {
+			want = 10000 + rand.IntN(low-10000)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(want)))
 		if err != nil {
-			t.Fatalf("free port: %v", err)
+			continue
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
 		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
@@ -441,4 +486,22 @@ func freeTCPUDPPorts(t testing.TB, n int) []int {
 		ports = append(ports, port)
 	}
 	return ports
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux
+// default 32768).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }

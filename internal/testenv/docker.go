@@ -256,6 +256,68 @@ func (c DockerContainer) Kill(t testing.TB) {
 	docker(t, "kill", c.ID)
 }
 
+// Pause freezes every process of the container (the cgroup freezer). Its
+// network namespace stays up, so its TCP connections stay established: the
+// kernel keeps acknowledging and buffering what peers send, and the
+// processes answer once unpaused.
+func (c DockerContainer) Pause(t testing.TB) {
+	t.Helper()
+	docker(t, "pause", c.ID)
+}
+
+// Unpause resumes a paused container.
+func (c DockerContainer) Unpause(t testing.TB) {
+	t.Helper()
+	docker(t, "unpause", c.ID)
+}
+
+// PID returns the host PID of the container's main process, failing the
+// test if it has none (not running).
+func (c DockerContainer) PID(t testing.TB) int {
+	t.Helper()
+	out := docker(t, "container", "inspect", "--format", "{{.State.Pid}}", c.ID)
+	pid, err := strconv.Atoi(out)
+	if err != nil || pid <= 0 {
+		t.Fatalf("container %s has no process (pid %q)", c.Name, out)
+	}
+	return pid
+}
+
+// OpenConns counts the TCP connections on local port that are open in the
+// network namespace of process pid (see DockerContainer.PID): established,
+// or half-closed by the peer and not yet by the process. It reads
+// /proc/<pid>/net/tcp and tcp6, which needs root for another user's
+// process, and works while the container is paused: that is what it is
+// for, seeing the connections a pause froze.
+func OpenConns(t testing.TB, pid, port int) int {
+	t.Helper()
+	n := 0
+	for _, f := range []string{"tcp", "tcp6"} {
+		path := filepath.Join("/proc", strconv.Itoa(pid), "net", f)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("socket table of pid %d: %v", pid, err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		for _, line := range lines[1:] { // the first line names the columns
+			// sl local_address rem_address st ...; addresses are HEXIP:HEXPORT.
+			fields := strings.Fields(line)
+			if len(fields) < 4 {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(fields[1], ":")
+			p, err := strconv.ParseUint(hexPort, 16, 16)
+			if err != nil || int(p) != port {
+				continue
+			}
+			if st := fields[3]; st == "01" || st == "08" { // ESTABLISHED, CLOSE_WAIT
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Remove force-removes the container now rather than at the end of the test.
 func (c DockerContainer) Remove(t testing.TB) {
 	t.Helper()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -35,8 +36,9 @@ type Env struct {
 	Environ []string
 	Stdout  io.Writer
 	Stderr  io.Writer
-	// Ready is passed to the daemon (tests).
-	Ready func([]daemon.Bound)
+	// Ready and AdminReady are passed to the daemon (tests).
+	Ready      func([]daemon.Bound)
+	AdminReady func(net.Addr)
 	// Reload delivers SIGHUP: reload the configuration.
 	Reload <-chan os.Signal
 }
@@ -65,6 +67,7 @@ type runFlags struct {
 	grace     time.Duration
 	logFormat string
 	logLevel  string
+	admin     string
 	version   bool
 }
 
@@ -82,6 +85,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGTERM/SIGINT, let open connections finish for this `long`")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics) on `HOST:PORT` (default off)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -153,6 +157,7 @@ func Main(ctx context.Context, e Env) int {
 	}
 	err = daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Grace: f.grace, Ready: e.Ready,
+		Admin: f.admin, AdminReady: e.AdminReady,
 		Reload: e.Reload,
 		Load:   func() (*config.Config, error) { return config.Load(src) },
 	})

@@ -3,8 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/attache/attache/internal/testenv"
 )
 
 func run(t *testing.T, environ []string, args ...string) (code int, stdout, stderr string) {
@@ -115,5 +120,44 @@ func TestCheck(t *testing.T) {
 				t.Errorf("--env-links=false still read the environment:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestAdminFlag runs the daemon with --admin on port 0 and checks the API
+// answers on the address it reports.
+func TestAdminFlag(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan net.Addr, 1)
+	done := make(chan int, 1)
+	var out, errb bytes.Buffer
+	go func() {
+		done <- Main(ctx, Env{
+			Args:       []string{"--admin", "127.0.0.1:0", "--forward", "127.0.0.1:0=" + echo},
+			Stdout:     &out,
+			Stderr:     &errb,
+			AdminReady: func(a net.Addr) { addr <- a },
+		})
+	}()
+	var url string
+	select {
+	case a := <-addr:
+		url = "http://" + a.String()
+	case code := <-done:
+		cancel()
+		t.Fatalf("exit %d before the admin API listened: %s", code, errb.String())
+	}
+	resp, err := http.Get(url + "/v1/services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	cancel()
+	if code := <-done; code != ExitOK {
+		t.Errorf("exit %d: %s", code, errb.String())
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), echo) {
+		t.Errorf("/v1/services = %d %s, want the forward's backend %s", resp.StatusCode, body, echo)
 	}
 }

@@ -18,8 +18,10 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/attache/attache/internal/admin"
 	"github.com/attache/attache/internal/backend"
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/health"
@@ -43,6 +45,13 @@ type Options struct {
 	Reload   <-chan os.Signal
 	Load     func() (*config.Config, error)
 	Reloaded func(error)
+	// Admin, when not empty, is the host:port of the admin HTTP API
+	// (health, readiness, state, metrics); off by default. It opens with
+	// the listeners, all or nothing, and closes last at shutdown.
+	Admin string
+	// AdminReady, when set, is called with the admin API's bound address
+	// before Ready (tests listen on port 0).
+	AdminReady func(net.Addr)
 }
 
 // Bound is an open listener.
@@ -86,8 +95,18 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	var adminLn net.Listener
+	if opts.Admin != "" {
+		var lc net.ListenConfig
+		if adminLn, err = lc.Listen(ctx, "tcp", opts.Admin); err != nil {
+			return fmt.Errorf("admin API: listen %s: %w", opts.Admin, unwrapOp(err))
+		}
+	}
 	listeners, err := openAll(ctx, cfg.Services)
 	if err != nil {
+		if adminLn != nil {
+			adminLn.Close()
+		}
 		return err
 	}
 	serveCtx, stopServing := context.WithCancel(ctx)
@@ -101,6 +120,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		registry:   health.NewRegistry(backend.DefaultBackoff),
 		discovered: map[string][]backend.Endpoint{},
 	}
+	reg, reloads := newRegistry(d)
 	bound := make([]Bound, len(listeners))
 	for i, l := range listeners {
 		s := cfg.Services[i]
@@ -108,6 +128,24 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		d.serve(s, l)
 	}
 	d.startDiscovery(disc)
+	d.open.Store(true)
+	// The admin API outlives serveCtx so /readyz can say 503 while the
+	// connections drain; it stops last.
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+	var adminWG sync.WaitGroup
+	if adminLn != nil {
+		srv := &admin.Server{State: adminState{d}, Gatherer: reg, Logger: log.With("component", "admin")}
+		log.Info("admin API listening", "addr", adminLn.Addr().String())
+		adminWG.Go(func() {
+			if err := srv.Serve(adminCtx, adminLn); err != nil {
+				log.Error("admin API stopped; the proxy carries on", "error", err)
+			}
+		})
+		if opts.AdminReady != nil {
+			opts.AdminReady(adminLn.Addr())
+		}
+	}
 	if opts.Ready != nil {
 		opts.Ready(bound)
 	}
@@ -117,11 +155,17 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			done = true
 		case <-opts.Reload:
 			err := d.reload(opts.Load)
+			result := "success"
+			if err != nil {
+				result = "failure"
+			}
+			reloads.WithLabelValues(result).Inc()
 			if opts.Reloaded != nil {
 				opts.Reloaded(err)
 			}
 		}
 	}
+	d.open.Store(false)
 	d.mu.Lock()
 	for _, sv := range d.serving {
 		sv.l.Close()
@@ -138,6 +182,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if forced := d.proxy.Shutdown(graceCtx); forced > 0 {
 		log.Warn("grace period over; closed remaining connections", "connections", forced)
 	}
+	stopAdmin()
+	adminWG.Wait()
 	log.Info("stopped")
 	return d.serveErr
 }
@@ -158,6 +204,10 @@ type daemon struct {
 	// that changes what to discover.
 	discMu sync.Mutex
 	disc   *discoveryRun
+
+	// open is true from the moment every listener serves until shutdown
+	// begins (readiness).
+	open atomic.Bool
 
 	mu         sync.Mutex
 	serving    map[string]*served // by configured listen address

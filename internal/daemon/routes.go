@@ -124,13 +124,13 @@ func (d *daemon) rebuild(sv *served) {
 		testHookRebuilt(s.Name, setAddrs(set))
 	}
 	if s.CloseOnRemove && prev != nil {
+		// Synchronous: CloseBackend only closes sockets, and a goroutine
+		// here could be started by the discovery merger while Run is
+		// already waiting for the daemon's goroutines at shutdown.
 		for _, addr := range removedAddrs(prev, set) {
-			l, addr, name := sv.l, addr, s.Name
-			d.wg.Go(func() {
-				if n := d.proxy.CloseBackend(l, addr, "backend removed"); n > 0 {
-					d.log.Info("closed connections to a removed backend", "service", name, "backend", addr, "connections", n)
-				}
-			})
+			if n := d.proxy.CloseBackend(sv.l, addr, "backend removed"); n > 0 {
+				d.log.Info("closed connections to a removed backend", "service", s.Name, "backend", addr, "connections", n)
+			}
 		}
 	}
 }

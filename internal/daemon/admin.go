@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/attache/attache/internal/admin"
+	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/discovery/consul"
+	"github.com/attache/attache/internal/discovery/dns"
+	"github.com/attache/attache/internal/discovery/docker"
+	"github.com/attache/attache/internal/discovery/etcd"
+	"github.com/attache/attache/internal/health"
+)
+
+// adminState lets the admin API and the metrics collector read the daemon
+// at request time, so the data path does nothing for them.
+type adminState struct{ d *daemon }
+
+var _ admin.State = adminState{}
+
+// Ready: every listener is open (not starting, not shutting down, none
+// died) and every discovery provider has sent its first snapshot.
+//
+// "Sent" means the merger received it, which may be up to its debounce
+// before the routes are rebuilt: waiting for the rebuild instead would
+// never end for a provider whose first snapshot changes nothing (an empty
+// answer, or the same endpoints a reload seeded).
+func (a adminState) Ready() error {
+	if !a.d.open.Load() {
+		return errors.New("listeners are not open: attache is starting or shutting down")
+	}
+	for _, p := range a.d.discoveryState() {
+		if !p.Reported {
+			return fmt.Errorf("discovery provider %q has not sent its first snapshot yet", p.Name)
+		}
+	}
+	return nil
+}
+
+func (a adminState) Services() []admin.Service { return a.d.services() }
+
+func (a adminState) Discovery() []admin.Provider { return a.d.discoveryState() }
+
+// services builds the admin view of every served listener. The daemon lock
+// is held only to copy references; health monitors are asked afterwards,
+// so a slow scrape never holds up a reload.
+func (d *daemon) services() []admin.Service {
+	type item struct {
+		svc admin.Service
+		sv  *served
+		mon *health.Monitor
+	}
+	now := time.Now()
+	d.mu.Lock()
+	items := make([]item, 0, len(d.serving))
+	for _, sv := range d.serving {
+		s := sv.svc
+		it := item{sv: sv, mon: sv.monitor, svc: admin.Service{
+			Name: s.Name, Listen: sv.l.Addr().String(), Balance: s.Balance, Discovery: []string{},
+		}}
+		for _, b := range s.Backends {
+			if b.Discover != nil {
+				it.svc.Discovery = append(it.svc.Discovery, b.String())
+			}
+		}
+		set := sv.set
+		it.svc.Backends = make([]admin.Backend, 0, set.Len())
+		for i := range set.Len() {
+			b := set.At(i)
+			until, failures := b.Ejection(now)
+			it.svc.Backends = append(it.svc.Backends, admin.Backend{
+				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority,
+				Healthy: b.Healthy(), Check: checkVerdict(sv.monitor != nil, b.CheckHealthy()),
+				EjectedUntil: until, PassiveFailures: failures, Active: b.Active(),
+			})
+		}
+		items = append(items, it)
+	}
+	d.mu.Unlock()
+
+	out := make([]admin.Service, 0, len(items))
+	for _, it := range items {
+		var checks map[string]health.Status
+		if it.mon != nil {
+			checks = map[string]health.Status{}
+			for _, st := range it.mon.Status() {
+				checks[st.Addr] = st
+			}
+		}
+		st := &it.sv.l.Stats
+		it.svc.Connections = admin.Counters{
+			Accepted: st.Accepted.Load(), Active: st.Active.Load(), Failed: st.Failed.Load(),
+			NoBackend: st.NoBackend.Load(), Retried: st.Retried.Load(), DialErrors: st.DialErrors.Load(),
+			BytesIn: st.BytesIn.Load(), BytesOut: st.BytesOut.Load(), Limited: st.Limited.Load(),
+		}
+		for i := range it.svc.Backends {
+			ab := &it.svc.Backends[i]
+			if c, ok := checks[ab.Addr]; ok {
+				ab.LastError, ab.LastCheck = c.LastError, c.LastCheck
+			}
+		}
+		out = append(out, it.svc)
+	}
+	slices.SortFunc(out, func(a, b admin.Service) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+func checkVerdict(checked, passing bool) string {
+	switch {
+	case !checked:
+		return admin.CheckOff
+	case passing:
+		return admin.CheckPassing
+	}
+	return admin.CheckFailing
+}
+
+// discoveryState reports every running provider: whether its first
+// snapshot arrived, whether its source answers, and its own Status.
+func (d *daemon) discoveryState() []admin.Provider {
+	d.discMu.Lock()
+	run := d.disc
+	var got map[string]map[string][]backend.Endpoint
+	if run != nil && run.merger != nil {
+		got = run.merger.Snapshots()
+	}
+	d.discMu.Unlock()
+	if run == nil {
+		return []admin.Provider{}
+	}
+	out := make([]admin.Provider, 0, len(run.providers))
+	for _, p := range run.providers {
+		_, reported := got[p.Name()]
+		status, up := providerStatus(p)
+		out = append(out, admin.Provider{Name: p.Name(), Reported: reported, Up: reported && up, Status: status})
+	}
+	return out
+}
+
+// providerStatus returns a provider's own Status and whether its last
+// contact with the source worked. The set of providers is closed, so a
+// switch on the type is the honest way to read them.
+func providerStatus(p discovery.Provider) (status any, up bool) {
+	if r, ok := p.(renamed); ok {
+		p = r.Provider
+	}
+	switch p := p.(type) {
+	case *dns.Provider:
+		st := p.Status()
+		up = len(st) > 0
+		for _, q := range st {
+			up = up && q.Failures == 0 && !q.LastSuccess.IsZero()
+		}
+		return st, up
+	case *consul.Provider:
+		st := p.Status()
+		up = len(st) > 0
+		for _, w := range st {
+			up = up && w.Failures == 0 && !w.LastSuccessAt.IsZero()
+		}
+		return st, up
+	case *etcd.Provider:
+		st := p.Status()
+		return st, st.Connected
+	case *docker.Provider:
+		st := p.Status()
+		return st, st.Connected
+	}
+	return nil, true
+}

@@ -1,0 +1,92 @@
+package meta
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/daemon"
+	"github.com/attache/attache/internal/testenv"
+)
+
+// TestMetricNames scrapes a real daemon whose configuration makes every
+// kind of series appear (a service with a backend and a discovery
+// provider), and lints what it serves with promlint, plus the project's
+// own rule: every name is attache_<subsystem>_<name>.
+func TestMetricNames(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	dns := testenv.StartDNS(t)
+	dns.SetA("echo.test", "127.0.0.1")
+	cfg, err := config.Load(config.Sources{File: "test.yaml", FileData: fmt.Appendf(nil, `discovery:
+  dns: {server: %q}
+services:
+  - name: s
+    listen: 127.0.0.1:0
+    backends: [%q, "dns://echo.test:1"]
+`, dns.Addr, echo)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	adminAddr := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- daemon.Run(ctx, cfg, daemon.Options{Admin: "127.0.0.1:0", AdminReady: func(a net.Addr) { adminAddr <- a }})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	var url string
+	select {
+	case a := <-adminAddr:
+		url = "http://" + a.String() + "/metrics"
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+	}
+
+	problems, err := promlint.New(strings.NewReader(string(body))).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+	names := regexp.MustCompile(`(?m)^# TYPE (\S+)`).FindAllStringSubmatch(string(body), -1)
+	if len(names) == 0 {
+		t.Fatalf("no metrics served:\n%s", body)
+	}
+	shape := regexp.MustCompile(`^attache_[a-z]+_[a-z0-9_]+$`)
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n[1]] = true
+		if !shape.MatchString(n[1]) {
+			t.Errorf("metric %s is not named attache_<subsystem>_<name>_<unit>", n[1])
+		}
+	}
+	for _, want := range []string{"attache_proxy_connections_accepted_total", "attache_backend_healthy",
+		"attache_reload_total", "attache_discovery_up"} {
+		if !seen[want] {
+			t.Errorf("metric %s not served; the lint did not cover it", want)
+		}
+	}
+}

@@ -97,9 +97,14 @@ func (d *daemon) unconfigure(sv *served) {
 func (d *daemon) rebuild(sv *served) {
 	s := sv.svc
 	var eps []backend.Endpoint
-	for _, b := range s.Backends {
+	for i, b := range s.Backends {
 		if b.Discover == nil {
-			eps = append(eps, backend.Endpoint{Addr: b.Addr, Weight: b.Weight})
+			ep := backend.Endpoint{Addr: b.Addr, Weight: b.Weight}
+			if s.Balance == "first" {
+				// Fixed backends fail over in the order they are listed.
+				ep.Priority = i
+			}
+			eps = append(eps, ep)
 		}
 	}
 	eps = append(eps, d.discovered[s.Name]...)

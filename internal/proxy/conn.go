@@ -69,7 +69,6 @@ func (c *conn) setBackend(b *net.TCPConn, target *backend.Backend) bool {
 		return false
 	}
 	c.backend, c.target = b, target
-	target.Acquire()
 	return true
 }
 
@@ -105,6 +104,7 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	}
 	if !c.setBackend(bc, target) {
 		bc.Close()
+		target.Release()
 		return
 	}
 	c.backendAddr = target.Addr
@@ -212,7 +212,15 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 			}
 			continue
 		}
+		// Count the connection against the backend from the moment it is
+		// chosen, not once the dial succeeds: least_conn must see the
+		// connections being dialled, or a burst of clients arriving
+		// together all land on the same backend.
+		b.Acquire()
 		bc, err := d.DialContext(ctx, "tcp", b.Addr)
+		if err != nil {
+			b.Release()
+		}
 		if err == nil {
 			if r.Passive {
 				b.ReportSuccess()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/attache/attache/internal/balance"
 	"github.com/attache/attache/internal/demo"
 	"github.com/attache/attache/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -569,5 +570,75 @@ func TestEjectedBackendStillTriedWhenAlone(t *testing.T) {
 	}
 	if !b.Healthy() {
 		t.Error("a working dial did not end the ejection")
+	}
+}
+
+// TestLeastConnBurstSpreads: clients arriving together are spread by
+// least_conn, because a connection counts against its backend from the
+// moment it is picked, not once its dial succeeded.
+func TestLeastConnBurstSpreads(t *testing.T) {
+	const backends, clients = 3, 30
+	d := testenv.StartDNS(t)
+	d.SetA("burst.test", "127.0.0.1")
+	addrs := make([]string, backends)
+	for i := range addrs {
+		_, port, _ := net.SplitHostPort(testenv.Echo(t, "127.0.0.1:0"))
+		addrs[i] = "burst.test:" + port
+	}
+	// Every dial starts with a lookup, and concurrent lookups of one name
+	// share one query: hold it until every client has been assigned a
+	// backend, so the burst is a real one however fast loopback connects.
+	release := make(chan struct{})
+	inner := d.Resolver()
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		<-release
+		return inner.Dial(ctx, network, addr)
+	}}
+	r := &Route{Service: "lc", Backends: Addrs(addrs...), Policy: balance.LeastConn{}, Passive: true}
+	l := start(t, &Proxy{Resolver: resolver}, r, 0)
+	go func() {
+		defer close(release)
+		// Safety net against a hang (a regression leaves the counts at 0),
+		// not a measurement.
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			var sum int64
+			for i := range backends {
+				sum += r.Backends.At(i).Active()
+			}
+			if sum == clients {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var wg sync.WaitGroup
+	conns := make([]*net.TCPConn, clients)
+	for i := range conns {
+		wg.Go(func() {
+			c := dial(t, l.Addr().String())
+			c.SetDeadline(time.Now().Add(deadlineFor))
+			// A round trip proves the backend connection exists.
+			c.Write([]byte("x"))
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Errorf("client %d: %v", i, err)
+			}
+			conns[i] = c
+		})
+	}
+	wg.Wait()
+	counts := make([]int64, backends)
+	for i := range backends {
+		counts[i] = r.Backends.At(i).Active()
+	}
+	for i, n := range counts {
+		if n < clients/backends/2 {
+			t.Errorf("backend %d holds %d of %d connections (all: %v); want them spread", i, n, clients, counts)
+		}
+	}
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
 	}
 }

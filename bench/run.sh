@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds attache, the naive proxy, the idle-connection holder and the runner
 # into bench/out/ (gitignored), then runs the benchmark. Every argument goes
-# to the runner: bench/run.sh -quick, bench/run.sh -rounds 5 -only haproxy,attache
+# to the runner: bench/run.sh -quick, bench/run.sh -rounds 5 -only haproxy,attache,
+# bench/run.sh -quick -metrics balance,balance-connect (balancing over 3 redis-servers).
 # The report is printed and written to bench/out/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

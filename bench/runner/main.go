@@ -42,6 +42,7 @@ type config struct {
 	idle      int // idle connections held
 	only      []string
 	metrics   []string
+	policies  []string // balancing policies, for the balanced metrics
 	quick     bool
 	basePort  int
 
@@ -61,6 +62,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.idle, "idle", 3000, "idle connections held for the memory metric")
 	only := fs.String("only", "", "comma-separated proxies to run (direct is always run: ratios need it)")
 	ms := fs.String("metrics", "", "comma-separated metrics to run (default all)")
+	pols := fs.String("policies", "", "comma-separated balancing policies the balance metrics run (default all)")
 	fs.BoolVar(&c.quick, "quick", false, "smoke test: 1 round, 2 s iperf3, fewer requests and connections (explicit flags win)")
 	fs.IntVar(&c.basePort, "base-port", 26000, "first of the 127.0.0.1 ports used (backends, then 100 per proxy)")
 	fs.StringVar(&c.attache, "attache", "bench/out/attache", "attache `binary`")
@@ -102,6 +104,9 @@ func parseFlags(args []string) (*config, error) {
 		c.only = append([]string{"direct"}, c.only...)
 	}
 	if c.metrics, err = pick(*ms, "metric", metricNames()); err != nil {
+		return nil, err
+	}
+	if c.policies, err = pick(*pols, "policy", policyNames()); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -146,10 +151,21 @@ func metricNames() []string {
 // A backend is a server every proxy fronts. fresh, when set, starts a new
 // instance for one measurement (iperf3 serves one test at a time, so a new
 // server per test leaves no state behind) and returns its stop function.
+// pool, when set, is several servers that balancing proxies spread over;
+// addr is then the first of them, the one direct talks to.
 type backend struct {
 	addr  string
+	pool  []string
 	probe probe
 	fresh func(ctx context.Context, h *harness) (stop func(), err error)
+}
+
+// servers are the addresses of every server behind the backend.
+func (b *backend) servers() []string {
+	if len(b.pool) > 0 {
+		return b.pool
+	}
+	return []string{b.addr}
 }
 
 type harness struct {
@@ -178,17 +194,43 @@ func (h *harness) startBackends(ctx context.Context) error {
 		}
 		return func() { h.sup.stop(c) }, nil
 	}
+	// The balancing metrics' pool of redis-servers, the next ports up,
+	// started only when one of them runs.
+	if slices.ContainsFunc(metrics, func(m metricDef) bool { return m.balanced && slices.Contains(h.cfg.metrics, m.name) }) {
+		pool := &backend{probe: pingProbe}
+		for i := range poolSize {
+			pool.pool = append(pool.pool, "127.0.0.1:"+strconv.Itoa(h.cfg.basePort+2+i))
+		}
+		pool.addr = pool.pool[0]
+		h.backends["redis3"] = pool
+	}
 	for _, be := range h.backends {
-		if err := portFree(be.addr); err != nil {
-			return err
+		for _, addr := range be.servers() {
+			if err := portFree(addr); err != nil {
+				return err
+			}
 		}
 	}
-	redis, err := h.sup.start("redis-server", exec.Command("redis-server",
-		"--port", redisPort, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--maxclients", "10000"))
-	if err != nil {
+	start := func(logName, addr string) error {
+		_, port, _ := strings.Cut(addr, ":")
+		c, err := h.sup.start(logName, exec.Command("redis-server",
+			"--port", port, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--maxclients", "10000"))
+		if err != nil {
+			return err
+		}
+		return waitReady(ctx, addr, pingProbe, []*child{c}, 10*time.Second)
+	}
+	if err := start("redis-server", "127.0.0.1:"+redisPort); err != nil {
 		return err
 	}
-	return waitReady(ctx, h.backends["redis"].addr, pingProbe, []*child{redis}, 10*time.Second)
+	if pool := h.backends["redis3"]; pool != nil {
+		for i, addr := range pool.pool {
+			if err := start(fmt.Sprintf("redis-server-pool%d", i+1), addr); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // listenAddr gives every (proxy, backend) pair its own port.
@@ -207,8 +249,11 @@ func sortedKeys[V any](m map[string]V) []string {
 	return k
 }
 
-// measure runs m once against a fresh instance of p.
-func (h *harness) measure(ctx context.Context, m *metricDef, p *proxyDef) (sample, error) {
+// measure runs m once against a fresh instance of p. pol is the balancing
+// policy of a balanced metric, nil otherwise; the proxy then fronts every
+// server of the backend's pool, and the sample gets the spread columns,
+// from the servers' counters read just before and after the run.
+func (h *harness) measure(ctx context.Context, m *metricDef, p *proxyDef, pol *policyDef) (sample, error) {
 	be := h.backends[m.backend]
 	if be.fresh != nil {
 		stop, err := be.fresh(ctx, h)
@@ -217,13 +262,17 @@ func (h *harness) measure(ctx context.Context, m *metricDef, p *proxyDef) (sampl
 		}
 		defer stop()
 	}
-	t := target{addr: be.addr}
+	t := target{addr: be.addr, backends: []string{be.addr}}
 	if p.start != nil {
 		listen := h.listenAddr(p, m.backend)
 		if err := portFree(listen); err != nil {
 			return sample{}, err
 		}
-		procs, err := p.start(h, h.logName, []route{{listen: listen, backend: be.addr}})
+		r := route{listen: listen, backends: []endpoint{{addr: be.addr}}}
+		if pol != nil {
+			r = route{listen: listen, backends: pol.endpoints(be.servers()), policy: pol}
+		}
+		procs, err := p.start(h, h.logName, []route{r})
 		if err != nil {
 			return sample{}, err
 		}
@@ -235,9 +284,34 @@ func (h *harness) measure(ctx context.Context, m *metricDef, p *proxyDef) (sampl
 		if err := waitReady(ctx, listen, be.probe, procs, 10*time.Second); err != nil {
 			return sample{}, err
 		}
-		t = target{addr: listen, procs: procs}
+		t = target{addr: listen, backends: be.servers(), procs: procs}
 	}
-	return m.run(ctx, h, t)
+	if pol == nil || p.start == nil {
+		return m.run(ctx, h, t)
+	}
+	before, err := readPool(ctx, t.backends)
+	if err != nil {
+		return sample{}, err
+	}
+	s, err := m.run(ctx, h, t)
+	if err != nil {
+		return s, err
+	}
+	after, err := readPool(ctx, t.backends)
+	if err != nil {
+		return sample{}, err
+	}
+	shares, err := spread(before, after)
+	if err != nil {
+		return sample{}, err
+	}
+	if s.values == nil {
+		s.values = map[string]float64{}
+	}
+	for k, v := range shares {
+		s.values[k] = v
+	}
+	return s, nil
 }
 
 // foreignLimit is the CPU use by other processes, in percent of one CPU,
@@ -296,11 +370,42 @@ func run() int {
 			return 1
 		}
 	}
-	var chosen []*proxyDef
+	var chosen, balancers []*proxyDef
 	for i := range proxies {
 		if slices.Contains(cfg.only, proxies[i].name) {
 			chosen = append(chosen, &proxies[i])
+			if proxies[i].balances {
+				balancers = append(balancers, &proxies[i])
+			}
 		}
+	}
+	// one measures m (under policy pol, if balanced) on p and records it;
+	// false means the run was interrupted.
+	one := func(r int, m *metricDef, pol *policyDef, p *proxyDef) bool {
+		name, polName := m.name, ""
+		if pol != nil {
+			polName = pol.name
+			name += "-" + pol.name
+		}
+		h.logName = fmt.Sprintf("r%d-%s-%s", r+1, name, p.name)
+		if err := waitQuiet(ctx, cfg.quietWait); err != nil {
+			return false
+		}
+		foreign := readForeignCPU()
+		s, err := h.measure(ctx, m, p, pol)
+		busy := foreign.busySince()
+		rep.measured++
+		if busy >= foreignLimit {
+			rep.disturbed++
+			s.note = strings.TrimPrefix(s.note+fmt.Sprintf("; other processes used %.0f%% of a CPU meanwhile", busy), "; ")
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		rep.add(m, polName, p.name, r, s, err)
+		fmt.Fprintf(os.Stderr, "[%s] round %d/%d %-13s %-14s %s\n",
+			time.Since(started).Round(time.Second), r+1, cfg.rounds, name, p.name, brief(m, s, err))
+		return true
 	}
 rounds:
 	for r := range cfg.rounds {
@@ -310,27 +415,25 @@ rounds:
 			if !slices.Contains(cfg.metrics, m.name) {
 				continue
 			}
-			for _, p := range order {
-				h.logName = fmt.Sprintf("r%d-%s-%s", r+1, m.name, p.name)
-				if err := waitQuiet(ctx, cfg.quietWait); err != nil {
-					rep.interrupted = true
-					break rounds
+			if !m.balanced {
+				for _, p := range order {
+					if !one(r, m, nil, p) {
+						rep.interrupted = true
+						break rounds
+					}
 				}
-				foreign := readForeignCPU()
-				s, err := h.measure(ctx, m, p)
-				busy := foreign.busySince()
-				rep.measured++
-				if busy >= foreignLimit {
-					rep.disturbed++
-					s.note = strings.TrimPrefix(s.note+fmt.Sprintf("; other processes used %.0f%% of a CPU meanwhile", busy), "; ")
+				continue
+			}
+			// Each policy runs on every balancing contender before the
+			// next policy; the order rotates with the policy too, so
+			// attache does not always follow HAProxy.
+			for pi, name := range cfg.policies {
+				for _, p := range rotate(balancers, r+pi) {
+					if !one(r, m, policyByName(name), p) {
+						rep.interrupted = true
+						break rounds
+					}
 				}
-				if ctx.Err() != nil {
-					rep.interrupted = true
-					break rounds
-				}
-				rep.add(m, p.name, r, s, err)
-				fmt.Fprintf(os.Stderr, "[%s] round %d/%d %-13s %-14s %s\n",
-					time.Since(started).Round(time.Second), r+1, cfg.rounds, m.name, p.name, brief(m, s, err))
 			}
 		}
 	}

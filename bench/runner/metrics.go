@@ -27,11 +27,13 @@ type column struct {
 	diff bool
 }
 
-// A target is what a metric runs against: the address the client uses and,
-// unless it is direct, the proxy's processes.
+// A target is what a metric runs against: the address the client uses,
+// the backend servers behind it (one for direct) and, unless it is direct,
+// the proxy's processes.
 type target struct {
-	addr  string
-	procs []*child
+	addr     string
+	backends []string
+	procs    []*child
 }
 
 // A sample is one metric's result for one proxy in one round.
@@ -43,13 +45,21 @@ type sample struct {
 // A metricDef is one measurement. backend names an entry of harness.backends:
 // every proxy fronts exactly that backend while the metric runs.
 //
+// A balanced metric runs once per balancing policy (-policies), on the
+// contenders that can balance, over a backend with a pool of servers; the
+// harness adds the spread columns (see spreadColumns) and the report gives
+// it a section of its own. Its first column is the headline number, unit
+// its unit.
+//
 // To add a metric or a scenario, append here.
 type metricDef struct {
-	name    string
-	title   string
-	backend string
-	columns []column
-	run     func(ctx context.Context, h *harness, t target) (sample, error)
+	name     string
+	title    string
+	backend  string
+	columns  []column
+	run      func(ctx context.Context, h *harness, t target) (sample, error)
+	balanced bool
+	unit     string
 }
 
 var metrics = []metricDef{
@@ -88,6 +98,16 @@ var metrics = []metricDef{
 			{key: "p99", title: "new connection + PING p99 (ms)", better: "lower", digits: 3},
 		},
 		run: redisConnect,
+	},
+	{
+		name: "balance", title: "3 redis-server backends, GET -c 50 -P 16", backend: "redis3", balanced: true, unit: "req/s",
+		columns: append([]column{{key: "rps", title: "GET -c 50 -P 16 (req/s)", better: "higher", digits: 0}}, spreadColumns()...),
+		run:     redisGet,
+	},
+	{
+		name: "balance-connect", title: "3 redis-server backends, new connections (PING -c 50 -k 0)", backend: "redis3", balanced: true, unit: "conn/s",
+		columns: append([]column{{key: "cps", title: "new connections (conn/s)", better: "higher", digits: 0}}, spreadColumns()...),
+		run:     redisConnect,
 	},
 }
 
@@ -197,8 +217,7 @@ func redisGet(ctx context.Context, h *harness, t target) (sample, error) {
 // from the backend's total_connections_received over the elapsed time; it
 // has no p99.
 func redisConnect(ctx context.Context, h *harness, t target) (sample, error) {
-	backend := h.backends["redis"].addr
-	before, err := redisStat(ctx, backend, "total_connections_received")
+	before, err := connectionsReceived(ctx, t.backends)
 	if err != nil {
 		return sample{}, err
 	}
@@ -213,7 +232,7 @@ func redisConnect(ctx context.Context, h *harness, t target) (sample, error) {
 		return sample{}, err
 	}
 	elapsed := time.Since(start).Seconds()
-	after, serr := redisStat(ctx, backend, "total_connections_received")
+	after, serr := connectionsReceived(ctx, t.backends)
 	if serr != nil {
 		return sample{}, serr
 	}
@@ -225,34 +244,51 @@ func redisConnect(ctx context.Context, h *harness, t target) (sample, error) {
 	}, nil
 }
 
-// redisStat reads one numeric field of INFO stats from a Redis server.
-func redisStat(ctx context.Context, addr, field string) (float64, error) {
+// connectionsReceived sums total_connections_received over the servers.
+func connectionsReceived(ctx context.Context, servers []string) (float64, error) {
+	total := 0.0
+	for _, addr := range servers {
+		info, err := redisInfo(ctx, addr)
+		if err != nil {
+			return 0, fmt.Errorf("INFO stats of %s: %w", addr, err)
+		}
+		n, err := infoField(info, "total_connections_received")
+		if err != nil {
+			return 0, fmt.Errorf("INFO stats of %s: %w", addr, err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// redisInfo returns the INFO stats reply of a Redis server.
+func redisInfo(ctx context.Context, addr string) (string, error) {
 	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(c, "INFO stats\r\n"); err != nil {
-		return 0, err
+		return "", err
 	}
 	r := bufio.NewReader(c)
 	head, err := r.ReadString('\n')
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(head, "$")))
 	if err != nil {
-		return 0, fmt.Errorf("INFO: unexpected reply %q", head)
+		return "", fmt.Errorf("INFO: unexpected reply %q", head)
 	}
 	body := make([]byte, size)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return 0, err
+		return "", err
 	}
-	return infoField(string(body), field)
+	return string(body), nil
 }
 
 // infoField finds "field:value" in an INFO reply.
@@ -296,7 +332,8 @@ func takeSnapshot(t target) (snapshot, error) {
 // growth in the machine-wide figure and the others would not.
 func idleWarmup(ctx context.Context, h *harness) error {
 	h.logName = "warmup"
-	_, err := idleRun(ctx, h, target{addr: h.backends["redis"].addr})
+	be := h.backends["redis"]
+	_, err := idleRun(ctx, h, target{addr: be.addr, backends: []string{be.addr}})
 	return err
 }
 

@@ -8,10 +8,28 @@ import (
 	"strings"
 )
 
-// A route is one listener of a proxy and the backend it forwards to.
+// A route is one listener of a proxy and the backends it forwards to.
 type route struct {
-	listen  string // 127.0.0.1:port
-	backend string // 127.0.0.1:port
+	listen   string     // 127.0.0.1:port
+	backends []endpoint // exactly one unless policy is set
+	// policy, when set, balances the connections over backends; only
+	// contenders with balances set are given such a route.
+	policy *policyDef
+}
+
+// An endpoint is one backend server of a route.
+type endpoint struct {
+	addr   string // 127.0.0.1:port
+	weight int    // 0: no weight given (every server counts the same)
+}
+
+// single is the route's only backend, for contenders that cannot balance.
+func (r route) single() (string, error) {
+	if len(r.backends) != 1 || r.policy != nil {
+		return "", fmt.Errorf("route %s: this contender forwards to exactly one backend, got %d and policy %v",
+			r.listen, len(r.backends), r.policy != nil)
+	}
+	return r.backends[0].addr, nil
 }
 
 // A proxyDef is one contender. start launches a fresh instance serving
@@ -19,31 +37,47 @@ type route struct {
 // for readiness (the harness probes every route). A nil start means the
 // client talks to the backend directly.
 //
+// balances marks the contenders that take part in the balancing metrics
+// (routes with several backends and a policy); the others are skipped there.
+//
 // To add a contender, append here; to run it, nothing else changes.
 type proxyDef struct {
-	name  string
-	about string
-	start func(h *harness, logName string, routes []route) ([]*child, error)
+	name     string
+	about    string
+	start    func(h *harness, logName string, routes []route) ([]*child, error)
+	balances bool
 }
 
 var proxies = []proxyDef{
-	{name: "direct", about: "no proxy: the client connects to the backend"},
+	// direct takes part in the balancing metrics as their baseline: the
+	// client talks to the first of the backends.
+	{name: "direct", about: "no proxy: the client connects to the backend", balances: true},
 	{name: "socat", about: "socat -t 100000000 TCP4-LISTEN:P,bind=127.0.0.1,fork,reuseaddr TCP4:127.0.0.1:B (one process per route, a fork per connection)", start: startSocat},
-	{name: "haproxy", about: "haproxy -db, mode tcp, maxconn 8000", start: haproxyStarter(false)},
+	{name: "haproxy", about: "haproxy -db, mode tcp, maxconn 8000 (balancing: a balance line, and weights on the servers for weighted)", start: haproxyStarter(false), balances: true},
+	// haproxy-splice sits the balancing metrics out: splicing changes
+	// nothing for small messages (the redis-get row has it level with
+	// haproxy), and each contender there costs policies × rounds runs.
 	{name: "haproxy-splice", about: "as haproxy, plus option splice-auto (and global maxpipes 1000, to fit the 20000 descriptor limit)", start: haproxyStarter(true)},
 	{name: "naive", about: "bench/naiveproxy: two goroutines running io.Copy per connection", start: startNaive},
-	{name: "attache", about: "attache --forward L=B --log-level warn --env-links=false", start: startAttache},
+	{name: "attache", about: "attache --forward L=B --log-level warn --env-links=false (balancing: attache -c file.yaml, one service with the three backends and a balance policy)", start: startAttache, balances: true},
 }
 
 func startSocat(h *harness, logName string, routes []route) ([]*child, error) {
 	var procs []*child
 	for i, r := range routes {
+		be, err := r.single()
+		if err != nil {
+			for _, p := range procs {
+				h.sup.stop(p)
+			}
+			return nil, err
+		}
 		// bind=127.0.0.1 is the one addition to the classic command line:
 		// it keeps the relay off other interfaces and does not touch the
 		// data path.
 		_, lport, _ := strings.Cut(r.listen, ":")
 		cmd := exec.Command("socat", "-t", "100000000",
-			"TCP4-LISTEN:"+lport+",bind=127.0.0.1,fork,reuseaddr", "TCP4:"+r.backend)
+			"TCP4-LISTEN:"+lport+",bind=127.0.0.1,fork,reuseaddr", "TCP4:"+be)
 		c, err := h.sup.start(fmt.Sprintf("%s-%d", logName, i), cmd)
 		if err != nil {
 			for _, p := range procs {
@@ -75,7 +109,23 @@ func haproxyConfig(splice bool, routes []route) string {
 	}
 	for i, r := range routes {
 		fmt.Fprintf(&b, "\nfrontend f%d\n    bind %s\n    default_backend b%d\n", i, r.listen, i)
-		fmt.Fprintf(&b, "\nbackend b%d\n    server s%d %s\n", i, i, r.backend)
+		fmt.Fprintf(&b, "\nbackend b%d\n", i)
+		if r.policy == nil && len(r.backends) == 1 {
+			fmt.Fprintf(&b, "    server s%d %s\n", i, r.backends[0].addr)
+			continue
+		}
+		if r.policy != nil {
+			fmt.Fprintf(&b, "    balance %s\n", r.policy.haproxy)
+		}
+		// No maxconn on the servers: with balance first, HAProxy then
+		// sends everything to the first server, which is failover order.
+		for j, e := range r.backends {
+			fmt.Fprintf(&b, "    server s%d-%d %s", i, j+1, e.addr)
+			if e.weight > 0 {
+				fmt.Fprintf(&b, " weight %d", e.weight)
+			}
+			b.WriteString("\n")
+		}
 	}
 	return b.String()
 }
@@ -97,7 +147,11 @@ func haproxyStarter(splice bool) func(*harness, string, []route) ([]*child, erro
 func startNaive(h *harness, logName string, routes []route) ([]*child, error) {
 	var args []string
 	for _, r := range routes {
-		args = append(args, r.listen+"="+r.backend)
+		be, err := r.single()
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, r.listen+"="+be)
 	}
 	c, err := h.sup.start(logName, exec.Command(h.cfg.naive, args...))
 	if err != nil {
@@ -106,15 +160,52 @@ func startNaive(h *harness, logName string, routes []route) ([]*child, error) {
 	return []*child{c}, nil
 }
 
+// startAttache forwards plain routes with --forward, as an ambassador is
+// usually run, and balanced routes through a config file (the only place a
+// policy and weights can be set).
 func startAttache(h *harness, logName string, routes []route) ([]*child, error) {
-	var args []string
+	var args, plain []string
+	var balanced []route
 	for _, r := range routes {
-		args = append(args, "--forward", r.listen+"="+r.backend)
+		if r.policy == nil && len(r.backends) == 1 {
+			plain = append(plain, "--forward", r.listen+"="+r.backends[0].addr)
+		} else {
+			balanced = append(balanced, r)
+		}
 	}
+	if len(balanced) > 0 {
+		cfg := filepath.Join(h.cfg.logDir, logName+".yaml")
+		if err := os.WriteFile(cfg, []byte(attacheConfig(balanced)), 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "-c", cfg)
+	}
+	args = append(args, plain...)
 	args = append(args, "--log-level", "warn", "--env-links=false")
 	c, err := h.sup.start(logName, exec.Command(h.cfg.attache, args...))
 	if err != nil {
 		return nil, err
 	}
 	return []*child{c}, nil
+}
+
+// attacheConfig is a config file with one service per route: its backends
+// as {addr, weight} entries and the route's policy.
+func attacheConfig(routes []route) string {
+	var b strings.Builder
+	b.WriteString("services:\n")
+	for i, r := range routes {
+		fmt.Fprintf(&b, "  - name: bench-%d\n    listen: %s\n    backends:\n", i, r.listen)
+		for _, e := range r.backends {
+			if e.weight > 0 {
+				fmt.Fprintf(&b, "      - {addr: %s, weight: %d}\n", e.addr, e.weight)
+			} else {
+				fmt.Fprintf(&b, "      - %s\n", e.addr)
+			}
+		}
+		if r.policy != nil {
+			fmt.Fprintf(&b, "    balance: %s\n", r.policy.name)
+		}
+	}
+	return b.String()
 }

@@ -34,12 +34,18 @@ func newReport(cfg *config) *report {
 	return &report{cfg: cfg, date: time.Now(), cells: map[string]*cell{}}
 }
 
-func cellKey(m *metricDef, c column, proxy string) string {
-	return m.name + "/" + c.key + "/" + proxy
+// cellKey names one cell; pol is the balancing policy of a balanced metric
+// and "" for the others.
+func cellKey(m *metricDef, pol string, c column, proxy string) string {
+	name := m.name
+	if pol != "" {
+		name += "@" + pol
+	}
+	return name + "/" + c.key + "/" + proxy
 }
 
-func (r *report) cell(m *metricDef, c column, proxy string) *cell {
-	k := cellKey(m, c, proxy)
+func (r *report) cell(m *metricDef, pol string, c column, proxy string) *cell {
+	k := cellKey(m, pol, c, proxy)
 	if r.cells[k] == nil {
 		r.cells[k] = &cell{values: fill(r.cfg.rounds, math.NaN())}
 	}
@@ -54,12 +60,12 @@ func fill(n int, v float64) []float64 {
 	return s
 }
 
-func (r *report) add(m *metricDef, proxy string, round int, s sample, err error) {
+func (r *report) add(m *metricDef, pol, proxy string, round int, s sample, err error) {
 	for _, c := range m.columns {
 		if c.proxyOnly && proxy == "direct" {
 			continue
 		}
-		cl := r.cell(m, c, proxy)
+		cl := r.cell(m, pol, c, proxy)
 		switch v, ok := s.values[c.key]; {
 		case err != nil:
 			cl.notes = append(cl.notes, fmt.Sprintf("round %d failed: %s", round+1, oneLine(err.Error())))
@@ -174,6 +180,10 @@ func (r *report) markdown() string {
 	}
 	fmt.Fprintf(&b, "- Settings: %d round(s); iperf3 -t %d; GET -n %d -c 50 -P 16; new connections -n %d -c 50 -k 0 (capped at %v); %d idle connections\n",
 		cfg.rounds, cfg.duration, cfg.requests, cfg.connects, cfg.connectCap, cfg.idle)
+	if r.anyMetric(true) {
+		fmt.Fprintf(&b, "- Balancing: %d redis-server backends; policies %s; contenders %s\n",
+			poolSize, strings.Join(cfg.policies, ", "), strings.Join(r.balanceProxies(), ", "))
+	}
 	b.WriteString("- Versions:\n")
 	for _, v := range r.versions {
 		fmt.Fprintf(&b, "  - %s: %s\n", v[0], v[1])
@@ -185,22 +195,53 @@ func (r *report) markdown() string {
 		b.WriteString("|---|---|" + strings.Repeat("---:|", len(names)) + "\n")
 	}
 
+	if r.anyMetric(false) {
+		r.plainMarkdown(&b, names, header)
+	}
+	if r.anyMetric(true) {
+		r.balanceMarkdown(&b)
+	}
+
+	b.WriteString("\n## Contenders\n\n")
+	for _, p := range proxies {
+		if slices.Contains(cfg.only, p.name) {
+			fmt.Fprintf(&b, "- **%s**: %s\n", p.name, p.about)
+		}
+	}
+	return b.String()
+}
+
+// anyMetric reports whether a selected metric is (balanced) or is not
+// (!balanced) a balancing one.
+func (r *report) anyMetric(balanced bool) bool {
+	for _, m := range metrics {
+		if m.balanced == balanced && slices.Contains(r.cfg.metrics, m.name) {
+			return true
+		}
+	}
+	return false
+}
+
+// plainMarkdown renders the metrics that are not balancing ones: one row per
+// column, one column per contender.
+func (r *report) plainMarkdown(b *strings.Builder, names []string, header func()) {
+	cfg := r.cfg
 	b.WriteString("\n## Medians (ratio = proxy / direct)\n\n")
 	header()
 	var notes []string
 	for mi := range metrics {
 		m := &metrics[mi]
-		if !slices.Contains(cfg.metrics, m.name) {
+		if m.balanced || !slices.Contains(cfg.metrics, m.name) {
 			continue
 		}
 		for _, c := range m.columns {
 			row := []string{c.title, c.better}
 			direct := math.NaN()
-			if dc := r.cells[cellKey(m, c, "direct")]; dc != nil {
+			if dc := r.cells[cellKey(m, "", c, "direct")]; dc != nil {
 				direct = median(dc.values)
 			}
 			for _, p := range names {
-				cl := r.cells[cellKey(m, c, p)]
+				cl := r.cells[cellKey(m, "", c, p)]
 				if cl == nil {
 					row = append(row, "n/a")
 					continue
@@ -233,7 +274,7 @@ func (r *report) markdown() string {
 	if len(notes) > 0 {
 		b.WriteString("\nNotes:\n\n")
 		for i, n := range notes {
-			fmt.Fprintf(&b, "%d. %s\n", i+1, n)
+			fmt.Fprintf(b, "%d. %s\n", i+1, n)
 		}
 	}
 
@@ -241,13 +282,13 @@ func (r *report) markdown() string {
 	header()
 	for mi := range metrics {
 		m := &metrics[mi]
-		if !slices.Contains(cfg.metrics, m.name) {
+		if m.balanced || !slices.Contains(cfg.metrics, m.name) {
 			continue
 		}
 		for _, c := range m.columns {
 			row := []string{c.title, c.better}
 			for _, p := range names {
-				cl := r.cells[cellKey(m, c, p)]
+				cl := r.cells[cellKey(m, "", c, p)]
 				if cl == nil {
 					row = append(row, "n/a")
 					continue
@@ -261,12 +302,4 @@ func (r *report) markdown() string {
 			b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 		}
 	}
-
-	b.WriteString("\n## Contenders\n\n")
-	for _, p := range proxies {
-		if slices.Contains(cfg.only, p.name) {
-			fmt.Fprintf(&b, "- **%s**: %s\n", p.name, p.about)
-		}
-	}
-	return b.String()
 }

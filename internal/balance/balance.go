@@ -12,7 +12,6 @@ package balance
 
 import (
 	"fmt"
-	"hash/maphash"
 	"math/rand/v2"
 	"net/netip"
 	"sync/atomic"
@@ -127,14 +126,22 @@ func randomHealthy(set *backend.Set, i int) *backend.Backend {
 
 // SourceHash keeps a client on one backend (sticky sessions without state):
 // rendezvous hashing of the client address with each backend address, so
-// adding or removing a backend only moves the clients of that backend.
-type SourceHash struct{ seed maphash.Seed }
+// adding or removing a backend only moves the clients of that backend. The
+// hash is fixed (FNV-1a, then a 64-bit finalizer), not seeded per process:
+// a client keeps its backend across restarts and upgrades, and two
+// ambassadors in front of the same backends agree.
+type SourceHash struct{}
 
-// NewSourceHash returns a SourceHash with a per-process seed.
-func NewSourceHash() *SourceHash { return &SourceHash{seed: maphash.MakeSeed()} }
+// NewSourceHash returns a SourceHash.
+func NewSourceHash() *SourceHash { return &SourceHash{} }
 
 func (p *SourceHash) Pick(set *backend.Set, from netip.AddrPort) *backend.Backend {
 	ip := from.Addr().As16()
+	const offset, prime = 14695981039346656037, 1099511628211
+	client := uint64(offset)
+	for _, c := range ip {
+		client = (client ^ uint64(c)) * prime
+	}
 	var best *backend.Backend
 	var bestScore uint64
 	for i := range set.Len() {
@@ -142,15 +149,25 @@ func (p *SourceHash) Pick(set *backend.Set, from netip.AddrPort) *backend.Backen
 		if !b.Healthy() {
 			continue
 		}
-		var h maphash.Hash
-		h.SetSeed(p.seed)
-		h.Write(ip[:])
-		h.WriteString(b.Addr)
-		if s := h.Sum64(); best == nil || s > bestScore {
+		h := client
+		for j := 0; j < len(b.Addr); j++ {
+			h = (h ^ uint64(b.Addr[j])) * prime
+		}
+		if s := mix64(h); best == nil || s > bestScore {
 			best, bestScore = b, s
 		}
 	}
 	return best
+}
+
+// mix64 is the splitmix64 finalizer: FNV's low bits alone mix poorly.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 // Weighted picks at random in proportion to each healthy backend's weight.

@@ -186,3 +186,25 @@ func BenchmarkPick(b *testing.B) {
 		}
 	}
 }
+
+// TestSourceHashIsStableAcrossInstances: the hash is not seeded per
+// process, so a restarted ambassador (or a second one) sends every client
+// to the same backend, and clients still spread evenly.
+func TestSourceHashIsStableAcrossInstances(t *testing.T) {
+	s, _ := set(ep("10.0.0.1:6379", 0, 0), ep("10.0.0.2:6379", 0, 0), ep("10.0.0.3:6379", 0, 0))
+	a, b := NewSourceHash(), NewSourceHash()
+	spread := map[string]int{}
+	for i := range 3000 {
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), 40000)
+		pa, pb := a.Pick(s, from), b.Pick(s, from)
+		if pa != pb {
+			t.Fatalf("client %v: %s by one instance, %s by another", from, pa.Addr, pb.Addr)
+		}
+		spread[pa.Addr]++
+	}
+	for addr, n := range spread {
+		if n < 800 || n > 1200 {
+			t.Errorf("backend %s got %d of 3000 clients (all: %v); want about 1000", addr, n, spread)
+		}
+	}
+}

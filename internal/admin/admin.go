@@ -36,7 +36,13 @@ import (
 type Server struct {
 	State    State
 	Gatherer prometheus.Gatherer
-	Logger   *slog.Logger
+	// Control carries out the mutating calls (reload, backends, drain);
+	// nil answers them 501.
+	Control Control
+	// Token is the bearer token the mutating calls must present. Empty
+	// turns them off: they answer 403 whatever is sent.
+	Token  string
+	Logger *slog.Logger
 	// ShutdownTimeout bounds how long Serve waits for requests in flight
 	// once ctx is done; 0 means 5s. A scrape must not hold up an exit.
 	ShutdownTimeout time.Duration
@@ -50,6 +56,13 @@ var routes = map[string]string{
 	"/v1/services":  http.MethodGet,
 	"/v1/discovery": http.MethodGet,
 	"/metrics":      http.MethodGet,
+	"/v1/reload":    http.MethodPost,
+}
+
+// mutatingPaths are the changing calls, for the 404 hint and the 405s.
+var mutatingPaths = map[string]string{
+	"/v1/services/{name}/backends":              http.MethodPut,
+	"/v1/services/{name}/backends/{addr}/drain": "POST, DELETE",
 }
 
 // Handler returns the API's handler.
@@ -65,6 +78,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/discovery", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"providers": nonNil(s.State.Discovery())})
 	})
+	mux.HandleFunc("POST /v1/reload", s.mutating(s.reload))
+	mux.HandleFunc("PUT /v1/services/{name}/backends", s.mutating(s.putBackends))
+	mux.HandleFunc("POST /v1/services/{name}/backends/{addr}/drain", s.mutating(s.drain(true)))
+	mux.HandleFunc("DELETE /v1/services/{name}/backends/{addr}/drain", s.mutating(s.drain(false)))
+	for p, m := range mutatingPaths {
+		mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", m)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: method not allowed; use %s", r.Method, r.URL.Path, m))
+		})
+	}
 	g := s.Gatherer
 	if g == nil {
 		g = prometheus.NewRegistry()
@@ -134,8 +157,11 @@ func (s *Server) logger() *slog.Logger {
 }
 
 func paths() []string {
-	out := make([]string, 0, len(routes))
+	out := make([]string, 0, len(routes)+len(mutatingPaths))
 	for p := range routes {
+		out = append(out, p)
+	}
+	for p := range mutatingPaths {
 		out = append(out, p)
 	}
 	slices.Sort(out)

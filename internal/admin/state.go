@@ -59,6 +59,9 @@ type Backend struct {
 	PassiveFailures int64     `json:"passive_failures"`
 	// Active is the number of proxied connections open to the backend.
 	Active int64 `json:"active"`
+	// Draining is true while the backend is out of rotation by a drain
+	// call: it gets no new connections, its open ones carry on.
+	Draining bool `json:"draining"`
 }
 
 // Counters are a listener's connection counters since it opened.

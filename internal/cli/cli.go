@@ -50,6 +50,7 @@ Usage:
   attache [flags] HOST PORT         listen on PORT, forward to HOST:PORT
   attache -c attache.yaml [flags]   forward the services of a config file
   attache check [flags] [HOST PORT] print the routing table, or every error (exit 2)
+  attache status [--admin HOST:PORT] [--json]  print a running attache's services and backends
   attache demo [--stay]             run a live demo: an embedded backend behind an ambassador
   attache version
 
@@ -68,6 +69,7 @@ type runFlags struct {
 	logFormat string
 	logLevel  string
 	admin     string
+	tokenFile string
 	version   bool
 }
 
@@ -86,6 +88,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics) on `HOST:PORT` (default off)")
+	fs.StringVar(&f.tokenFile, "admin-token-file", "", "enable the admin API's mutating calls (reload, backends, drain) with the bearer token in `PATH`")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -101,7 +104,7 @@ func Main(ctx context.Context, e Env) int {
 	cmd := ""
 	if len(args) > 0 {
 		switch args[0] {
-		case "check", "demo", "version", "help":
+		case "check", "demo", "version", "help", "status":
 			cmd, args = args[0], args[1:]
 		}
 	}
@@ -114,6 +117,8 @@ func Main(ctx context.Context, e Env) int {
 		return ExitOK
 	case "demo":
 		return runDemo(ctx, e, args)
+	case "status":
+		return runStatus(ctx, e, args)
 	}
 
 	var f runFlags
@@ -155,9 +160,14 @@ func Main(ctx context.Context, e Env) int {
 		printTable(e.Stdout, cfg)
 		return ExitOK
 	}
+	token, err := readToken(f.tokenFile, f.admin)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
+		return ExitUsage
+	}
 	err = daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Grace: f.grace, Ready: e.Ready,
-		Admin: f.admin, AdminReady: e.AdminReady,
+		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
 		Reload: e.Reload,
 		Load:   func() (*config.Config, error) { return config.Load(src) },
 	})

@@ -79,6 +79,12 @@ func (d *daemon) services() []admin.Service {
 				EjectedUntil: until, PassiveFailures: failures, Active: b.Active(),
 			})
 		}
+		for _, b := range sv.draining {
+			it.svc.Backends = append(it.svc.Backends, admin.Backend{
+				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority, Healthy: b.Healthy(),
+				Check: admin.CheckOff, Active: b.Active(), Draining: true,
+			})
+		}
 		items = append(items, it)
 	}
 	d.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,9 +30,20 @@ type adminDaemon struct {
 	url    string // http://host:port of the admin API
 	bound  []Bound
 	reload func(yaml string) error
+	// setNext sets the YAML the next reload (SIGHUP or POST) reads;
+	// reloaded receives every reload's result.
+	setNext  func(yaml string)
+	reloaded chan error
 }
 
 func startAdminDaemon(t *testing.T, yaml string) *adminDaemon {
+	t.Helper()
+	return startAdminDaemonToken(t, yaml, "")
+}
+
+// startAdminDaemonToken starts a daemon whose admin API takes token for
+// its mutating calls ("" turns them off).
+func startAdminDaemonToken(t *testing.T, yaml, token string) *adminDaemon {
 	t.Helper()
 	load := func(y string) (*config.Config, error) {
 		return config.Load(config.Sources{FileData: []byte(y), File: "test.yaml"})
@@ -40,9 +52,12 @@ func startAdminDaemon(t *testing.T, yaml string) *adminDaemon {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	var next string
+	var (
+		mu   sync.Mutex
+		next string
+	)
 	reloadCh := make(chan os.Signal)
-	results := make(chan error)
+	results := make(chan error, 16)
 	ready := make(chan []Bound, 1)
 	adminAddr := make(chan net.Addr, 1)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -53,11 +68,20 @@ func startAdminDaemon(t *testing.T, yaml string) *adminDaemon {
 			AdminReady: func(a net.Addr) { adminAddr <- a },
 			Ready:      func(b []Bound) { ready <- b },
 			Reload:     reloadCh,
-			Load:       func() (*config.Config, error) { return load(next) },
+			Load: func() (*config.Config, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				return load(next)
+			},
 			Reloaded:   func(err error) { results <- err },
+			AdminToken: token,
 		})
 	}()
-	d := &adminDaemon{}
+	d := &adminDaemon{reloaded: results, setNext: func(y string) {
+		mu.Lock()
+		next = y
+		mu.Unlock()
+	}}
 	select {
 	case a := <-adminAddr:
 		d.url = "http://" + a.String()
@@ -78,7 +102,7 @@ func startAdminDaemon(t *testing.T, yaml string) *adminDaemon {
 		}
 	})
 	d.reload = func(y string) error {
-		next = y // read by Load on Run's goroutine after the send below
+		d.setNext(y)
 		reloadCh <- syscall.SIGHUP
 		return <-results
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/health"
 	"github.com/attache/attache/internal/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options tune the daemon itself, as opposed to the services it runs.
@@ -52,6 +53,9 @@ type Options struct {
 	// AdminReady, when set, is called with the admin API's bound address
 	// before Ready (tests listen on port 0).
 	AdminReady func(net.Addr)
+	// AdminToken is the bearer token the admin API's mutating calls
+	// (reload, backends, drain) must present; empty turns them off (403).
+	AdminToken string
 }
 
 // Bound is an open listener.
@@ -119,6 +123,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		serving:    map[string]*served{},
 		registry:   health.NewRegistry(backend.DefaultBackoff),
 		discovered: map[string][]backend.Endpoint{},
+		drained:    map[string]map[string]*backend.Backend{},
+		reloadReq:  make(chan reloadRequest),
+		stopped:    make(chan struct{}),
 	}
 	reg, reloads := newRegistry(d)
 	bound := make([]Bound, len(listeners))
@@ -135,7 +142,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	defer stopAdmin()
 	var adminWG sync.WaitGroup
 	if adminLn != nil {
-		srv := &admin.Server{State: adminState{d}, Gatherer: reg, Logger: log.With("component", "admin")}
+		srv := &admin.Server{State: adminState{d}, Control: adminState{d}, Token: opts.AdminToken,
+			Gatherer: reg, Logger: log.With("component", "admin")}
 		log.Info("admin API listening", "addr", adminLn.Addr().String())
 		adminWG.Go(func() {
 			if err := srv.Serve(adminCtx, adminLn); err != nil {
@@ -154,18 +162,22 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		case <-serveCtx.Done():
 			done = true
 		case <-opts.Reload:
-			err := d.reload(opts.Load)
-			result := "success"
-			if err != nil {
-				result = "failure"
+			_, err := d.reloadCounted(opts, reloads)
+			if opts.Reloaded != nil {
+				opts.Reloaded(err)
 			}
-			reloads.WithLabelValues(result).Inc()
+		case req := <-d.reloadReq:
+			// POST /v1/reload runs here, on the same goroutine as SIGHUP,
+			// so two reloads never interleave.
+			sum, err := d.reloadCounted(opts, reloads)
+			req.reply <- reloadReply{sum, err}
 			if opts.Reloaded != nil {
 				opts.Reloaded(err)
 			}
 		}
 	}
 	d.open.Store(false)
+	close(d.stopped) // admin reloads asked from now on are refused
 	d.mu.Lock()
 	for _, sv := range d.serving {
 		sv.l.Close()
@@ -209,10 +221,19 @@ type daemon struct {
 	// begins (readiness).
 	open atomic.Bool
 
+	// reloadReq carries admin reloads to Run's loop; stopped closes when
+	// the loop has ended.
+	reloadReq chan reloadRequest
+	stopped   chan struct{}
+
 	mu         sync.Mutex
 	serving    map[string]*served // by configured listen address
 	discovered map[string][]backend.Endpoint
-	serveErr   error
+	// drained is, by service and address, the backends taken out of
+	// rotation by the admin API, with the state their open connections
+	// hold. It outlives reloads while the service exists.
+	drained  map[string]map[string]*backend.Backend
+	serveErr error
 }
 
 func (d *daemon) serve(s config.Service, l *proxy.Listener) {
@@ -240,19 +261,20 @@ func (d *daemon) serve(s config.Service, l *proxy.Listener) {
 // of kept listeners are swapped (connections in flight keep the route they
 // started with), new listeners start and removed ones stop accepting; their
 // open connections carry on until they end or the daemon shuts down.
-func (d *daemon) reload(load func() (*config.Config, error)) error {
+func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummary, error) {
+	var sum admin.ReloadSummary
 	if load == nil {
-		return errors.New("reload: no configuration source to reload from")
+		return sum, errNoSource
 	}
 	cfg, err := load()
 	if err != nil {
 		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return fmt.Errorf("reload: %w", err)
+		return sum, &configError{fmt.Errorf("reload: %w", err)}
 	}
 	disc, err := newDiscovery(cfg, d.log)
 	if err != nil {
 		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return fmt.Errorf("reload: %w", err)
+		return sum, &configError{fmt.Errorf("reload: %w", err)}
 	}
 	d.mu.Lock()
 	var added []config.Service
@@ -272,7 +294,7 @@ func (d *daemon) reload(load func() (*config.Config, error)) error {
 	opened, err := openAll(d.ctx, added)
 	if err != nil {
 		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return fmt.Errorf("reload: %w", err)
+		return sum, fmt.Errorf("reload: %w", err)
 	}
 	for _, w := range cfg.Warnings {
 		d.log.Warn(w)
@@ -286,10 +308,13 @@ func (d *daemon) reload(load func() (*config.Config, error)) error {
 			delete(d.serving, addr)
 			continue
 		}
+		// A reload ends a runtime override of the static backends.
+		sv.override, sv.overridden = nil, false
 		d.configure(sv, s)
 	}
 	for _, sv := range removed {
 		d.unconfigure(sv)
+		sum.Removed = append(sum.Removed, sv.svc.Name)
 	}
 	d.mu.Unlock()
 	for _, sv := range removed {
@@ -302,7 +327,40 @@ func (d *daemon) reload(load func() (*config.Config, error)) error {
 	}
 	d.startDiscovery(disc)
 	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(added), "removed", len(removed))
-	return nil
+	sum.Services = len(cfg.Services)
+	for _, s := range added {
+		sum.Added = append(sum.Added, s.Name)
+	}
+	return sum, nil
+}
+
+// reloadCounted reloads and counts the result in attache_reload_total.
+func (d *daemon) reloadCounted(opts Options, reloads *prometheus.CounterVec) (admin.ReloadSummary, error) {
+	sum, err := d.reload(opts.Load)
+	result := "success"
+	if err != nil {
+		result = "failure"
+	}
+	reloads.WithLabelValues(result).Inc()
+	return sum, err
+}
+
+// errNoSource: the daemon was started without a way to read its
+// configuration again.
+var errNoSource = errors.New("reload: no configuration source to reload from")
+
+// configError marks a reload refused because the new configuration is
+// invalid (as opposed to a port that would not open).
+type configError struct{ err error }
+
+func (e *configError) Error() string { return e.err.Error() }
+func (e *configError) Unwrap() error { return e.err }
+
+type reloadRequest struct{ reply chan reloadReply }
+
+type reloadReply struct {
+	sum admin.ReloadSummary
+	err error
 }
 
 // openAll opens every service's listener, or none: on the first failure it

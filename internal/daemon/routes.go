@@ -24,6 +24,13 @@ type served struct {
 	// monitor runs the active checks, when the service has them.
 	monitor     *health.Monitor
 	stopMonitor context.CancelFunc
+	// override replaces the configured static backends when overridden
+	// (PUT /v1/services/{name}/backends), until the next reload.
+	override   []backend.Endpoint
+	overridden bool
+	// draining are the backends rebuild left out because they are
+	// drained, for the admin view.
+	draining []*backend.Backend
 }
 
 // configure (re)applies a service's configuration to its listener: policy,
@@ -89,6 +96,7 @@ func (d *daemon) unconfigure(sv *served) {
 		sv.stopMonitor()
 	}
 	d.registry.Forget(sv.svc.Name)
+	delete(d.drained, sv.svc.Name)
 }
 
 // rebuild publishes a new route for sv from its static backends and what
@@ -107,7 +115,17 @@ func (d *daemon) rebuild(sv *served) {
 			eps = append(eps, ep)
 		}
 	}
+	if sv.overridden {
+		eps = eps[:0]
+		for i, ep := range sv.override {
+			if s.Balance == "first" {
+				ep.Priority = i
+			}
+			eps = append(eps, ep)
+		}
+	}
 	eps = append(eps, d.discovered[s.Name]...)
+	eps, sv.draining = d.withoutDrained(s.Name, eps)
 	set := d.registry.Resolve(s.Name, eps)
 	prev := sv.set
 	sv.set = set
@@ -133,6 +151,9 @@ func (d *daemon) rebuild(sv *served) {
 		// here could be started by the discovery merger while Run is
 		// already waiting for the daemon's goroutines at shutdown.
 		for _, addr := range removedAddrs(prev, set) {
+			if _, drained := d.drained[s.Name][addr]; drained {
+				continue // draining lets open connections finish
+			}
 			if n := d.proxy.CloseBackend(sv.l, addr, "backend removed"); n > 0 {
 				d.log.Info("closed connections to a removed backend", "service", s.Name, "backend", addr, "connections", n)
 			}

@@ -1,0 +1,158 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/attache/attache/internal/admin"
+	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/config"
+)
+
+var _ admin.Control = adminState{}
+
+// Reload hands the reload to Run's loop, which also runs SIGHUP reloads,
+// and waits for its result: the two never interleave.
+func (a adminState) Reload(ctx context.Context) (admin.ReloadSummary, error) {
+	req := reloadRequest{reply: make(chan reloadReply, 1)}
+	select {
+	case a.d.reloadReq <- req:
+	case <-a.d.stopped:
+		return admin.ReloadSummary{}, admin.Errorf(http.StatusServiceUnavailable, "reload: attache is shutting down")
+	case <-ctx.Done():
+		return admin.ReloadSummary{}, ctx.Err()
+	}
+	var r reloadReply
+	select {
+	case r = <-req.reply:
+	case <-ctx.Done():
+		// The reload carries on; only the caller stopped waiting.
+		return admin.ReloadSummary{}, ctx.Err()
+	}
+	if r.err == nil {
+		return r.sum, nil
+	}
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(r.err, errNoSource):
+		status = http.StatusNotImplemented
+	case errors.As(r.err, new(*configError)):
+		status = http.StatusUnprocessableEntity
+	}
+	return admin.ReloadSummary{}, admin.Errorf(status, "%v; the running configuration keeps serving", r.err)
+}
+
+// SetBackends replaces a service's static backends until the next reload.
+// The route is swapped like any rebuild: connections in flight keep the
+// backend they have (unless the service sets close_on_remove).
+func (a adminState) SetBackends(service string, specs []admin.BackendSpec) error {
+	d := a.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sv, err := d.servedByName(service)
+	if err != nil {
+		return err
+	}
+	if len(specs) == 0 && !hasDiscovery(sv.svc) {
+		return admin.Errorf(http.StatusBadRequest, "backends: service %q has no discovery entries, so it needs at least one backend", service)
+	}
+	eps := make([]backend.Endpoint, len(specs))
+	for i, s := range specs {
+		eps[i] = backend.Endpoint{Addr: s.Addr, Weight: s.Weight}
+	}
+	sv.override, sv.overridden = eps, true
+	d.rebuild(sv)
+	d.log.Info("admin: static backends overridden until the next reload", "service", service, "backends", len(eps))
+	return nil
+}
+
+// Drain takes addr out of service's rotation (on) or puts it back. A
+// drained backend gets no new connections, its open ones carry on, and it
+// stays drained across reloads and discovery changes until undrained or
+// its service is removed. Undraining starts its health state afresh.
+func (a adminState) Drain(service, addr string, on bool) error {
+	d := a.d
+	canon, err := config.ParseHostPort(addr)
+	if err != nil {
+		return admin.Errorf(http.StatusBadRequest, "backend address: %v", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sv, err := d.servedByName(service)
+	if err != nil {
+		return err
+	}
+	_, drained := d.drained[service][canon]
+	if on == drained {
+		return nil // already so: the call is idempotent
+	}
+	if on {
+		var b *backend.Backend
+		for i := range sv.set.Len() {
+			if sv.set.At(i).Addr == canon {
+				b = sv.set.At(i)
+			}
+		}
+		if b == nil {
+			return admin.Errorf(http.StatusNotFound, "service %q has no backend %s (it has %s)", service, canon, strings.Join(setAddrs(sv.set), ", "))
+		}
+		if d.drained[service] == nil {
+			d.drained[service] = map[string]*backend.Backend{}
+		}
+		d.drained[service][canon] = b
+	} else {
+		delete(d.drained[service], canon)
+		if len(d.drained[service]) == 0 {
+			delete(d.drained, service)
+		}
+	}
+	d.rebuild(sv)
+	d.log.Info("admin: backend drain changed", "service", service, "backend", canon, "draining", on)
+	return nil
+}
+
+// servedByName finds a service by name; d.mu is held.
+func (d *daemon) servedByName(name string) (*served, error) {
+	var names []string
+	for _, sv := range d.serving {
+		if sv.svc.Name == name {
+			return sv, nil
+		}
+		names = append(names, sv.svc.Name)
+	}
+	slices.Sort(names)
+	return nil, admin.Errorf(http.StatusNotFound, "no service %q (services: %s)", name, strings.Join(names, ", "))
+}
+
+// withoutDrained splits eps into those in rotation and the drained ones'
+// backends (the state their open connections hold); d.mu is held.
+func (d *daemon) withoutDrained(service string, eps []backend.Endpoint) ([]backend.Endpoint, []*backend.Backend) {
+	drained := d.drained[service]
+	if len(drained) == 0 {
+		return eps, nil
+	}
+	var keep []backend.Endpoint
+	var out []*backend.Backend
+	for _, ep := range eps {
+		if b, ok := drained[ep.Addr]; ok {
+			if !slices.Contains(out, b) {
+				out = append(out, b)
+			}
+			continue
+		}
+		keep = append(keep, ep)
+	}
+	return keep, out
+}
+
+func hasDiscovery(s config.Service) bool {
+	for _, b := range s.Backends {
+		if b.Discover != nil {
+			return true
+		}
+	}
+	return false
+}

@@ -70,6 +70,7 @@ type runFlags struct {
 	logLevel  string
 	admin     string
 	tokenFile string
+	accessLog bool
 	version   bool
 }
 
@@ -78,7 +79,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.file, "c", "", "YAML configuration `file`")
 	fs.StringVar(&f.file, "config", "", "YAML configuration `file` (same as -c)")
-	fs.Var(&f.forwards, "forward", "forward `[LISTEN_HOST:]PORT=HOST:PORT[,HOST:PORT...]` (repeatable)")
+	fs.Var(&f.forwards, "forward", "forward `[LISTEN_HOST:]PORT=BACKEND[,BACKEND...]` (repeatable; BACKEND is host:port or a discovery form such as srv://name)")
 	fs.BoolVar(&f.envLinks, "env-links", true, "read Docker link variables (<ALIAS>_PORT_<port>_TCP) from the environment")
 	fs.Var(durationFlag{&f.defaults.ConnectTimeout, false}, "connect-timeout", "default `timeout` for one dial to one backend (default 5s)")
 	fs.Var(durationFlag{&f.defaults.IdleTimeout, true}, "idle-timeout", "default: close connections idle this `long` (default off)")
@@ -89,6 +90,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics) on `HOST:PORT` (default off)")
 	fs.StringVar(&f.tokenFile, "admin-token-file", "", "enable the admin API's mutating calls (reload, backends, drain) with the bearer token in `PATH`")
+	fs.BoolVar(&f.accessLog, "access-log", true, "log one info line per closed connection (client, backend, duration, bytes, reason); false logs it at debug only")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -166,7 +168,7 @@ func Main(ctx context.Context, e Env) int {
 		return ExitUsage
 	}
 	err = daemon.Run(ctx, cfg, daemon.Options{
-		Logger: log, Grace: f.grace, Ready: e.Ready,
+		Logger: log, Grace: f.grace, Ready: e.Ready, AccessLog: f.accessLog,
 		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
 		Reload: e.Reload,
 		Load:   func() (*config.Config, error) { return config.Load(src) },

@@ -37,6 +37,10 @@ type Options struct {
 	Grace time.Duration
 	// Resolver resolves backend hostnames; nil uses the system resolver.
 	Resolver *net.Resolver
+	// AccessLog logs one info line per closed connection ("connection
+	// closed", with client, backend, duration, bytes and reason). Off, the
+	// line is logged at debug only.
+	AccessLog bool
 	// Ready, when set, is called once every listener is open, with the
 	// bound addresses in service order (tests listen on port 0).
 	Ready func([]Bound)
@@ -117,7 +121,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	defer stopServing()
 	d := &daemon{
 		log:        log,
-		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver},
+		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: accessLog(log, opts.AccessLog)},
 		ctx:        serveCtx,
 		stop:       stopServing,
 		serving:    map[string]*served{},
@@ -409,4 +413,14 @@ func unwrapOp(err error) error {
 		return oe.Err
 	}
 	return err
+}
+
+// accessLog is the logger for per-connection lines, or nil when they are
+// off. It shares the main logger's handler, so --log-level warn silences it
+// too, and is tagged so the lines can be told apart.
+func accessLog(log *slog.Logger, on bool) *slog.Logger {
+	if !on {
+		return nil
+	}
+	return log.With("log", "access")
 }

@@ -155,7 +155,13 @@ func (p *Proxy) logClose(c *conn) {
 		log.Info("connection ended with an error", "service", c.route.Service,
 			"client", c.client.RemoteAddr().String(), "backend", c.backendAddr, "error", err)
 	}
-	if !log.Enabled(context.Background(), slog.LevelDebug) {
+	// The access log line: at info on the access logger when there is one,
+	// else at debug on the main one.
+	level, out := slog.LevelDebug, log
+	if p.AccessLog != nil {
+		level, out = slog.LevelInfo, p.AccessLog
+	}
+	if !out.Enabled(context.Background(), level) {
 		return
 	}
 	if reason == "" {
@@ -164,7 +170,7 @@ func (p *Proxy) logClose(c *conn) {
 			reason = "error"
 		}
 	}
-	log.Debug("connection closed", "service", c.route.Service, "client", c.client.RemoteAddr().String(),
+	out.Log(context.Background(), level, "connection closed", "service", c.route.Service, "client", c.client.RemoteAddr().String(),
 		"backend", c.backendAddr, "duration", time.Since(c.start), "bytes_in", c.bytesIn,
 		"bytes_out", c.bytesOut, "reason", reason)
 }

@@ -121,6 +121,11 @@ type Proxy struct {
 	// Logger receives one debug line per connection and errors at the level
 	// they deserve. Nil logs nothing.
 	Logger *slog.Logger
+	// AccessLog, when set, receives one info line per closed connection
+	// (client, service, backend, duration, bytes each way, close reason).
+	// It is written once per connection, after it closed, never on the
+	// per-byte path. Nil logs that line at debug on Logger instead.
+	AccessLog *slog.Logger
 	// Resolver, when set, resolves backend hostnames (tests point it at
 	// their own DNS server). Nil uses the system resolver.
 	Resolver *net.Resolver

@@ -6,12 +6,15 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -641,4 +644,57 @@ func TestLeastConnBurstSpreads(t *testing.T) {
 			c.Close()
 		}
 	}
+}
+
+// TestAccessLog: one info line per closed connection on the access logger,
+// with the client, backend, bytes each way and the close reason.
+func TestAccessLog(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	var buf syncBuffer
+	p := &Proxy{AccessLog: slog.New(slog.NewJSONHandler(&buf, nil))}
+	l := start(t, p, NewRoute("acc", echo), 0)
+	c := dial(t, l.Addr().String())
+	c.SetDeadline(time.Now().Add(deadlineFor))
+	c.Write([]byte("hello"))
+	c.CloseWrite()
+	if got, _ := io.ReadAll(c); string(got) != "hello" {
+		t.Fatalf("echo: %q", got)
+	}
+	c.Close()
+	deadline := time.Now().Add(deadlineFor)
+	for !strings.Contains(buf.String(), "connection closed") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	var line map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(buf.String())), &line); err != nil {
+		t.Fatalf("want one JSON line, got %q: %v", buf.String(), err)
+	}
+	want := map[string]any{"level": "INFO", "msg": "connection closed", "service": "acc", "backend": echo,
+		"bytes_in": float64(5), "bytes_out": float64(5), "reason": "eof"}
+	for k, v := range want {
+		if line[k] != v {
+			t.Errorf("%s = %v, want %v (line %v)", k, line[k], v, line)
+		}
+	}
+	if line["client"] != c.LocalAddr().String() {
+		t.Errorf("client = %v, want %s", line["client"], c.LocalAddr())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

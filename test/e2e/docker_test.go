@@ -234,7 +234,7 @@ func testTwoHost(d docker, id, img, redisImg string) {
 	// Both ambassadors carried it: the server-side one logs (at debug) each
 	// closed connection, and its client was the client-side ambassador.
 	cliAmbIP := d.must("inspect", "-f", `{{(index .NetworkSettings.Networks "`+netB+`").IPAddress}}`, cliAmb)
-	d.waitLogs(srvAmb, regexp.MustCompile(`msg="connection closed" service=forward-6379 client=`+
+	d.waitLogs(srvAmb, regexp.MustCompile(`msg="connection closed" log=access service=forward-6379 client=`+
 		regexp.QuoteMeta(cliAmbIP)+`:\d+ backend=redis:6379 .*bytes_in=[1-9]`))
 	d.requireRunning(srvAmb)
 	d.requireRunning(cliAmb)

@@ -313,7 +313,7 @@ func TestJSONLogs(t *testing.T) {
 		case "forwarding":
 			sawForwarding = line["listen"] == m[1] && line["service"] != nil
 		case "connection closed":
-			sawClosed = line["level"] == "DEBUG" && line["bytes_in"] == float64(len(msg)) &&
+			sawClosed = line["level"] == "INFO" && line["log"] == "access" && line["bytes_in"] == float64(len(msg)) &&
 				line["bytes_out"] == float64(len(msg)) && line["reason"] == "eof"
 		case "stopped":
 			sawStopped = true

@@ -650,7 +650,7 @@ func TestLeastConnBurstSpreads(t *testing.T) {
 // with the client, backend, bytes each way and the close reason.
 func TestAccessLog(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	var buf syncBuffer
+	var buf testenv.LogBuffer
 	p := &Proxy{AccessLog: slog.New(slog.NewJSONHandler(&buf, nil))}
 	l := start(t, p, NewRoute("acc", echo), 0)
 	c := dial(t, l.Addr().String())
@@ -679,22 +679,4 @@ func TestAccessLog(t *testing.T) {
 	if line["client"] != c.LocalAddr().String() {
 		t.Errorf("client = %v, want %s", line["client"], c.LocalAddr())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

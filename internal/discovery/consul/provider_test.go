@@ -1,13 +1,11 @@
 package consul
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -151,7 +149,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestKVEndpointsParsing(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	p := &Provider{log: slog.New(slog.NewTextHandler(&logs, nil))}
 	w := Watch{Service: "cache", KVKey: "app/cache"}
 	got := p.kvEndpoints(w, []kvEntry{
@@ -349,14 +347,14 @@ type harness struct {
 	p    *Provider
 	out  chan discovery.Snapshot
 	done chan error
-	logs *syncBuffer
+	logs *testenv.LogBuffer
 }
 
 // start runs a provider with a short wait and quick retries; the test's
 // cleanup cancels it and checks that Run returned nil.
 func start(t *testing.T, addr string, watches ...Watch) *harness {
 	t.Helper()
-	h := &harness{out: make(chan discovery.Snapshot), done: make(chan error, 1), logs: &syncBuffer{}}
+	h := &harness{out: make(chan discovery.Snapshot), done: make(chan error, 1), logs: &testenv.LogBuffer{}}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(h.logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := New(Config{Address: addr, Wait: 2 * time.Second, Watches: watches, Logger: logger})
 	if err != nil {
@@ -451,23 +449,4 @@ func endpoints(addrs ...string) []backend.Endpoint {
 
 func slicesEqual(a, b []backend.Endpoint) bool {
 	return len(a) == len(b) && discovery.Equal(a, b)
-}
-
-// syncBuffer is a bytes.Buffer safe for the provider's goroutines to log
-// into while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

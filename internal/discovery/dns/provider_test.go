@@ -1,14 +1,12 @@
 package dns
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,33 +19,8 @@ import (
 // deadline, not a measurement: conditions are expected far sooner.
 const wait = 20 * time.Second
 
-// logBuffer collects log lines from several goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// lines returns the logged lines that contain every one of subs.
-func (l *logBuffer) lines(subs ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for line := range strings.Lines(l.buf.String()) {
-		if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(line, s) }) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-func newLog() (*logBuffer, *slog.Logger) {
-	lb := &logBuffer{}
+func newLog() (*testenv.LogBuffer, *slog.Logger) {
+	lb := &testenv.LogBuffer{}
 	return lb, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
@@ -201,10 +174,10 @@ func TestQueriesUnionAndNegativeAnswers(t *testing.T) {
 	if st[3].Negative != "NXDOMAIN" || st[4].Negative != "NODATA" || st[3].LastError != "" || st[3].LastSuccess.IsZero() {
 		t.Errorf("status of negative queries = %+v, %+v", st[3], st[4])
 	}
-	if n := len(lb.lines("level=WARN", "no usable records", "name=missing.test.", "answer=NXDOMAIN")); n != 1 {
-		t.Errorf("NXDOMAIN logged %d times, want once per streak:\n%s", n, lb.lines())
+	if n := len(lb.Lines("level=WARN", "no usable records", "name=missing.test.", "answer=NXDOMAIN")); n != 1 {
+		t.Errorf("NXDOMAIN logged %d times, want once per streak:\n%s", n, lb.Lines())
 	}
-	if n := len(lb.lines("level=WARN", "no usable records", "name=empty.test.", "answer=NODATA")); n != 1 {
+	if n := len(lb.Lines("level=WARN", "no usable records", "name=empty.test.", "answer=NODATA")); n != 1 {
 		t.Errorf("NODATA logged %d times, want once", n)
 	}
 
@@ -288,12 +261,12 @@ func TestBrokenSRVRecordsSkipped(t *testing.T) {
 		{"_x._tcp.test. SRV 1 1 9000 .", `target is \".\"`},
 		{"_x._tcp.test. SRV 1 1 9001 missing.test.", "does not resolve (NXDOMAIN)"},
 	} {
-		if n := len(lb.lines(append([]string{"level=WARN", "skipping bad SRV record"}, want...)...)); n != 1 {
-			t.Errorf("record %q logged %d times, want once:\n%s", want[0], n, lb.lines("skipping"))
+		if n := len(lb.Lines(append([]string{"level=WARN", "skipping bad SRV record"}, want...)...)); n != 1 {
+			t.Errorf("record %q logged %d times, want once:\n%s", want[0], n, lb.Lines("skipping"))
 		}
 	}
-	if n := len(lb.lines("skipping")); n != 3 {
-		t.Errorf("%d skipped-record lines, want 3:\n%s", n, lb.lines("skipping"))
+	if n := len(lb.Lines("skipping")); n != 3 {
+		t.Errorf("%d skipped-record lines, want 3:\n%s", n, lb.Lines("skipping"))
 	}
 	if st := p.Status()[0]; st.Endpoints != 1 || st.LastError != "" || st.Negative != "" {
 		t.Errorf("status = %+v, want 1 endpoint and no error", st)
@@ -428,11 +401,11 @@ func TestServerFailureKeepsLastAnswer(t *testing.T) {
 			if st := p.Status()[0]; st.Failures != 0 || st.LastError != "" || st.Endpoints != 1 {
 				t.Errorf("status after recovery = %+v", st)
 			}
-			if n := len(lb.lines("level=WARN", "dns query failed", "name=web.test.", c.errText)); n != 1 {
-				t.Errorf("failure logged %d times, want once per streak:\n%s", n, lb.lines())
+			if n := len(lb.Lines("level=WARN", "dns query failed", "name=web.test.", c.errText)); n != 1 {
+				t.Errorf("failure logged %d times, want once per streak:\n%s", n, lb.Lines())
 			}
-			if n := len(lb.lines("level=INFO", "dns query recovered", "name=web.test.")); n != 1 {
-				t.Errorf("recovery logged %d times, want once:\n%s", n, lb.lines())
+			if n := len(lb.Lines("level=INFO", "dns query recovered", "name=web.test.")); n != 1 {
+				t.Errorf("recovery logged %d times, want once:\n%s", n, lb.Lines())
 			}
 		})
 	}

@@ -2,7 +2,6 @@ package docker
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -112,11 +111,11 @@ func TestSkipsUnusableContainers(t *testing.T) {
 		{several, `exposes TCP ports [7000 7001] and has no attache.port label saying which to use`},
 		{badWeight, `label attache.weight="heavy": want an integer from 1 to 10000`},
 	} {
-		if got := logs.skipReason(tc.c.Name); got != tc.reason {
+		if got := skipReason(logs, tc.c.Name); got != tc.reason {
 			t.Errorf("skip reason logged for %s = %q, want %q\nfull log:\n%s", tc.c.Name, got, tc.reason, logs)
 		}
 	}
-	if got := logs.skipReason(single.Name); got != "" {
+	if got := skipReason(logs, single.Name); got != "" {
 		t.Errorf("container %s was logged as skipped: %q", single.Name, got)
 	}
 	if st := p.Status(); st.Containers[svc] != 5 || st.Skipped[svc] != 4 {
@@ -424,9 +423,9 @@ func TestPublishSkipsUnchanged(t *testing.T) {
 // startProvider runs a provider until the test ends and checks that Run
 // returns nil once cancelled. It logs JSON at debug level into the
 // returned buffer.
-func startProvider(t *testing.T, cfg Config) (*Provider, <-chan discovery.Snapshot, *logBuffer) {
+func startProvider(t *testing.T, cfg Config) (*Provider, <-chan discovery.Snapshot, *testenv.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := New(cfg)
 	if err != nil {
@@ -544,36 +543,6 @@ func uniqueService(prefix string) string {
 	return prefix + "-" + hex.EncodeToString(b[:])
 }
 
-// logBuffer collects log output from the provider's goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// skipReason returns the reason of the first "container skipped" record
-// naming container, or "".
-func (l *logBuffer) skipReason(container string) string {
-	for line := range strings.Lines(l.String()) {
-		var rec struct{ Msg, Container, Reason string }
-		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "docker: container skipped" && rec.Container == container {
-			return rec.Reason
-		}
-	}
-	return ""
-}
-
 // sockProxy listens (on a unix socket or TCP) in front of the real engine's
 // unix socket. A test can cut it (close the listener and every proxied
 // connection; a unix socket file disappears) and open it again, to play an
@@ -671,4 +640,16 @@ func (p *sockProxy) pipe(c net.Conn, gen int) {
 	delete(p.conns, c)
 	delete(p.conns, up)
 	p.mu.Unlock()
+}
+
+// skipReason returns the reason of the first "container skipped" record in
+// logs naming container, or "".
+func skipReason(logs *testenv.LogBuffer, container string) string {
+	for line := range strings.Lines(logs.String()) {
+		var rec struct{ Msg, Container, Reason string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "docker: container skipped" && rec.Container == container {
+			return rec.Reason
+		}
+	}
+	return ""
 }

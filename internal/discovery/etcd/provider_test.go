@@ -1,7 +1,6 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -26,30 +25,12 @@ import (
 // machine passes.
 const deadline = 60 * time.Second
 
-// lockedBuffer collects log output from the provider's goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // harness runs one Provider against a real etcd and reads its snapshots.
 type harness struct {
 	t    *testing.T
 	p    *Provider
 	out  chan discovery.Snapshot
-	logs *lockedBuffer
+	logs *testenv.LogBuffer
 	last *discovery.Snapshot
 	// stop cancels Run, waits for it and checks that it left nothing
 	// behind; it runs at cleanup if the test did not call it.
@@ -58,7 +39,7 @@ type harness struct {
 
 func startProvider(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testenv.LogBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 2 * time.Second

@@ -1,16 +1,13 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/testenv"
 )
 
@@ -61,58 +58,12 @@ func (w *routeWatcher) waitFor(t *testing.T, service string, addrs ...string) {
 
 // startDaemon runs cfg (YAML) until the test ends and returns the bound
 // address of the first service and a function that reloads with new YAML.
+// It is startAdminDaemon's harness; the churn tests only need these two.
 func startDaemon(t *testing.T, yaml string) (addr string, reload func(yaml string) error) {
 	t.Helper()
-	load := func(y string) (*config.Config, error) {
-		return config.Load(config.Sources{FileData: []byte(y), File: "test.yaml"})
-	}
-	cfg, err := load(yaml)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	var (
-		mu   sync.Mutex
-		next = yaml
-	)
-	reloadCh := make(chan os.Signal)
-	results := make(chan error)
-	ready := make(chan []Bound, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, Options{
-			Ready:  func(b []Bound) { ready <- b },
-			Reload: reloadCh,
-			Load: func() (*config.Config, error) {
-				mu.Lock()
-				defer mu.Unlock()
-				return load(next)
-			},
-			Reloaded: func(err error) { results <- err },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	select {
-	case b := <-ready:
-		addr = b[0].Addr.String()
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
-	return addr, func(y string) error {
-		mu.Lock()
-		next = y
-		mu.Unlock()
-		reloadCh <- syscall1
-		return <-results
-	}
+	d := startAdminDaemon(t, yaml)
+	return d.bound[0].Addr.String(), d.reload
 }
-
-var syscall1 os.Signal = os.Interrupt // any value: the daemon only reads that a reload was asked for
 
 // echoPool starts n echo backends on 127.0.0.1.
 func echoPool(t *testing.T, n int) []string {

@@ -192,24 +192,17 @@ func setAddrs(s *backend.Set) []string {
 func (d *daemon) applyDiscovered(m map[string][]backend.Endpoint) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	prev := d.discovered
+	d.discovered = m // rebuild reads it
 	for _, sv := range d.serving {
 		name := sv.svc.Name
-		old, had := d.discovered[name]
+		old, had := prev[name]
 		cur, has := m[name]
 		if had == has && slices.Equal(old, cur) {
 			continue
 		}
 		d.log.Info("backends changed", "service", name, "discovered", len(cur))
-		d.discovered[name] = cur
 		d.rebuild(sv)
-	}
-	for name := range d.discovered {
-		if _, ok := m[name]; !ok {
-			delete(d.discovered, name)
-		}
-	}
-	for name, eps := range m {
-		d.discovered[name] = eps
 	}
 }
 

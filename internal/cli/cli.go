@@ -88,7 +88,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGTERM/SIGINT, let open connections finish for this `long`")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics) on `HOST:PORT` (default off)")
+	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics; reload, backends and drain with --admin-token-file) on `HOST:PORT` (default off)")
 	fs.StringVar(&f.tokenFile, "admin-token-file", "", "enable the admin API's mutating calls (reload, backends, drain) with the bearer token in `PATH`")
 	fs.BoolVar(&f.accessLog, "access-log", true, "log one info line per closed connection (client, backend, duration, bytes, reason); false logs it at debug only")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")

@@ -59,7 +59,7 @@ func naive(b *testing.B, backend string) string {
 func via(b *testing.B, name, addr string) string {
 	switch name {
 	case "attache":
-		return serveB(b, &Route{Service: "s", Backends: Addrs(addr), Retries: 3, Passive: true}).Addr().String()
+		return serveB(b, NewRoute("s", addr)).Addr().String()
 	case "iocopy":
 		return naive(b, addr)
 	}

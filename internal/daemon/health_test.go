@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/attache/attache/internal/testenv"
 )
 
@@ -17,6 +19,8 @@ type killableEcho struct {
 	ln    net.Listener
 	mu    sync.Mutex
 	conns map[net.Conn]bool
+	dead  bool
+	late  int // connections accepted after the kill began, reset at once
 	wg    sync.WaitGroup
 }
 
@@ -33,6 +37,13 @@ func startKillableEcho(t *testing.T) *killableEcho {
 				return
 			}
 			e.mu.Lock()
+			if e.dead {
+				e.late++
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+				e.mu.Unlock()
+				continue
+			}
 			e.conns[c] = true
 			e.mu.Unlock()
 			e.wg.Go(func() {
@@ -51,19 +62,38 @@ func startKillableEcho(t *testing.T) *killableEcho {
 
 func (e *killableEcho) addr() string { return e.ln.Addr().String() }
 
-// kill closes the listener and every connection, and returns how many
-// connections were open.
+// kill resets every connection the backend holds, including those that
+// completed the handshake but wait in the listen backlog (they die with the
+// listener too), and returns how many connections it killed.
 func (e *killableEcho) kill() int {
-	e.ln.Close()
 	e.mu.Lock()
+	e.dead = true
 	n := len(e.conns)
 	for c := range e.conns {
 		c.(*net.TCPConn).SetLinger(0) // a reset, as from a dead host's kernel
 		c.Close()
 	}
 	e.mu.Unlock()
+	// Count the backlog before closing the listener: accept what is queued,
+	// without blocking, and reset it.
+	if raw, err := e.ln.(*net.TCPListener).SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) {
+			for {
+				nfd, _, err := unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
+				if err != nil {
+					return
+				}
+				_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+				unix.Close(nfd)
+				n++
+			}
+		})
+	}
+	e.ln.Close()
 	e.wg.Wait()
-	return n
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return n + e.late
 }
 
 // TestKillOneOfTwoBackends: under load, one of two backends dies. Clients

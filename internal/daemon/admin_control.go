@@ -72,7 +72,8 @@ func (a adminState) SetBackends(service string, specs []admin.BackendSpec) error
 // Drain takes addr out of service's rotation (on) or puts it back. A
 // drained backend gets no new connections, its open ones carry on, and it
 // stays drained across reloads and discovery changes until undrained or
-// its service is removed. Undraining starts its health state afresh.
+// its service is removed. Undraining puts the same backend state back in
+// rotation: its open connections, health verdict and ejection carry on.
 func (a adminState) Drain(service, addr string, on bool) error {
 	d := a.d
 	canon, err := config.ParseHostPort(addr)
@@ -104,6 +105,7 @@ func (a adminState) Drain(service, addr string, on bool) error {
 		}
 		d.drained[service][canon] = b
 	} else {
+		d.registry.Adopt(service, d.drained[service][canon])
 		delete(d.drained[service], canon)
 		if len(d.drained[service]) == 0 {
 			delete(d.drained, service)

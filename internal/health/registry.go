@@ -89,6 +89,20 @@ func (r *Registry) Forget(svc string) {
 	delete(r.services, svc)
 }
 
+// Adopt makes b the state the next Resolve of service uses for b's
+// address, unless the service already has one for it. The daemon uses it
+// when a drained backend comes back: the connections still open to it must
+// keep counting against it (least_conn, the admin view), and its health
+// and ejection carry on where they were rather than starting afresh.
+func (r *Registry) Adopt(svc string, b *backend.Backend) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.service(svc)
+	if _, ok := s.backends[b.Addr]; !ok {
+		s.backends[b.Addr] = b
+	}
+}
+
 // Lookup returns the Backend last resolved for service and addr, or nil.
 func (r *Registry) Lookup(svc, addr string) *backend.Backend {
 	r.mu.Lock()

@@ -81,6 +81,28 @@ func TestRegistryForgetsRemovedAddresses(t *testing.T) {
 	}
 }
 
+// TestRegistryAdopt: a backend taken out (drained) and adopted back keeps
+// its state; an address the service already knows keeps its own.
+func TestRegistryAdopt(t *testing.T) {
+	r := NewRegistry(backend.Backoff{})
+	a := r.Resolve("redis", eps("a:1", "b:1")).At(0)
+	a.Acquire()
+	a.SetHealthy(false)
+	r.Resolve("redis", eps("b:1")) // drained: out of the list
+
+	r.Adopt("redis", a)
+	back := r.Resolve("redis", eps("a:1", "b:1")).At(0)
+	if back != a || back.Active() != 1 || back.Healthy() {
+		t.Fatalf("adopted backend: same=%v active=%d healthy=%v; want the same state, 1, false", back == a, back.Active(), back.Healthy())
+	}
+
+	other := backend.New(backend.Endpoint{Addr: "a:1"})
+	r.Adopt("redis", other)
+	if got := r.Lookup("redis", "a:1"); got != a {
+		t.Fatal("Adopt replaced state the service already had")
+	}
+}
+
 func TestRegistryKeysByService(t *testing.T) {
 	r := NewRegistry(backend.Backoff{})
 	x := r.Resolve("x", eps("shared:1")).At(0)

@@ -62,6 +62,11 @@ type Backend struct {
 	// Draining is true while the backend is out of rotation by a drain
 	// call: it gets no new connections, its open ones carry on.
 	Draining bool `json:"draining"`
+	// Totals since attache first saw the backend: dials that connected,
+	// dials that failed, passive ejections begun.
+	Connections int64 `json:"connections_total"`
+	DialErrors  int64 `json:"dial_errors_total"`
+	Ejections   int64 `json:"ejections_total"`
 }
 
 // Counters are a listener's connection counters since it opened.

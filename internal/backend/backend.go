@@ -63,6 +63,11 @@ type state struct {
 
 	mu       sync.Mutex // serialises ReportFailure and ReportSuccess
 	failures atomic.Int64
+
+	// Totals for metrics, since the state was created.
+	connections atomic.Int64 // dials that connected
+	dialErrors  atomic.Int64 // dials that failed
+	ejections   atomic.Int64 // passive ejections begun
 }
 
 // Backoff is how long passive ejection lasts: Base after the first failure
@@ -183,6 +188,7 @@ func (b *Backend) ReportFailure(now time.Time) time.Duration {
 		return 0
 	}
 	n := st.failures.Add(1)
+	st.ejections.Add(1)
 	d := st.backoff.Load().For(n)
 	st.ejectedUntil.Store(nowNs + int64(d))
 	return d
@@ -221,6 +227,28 @@ func (b *Backend) Acquire() { b.st.active.Add(1) }
 
 // Release counts a connection to the backend closed.
 func (b *Backend) Release() { b.st.active.Add(-1) }
+
+// CountDial counts the outcome of one dial to the backend, for metrics;
+// passive health is ReportFailure's business, not this.
+func (b *Backend) CountDial(ok bool) {
+	if ok {
+		b.st.connections.Add(1)
+	} else {
+		b.st.dialErrors.Add(1)
+	}
+}
+
+// Totals are a backend's counters since its state was created (metrics).
+type Totals struct {
+	Connections int64 // dials that connected
+	DialErrors  int64 // dials that failed
+	Ejections   int64 // passive ejections begun
+}
+
+// Totals returns the backend's counters.
+func (b *Backend) Totals() Totals {
+	return Totals{Connections: b.st.connections.Load(), DialErrors: b.st.dialErrors.Load(), Ejections: b.st.ejections.Load()}
+}
 
 // Set is an immutable list of backends in the order discovery gave them.
 type Set struct {

@@ -73,16 +73,20 @@ func (d *daemon) services() []admin.Service {
 		for i := range set.Len() {
 			b := set.At(i)
 			until, failures := b.Ejection(now)
+			tot := b.Totals()
 			it.svc.Backends = append(it.svc.Backends, admin.Backend{
 				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority,
 				Healthy: b.Healthy(), Check: checkVerdict(sv.monitor != nil, b.CheckHealthy()),
 				EjectedUntil: until, PassiveFailures: failures, Active: b.Active(),
+				Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
 			})
 		}
 		for _, b := range sv.draining {
+			tot := b.Totals()
 			it.svc.Backends = append(it.svc.Backends, admin.Backend{
 				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority, Healthy: b.Healthy(),
 				Check: admin.CheckOff, Active: b.Active(), Draining: true,
+				Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
 			})
 		}
 		items = append(items, it)

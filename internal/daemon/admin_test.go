@@ -188,6 +188,8 @@ next:
 			return m.Counter.GetValue()
 		case m.Gauge != nil:
 			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
 		}
 	}
 	return -1
@@ -291,6 +293,13 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 		{"attache_proxy_bytes_total", map[string]string{"service": "web", "direction": "out"}, n * size},
 		{"attache_backend_active_connections", map[string]string{"service": "web", "backend": echo}, 1},
 		{"attache_backend_healthy", map[string]string{"service": "web", "backend": echo}, 1},
+		{"attache_backend_connections_total", map[string]string{"service": "web", "backend": echo}, n + 1},
+		{"attache_backend_dial_errors_total", map[string]string{"service": "web", "backend": echo}, 0},
+		{"attache_backend_ejections_total", map[string]string{"service": "web", "backend": echo}, 0},
+		{"attache_proxy_connections_no_backend_total", svc, 0},
+		{"attache_proxy_connections_retried_total", svc, 0},
+		{"attache_proxy_connection_limit_waits_total", svc, 0},
+		{"attache_proxy_dial_duration_seconds", svc, n + 1}, // the sample count
 		{"attache_reload_total", map[string]string{"result": "success"}, 0},
 		{"attache_reload_total", map[string]string{"result": "failure"}, 0},
 	} {
@@ -425,6 +434,15 @@ services:
 			t.Errorf("%s{provider=dns} = %v, want 1", name, got)
 		}
 	}
+	// The dropped first query is one failed contact; the answers since are
+	// snapshots (at least the one that made the service ready).
+	dnsLabel := map[string]string{"provider": "dns"}
+	if got := value(fams, "attache_discovery_errors_total", dnsLabel); got < 1 {
+		t.Errorf("attache_discovery_errors_total{provider=dns} = %v, want at least 1 (the dropped query)", got)
+	}
+	if got := value(fams, "attache_discovery_updates_total", dnsLabel); got < 1 {
+		t.Errorf("attache_discovery_updates_total{provider=dns} = %v, want at least 1", got)
+	}
 	_, body = d.get(t, "/v1/discovery")
 	if !strings.Contains(string(body), `"name": "_echo._tcp.test`) {
 		t.Errorf("/v1/discovery lacks the query's status: %s", body)
@@ -463,4 +481,99 @@ func TestAdminPortTaken(t *testing.T) {
 		t.Fatalf("service port left open: %v", err)
 	}
 	ln.Close()
+}
+
+// TestAdminFailureMetrics: failed dials, retries, ejections and refused
+// connections are counted where they happened, per service and backend.
+func TestAdminFailureMetrics(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	dead := deadAddr(t)
+	d := startAdminDaemon(t, fmt.Sprintf(`services:
+  - name: web
+    listen: 127.0.0.1:0
+    balance: first
+    backends: [%q, %q]
+    eject_time: 1h
+  - name: none
+    listen: 127.0.0.2:0 # the daemon keys listeners by configured address
+    backends: [%q]
+    retries: 1
+    retry_timeout: 200ms
+`, dead, echo, dead))
+	ports := map[string]string{}
+	for _, b := range d.bound {
+		ports[b.Service] = b.Addr.String()
+	}
+	// web: the first connection tries the dead backend first (balance
+	// first), fails over to the echo server and ejects the dead one; the
+	// next ones go straight to the echo server.
+	const n = 3
+	for range n {
+		c, err := net.Dial("tcp", ports["web"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		echoOnce(t, c, "x")
+		c.Close()
+	}
+	// none: its only backend is dead, so the client is closed unanswered.
+	c, err := net.Dial("tcp", ports["none"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if b, _ := io.ReadAll(c); len(b) != 0 {
+		t.Errorf("service none answered %q through a dead backend", b)
+	}
+	c.Close()
+
+	web, none := map[string]string{"service": "web"}, map[string]string{"service": "none"}
+	var fams map[string]*dto.MetricFamily
+	waitUntil(t, "the refused connection to be counted", func() bool {
+		fams = d.scrape(t)
+		return value(fams, "attache_proxy_connections_failed_total", none) == 1
+	})
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"attache_proxy_connections_retried_total", web, 1},
+		{"attache_proxy_dial_errors_total", web, 1},
+		{"attache_proxy_connections_failed_total", web, 0},
+		{"attache_proxy_dial_duration_seconds", web, n},
+		{"attache_backend_dial_errors_total", map[string]string{"service": "web", "backend": dead}, 1},
+		{"attache_backend_ejections_total", map[string]string{"service": "web", "backend": dead}, 1},
+		{"attache_backend_connections_total", map[string]string{"service": "web", "backend": dead}, 0},
+		{"attache_backend_connections_total", map[string]string{"service": "web", "backend": echo}, n},
+		{"attache_backend_healthy", map[string]string{"service": "web", "backend": dead}, 0},
+		{"attache_proxy_dial_errors_total", none, 2}, // one retry
+		{"attache_backend_dial_errors_total", map[string]string{"service": "none", "backend": dead}, 2},
+		{"attache_proxy_connections_no_backend_total", none, 0}, // it had one; it failed
+		{"attache_proxy_dial_duration_seconds", none, 0},
+	} {
+		if got := value(fams, tc.name, tc.labels); got != tc.want {
+			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+	var svc admin.Service = d.services(t)["web"]
+	for _, b := range svc.Backends {
+		if b.Addr == dead && (b.DialErrors != 1 || b.Ejections != 1 || b.EjectedUntil.IsZero()) {
+			t.Errorf("dead backend in /v1/services: %+v, want 1 dial error, 1 ejection, ejected", b)
+		}
+	}
+}
+
+// deadAddr returns a loopback address where nothing listens: a port the
+// kernel gave out and that was closed again.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }

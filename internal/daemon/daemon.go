@@ -212,6 +212,10 @@ type daemon struct {
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 
+	// discoveryUpdates counts snapshots by provider (metrics); set by
+	// newRegistry before discovery starts.
+	discoveryUpdates *prometheus.CounterVec
+
 	// registry holds each backend's live state (connections, health),
 	// keyed by service and address, across reloads and discovery changes.
 	registry *health.Registry

@@ -199,6 +199,9 @@ func (d *daemon) startDiscovery(next *discoveryRun) {
 	next.cancel = cancel
 	snaps := make(chan discovery.Snapshot)
 	m := &discovery.Merger{Apply: d.applyDiscovered, Logger: d.log, Seed: seed}
+	if d.discoveryUpdates != nil {
+		m.OnSnapshot = func(provider string) { d.discoveryUpdates.WithLabelValues(provider).Inc() }
+	}
 	next.merger = m
 	next.wg.Go(func() { m.Run(ctx, snaps) })
 	for _, p := range next.providers {

@@ -1,6 +1,11 @@
 package daemon
 
 import (
+	"cmp"
+	"slices"
+
+	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -16,18 +21,34 @@ var (
 		"Connections open now on the service's listener.", []string{"service"}, nil)
 	descFailed = prometheus.NewDesc("attache_proxy_connections_failed_total",
 		"Connections closed because no backend answered.", []string{"service"}, nil)
+	descNoBackend = prometheus.NewDesc("attache_proxy_connections_no_backend_total",
+		"Connections closed because no backend was usable at all for the whole retry timeout (a subset of failed).", []string{"service"}, nil)
+	descRetried = prometheus.NewDesc("attache_proxy_connections_retried_total",
+		"Connections that needed more than one dial before a backend answered.", []string{"service"}, nil)
+	descLimited = prometheus.NewDesc("attache_proxy_connection_limit_waits_total",
+		"Times the listener stopped accepting because max_connections were open.", []string{"service"}, nil)
 	descBytes = prometheus.NewDesc("attache_proxy_bytes_total",
 		"Bytes proxied: direction in is client to backend, out is backend to client.", []string{"service", "direction"}, nil)
 	descDialErrors = prometheus.NewDesc("attache_proxy_dial_errors_total",
 		"Failed dials to backends (one connection may count several).", []string{"service"}, nil)
+	descDialDuration = prometheus.NewDesc("attache_proxy_dial_duration_seconds",
+		"How long dials to backends that connected took.", []string{"service"}, nil)
 	descBackendActive = prometheus.NewDesc("attache_backend_active_connections",
 		"Proxied connections open to the backend.", []string{"service", "backend"}, nil)
+	descBackendConns = prometheus.NewDesc("attache_backend_connections_total",
+		"Dials to the backend that connected.", []string{"service", "backend"}, nil)
+	descBackendDialErrors = prometheus.NewDesc("attache_backend_dial_errors_total",
+		"Dials to the backend that failed.", []string{"service", "backend"}, nil)
+	descBackendEjections = prometheus.NewDesc("attache_backend_ejections_total",
+		"Times passive health ejected the backend after a failed dial.", []string{"service", "backend"}, nil)
 	descBackendHealthy = prometheus.NewDesc("attache_backend_healthy",
 		"1 when balancing may pick the backend (checks pass and not ejected), else 0.", []string{"service", "backend"}, nil)
 	descDiscoveryReady = prometheus.NewDesc("attache_discovery_ready",
 		"1 once the discovery provider has sent its first snapshot.", []string{"provider"}, nil)
 	descDiscoveryUp = prometheus.NewDesc("attache_discovery_up",
 		"1 when the discovery provider's last contact with its source worked.", []string{"provider"}, nil)
+	descDiscoveryErrors = prometheus.NewDesc("attache_discovery_errors_total",
+		"Failed contacts of the discovery provider with its source (queries, watches, connections).", []string{"provider"}, nil)
 )
 
 // collector turns the daemon's live state into metrics at scrape time.
@@ -36,8 +57,10 @@ type collector struct{ d *daemon }
 var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAccepted, descActive, descFailed, descBytes, descDialErrors,
-		descBackendActive, descBackendHealthy, descDiscoveryReady, descDiscoveryUp} {
+	for _, d := range []*prometheus.Desc{descAccepted, descActive, descFailed, descNoBackend, descRetried,
+		descLimited, descBytes, descDialErrors, descDialDuration, descBackendActive, descBackendConns,
+		descBackendDialErrors, descBackendEjections, descBackendHealthy, descDiscoveryReady, descDiscoveryUp,
+		descDiscoveryErrors} {
 		ch <- d
 	}
 }
@@ -54,18 +77,69 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descAccepted, n.Accepted, s.Name)
 		gauge(descActive, n.Active, s.Name)
 		counter(descFailed, n.Failed, s.Name)
+		counter(descNoBackend, n.NoBackend, s.Name)
+		counter(descRetried, n.Retried, s.Name)
+		counter(descLimited, n.Limited, s.Name)
 		counter(descBytes, n.BytesIn, s.Name, "in")
 		counter(descBytes, n.BytesOut, s.Name, "out")
 		counter(descDialErrors, n.DialErrors, s.Name)
 		for _, b := range s.Backends {
 			gauge(descBackendActive, b.Active, s.Name, b.Addr)
+			counter(descBackendConns, b.Connections, s.Name, b.Addr)
+			counter(descBackendDialErrors, b.DialErrors, s.Name, b.Addr)
+			counter(descBackendEjections, b.Ejections, s.Name, b.Addr)
 			gauge(descBackendHealthy, boolInt(b.Healthy), s.Name, b.Addr)
 		}
+	}
+	for _, h := range c.d.dialHistograms() {
+		count, sum, buckets := h.hist.Snapshot()
+		ch <- prometheus.MustNewConstHistogram(descDialDuration, count, sum, buckets, h.service)
 	}
 	for _, p := range c.d.discoveryState() {
 		gauge(descDiscoveryReady, boolInt(p.Reported), p.Name)
 		gauge(descDiscoveryUp, boolInt(p.Up), p.Name)
 	}
+	for _, p := range c.d.discoveryProviders() {
+		if e, ok := p.(discovery.ErrorCounter); ok {
+			counter(descDiscoveryErrors, e.Errors(), p.Name())
+		}
+	}
+}
+
+type serviceHistogram struct {
+	service string
+	hist    *proxy.Histogram
+}
+
+// dialHistograms returns every served listener's dial histogram, by
+// service name.
+func (d *daemon) dialHistograms() []serviceHistogram {
+	d.mu.Lock()
+	out := make([]serviceHistogram, 0, len(d.serving))
+	for _, sv := range d.serving {
+		out = append(out, serviceHistogram{sv.svc.Name, &sv.l.Stats.DialDuration})
+	}
+	d.mu.Unlock()
+	slices.SortFunc(out, func(a, b serviceHistogram) int { return cmp.Compare(a.service, b.service) })
+	return out
+}
+
+// discoveryProviders returns the running providers, unwrapped from the
+// daemon's own renaming.
+func (d *daemon) discoveryProviders() []discovery.Provider {
+	d.discMu.Lock()
+	defer d.discMu.Unlock()
+	if d.disc == nil {
+		return nil
+	}
+	out := make([]discovery.Provider, len(d.disc.providers))
+	for i, p := range d.disc.providers {
+		if r, ok := p.(renamed); ok {
+			p = r.Provider
+		}
+		out[i] = p
+	}
+	return out
 }
 
 func boolInt(b bool) int64 {
@@ -77,8 +151,9 @@ func boolInt(b bool) int64 {
 
 // newRegistry returns the daemon's private registry (never the global
 // one: two daemons in one test binary must not share series) with the
-// live-state collector and the reload counter, whose results start at 0 so
-// a dashboard sees the series before the first reload.
+// live-state collector and the event counters, and the reload counter. The
+// reload results start at 0 so a dashboard sees the series before the
+// first reload. It sets d.discoveryUpdates, which outlives reloads.
 func newRegistry(d *daemon) (*prometheus.Registry, *prometheus.CounterVec) {
 	reg := prometheus.NewRegistry()
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -87,6 +162,10 @@ func newRegistry(d *daemon) (*prometheus.Registry, *prometheus.CounterVec) {
 	}, []string{"result"})
 	reloads.WithLabelValues("success")
 	reloads.WithLabelValues("failure")
-	reg.MustRegister(collector{d}, reloads)
+	d.discoveryUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "attache_discovery_updates_total",
+		Help: "Snapshots received from the discovery provider, changed or not.",
+	}, []string{"provider"})
+	reg.MustRegister(collector{d}, reloads, d.discoveryUpdates)
 	return reg, reloads
 }

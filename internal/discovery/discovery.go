@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"context"
 	"slices"
+	"sync/atomic"
 
 	"github.com/attache/attache/internal/backend"
 )
@@ -55,3 +56,19 @@ func Normalize(eps []backend.Endpoint) []backend.Endpoint {
 func Equal(a, b []backend.Endpoint) bool {
 	return slices.Equal(Normalize(a), Normalize(b))
 }
+
+// ErrorCounter is implemented by providers that count their failed contacts
+// with their source (a query, a watch or a connection that failed), for the
+// attache_discovery_errors_total metric.
+type ErrorCounter interface {
+	Errors() int64
+}
+
+// ErrorCount is an ErrorCounter for providers to embed.
+type ErrorCount struct{ n atomic.Int64 }
+
+// CountError counts one failed contact with the source.
+func (c *ErrorCount) CountError() { c.n.Add(1) }
+
+// Errors returns how many failed contacts were counted.
+func (c *ErrorCount) Errors() int64 { return c.n.Load() }

@@ -29,6 +29,10 @@ type Merger struct {
 	// that have not reported yet. A provider's first snapshot replaces its
 	// seed.
 	Seed map[string]map[string][]backend.Endpoint
+	// OnSnapshot, when set, hears of every snapshot received, changed or
+	// not, by provider name (the daemon counts them in its metrics). It is
+	// called from Run's goroutine and must not block.
+	OnSnapshot func(provider string)
 
 	mu     sync.Mutex
 	latest map[string]map[string][]backend.Endpoint
@@ -70,6 +74,9 @@ func (m *Merger) Run(ctx context.Context, in <-chan Snapshot) {
 			m.mu.Lock()
 			m.latest[s.Provider] = s.Services
 			m.mu.Unlock()
+			if m.OnSnapshot != nil {
+				m.OnSnapshot(s.Provider)
+			}
 			now := time.Now()
 			if !pending {
 				pending, first = true, now

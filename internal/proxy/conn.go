@@ -223,11 +223,14 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 		// connections being dialled, or a burst of clients arriving
 		// together all land on the same backend.
 		b.Acquire()
+		dialStart := time.Now()
 		bc, err := d.DialContext(ctx, "tcp", b.Addr)
+		b.CountDial(err == nil)
 		if err != nil {
 			b.Release()
 		}
 		if err == nil {
+			c.listener.Stats.DialDuration.Observe(time.Since(dialStart))
 			if r.Passive {
 				b.ReportSuccess()
 			}

@@ -113,6 +113,8 @@ type Stats struct {
 	BytesIn    atomic.Int64 // client to backend
 	BytesOut   atomic.Int64 // backend to client
 	Limited    atomic.Int64 // times the accept loop waited on the connection limit
+	// DialDuration is how long the dials that connected took.
+	DialDuration Histogram
 }
 
 // Proxy owns the connections of every listener it serves, so one Shutdown

@@ -106,6 +106,7 @@ type WatchStatus struct {
 
 // Provider watches a Consul agent. It implements discovery.Provider.
 type Provider struct {
+	discovery.ErrorCount // failed contacts with the source, for metrics
 	name    string
 	client  *client
 	wait    time.Duration
@@ -395,6 +396,7 @@ func (p *Provider) watch(ctx context.Context, i int, w *watcher, updates chan<- 
 		}
 		if err != nil {
 			failures := w.recordError(err)
+			p.CountError()
 			delay := p.backoff(failures)
 			p.log.Warn("consul query failed; keeping the last answer", "service", w.w.Service,
 				"source", source, "failures", failures, "retry_in", delay.Round(time.Millisecond), "err", err)

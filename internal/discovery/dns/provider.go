@@ -131,6 +131,7 @@ type QueryStatus struct {
 // Provider watches DNS names and sends snapshots of their answers. It is
 // built by New; Run may be called once at a time.
 type Provider struct {
+	discovery.ErrorCount // failed contacts with the source, for metrics
 	res      resolver
 	minTTL   time.Duration
 	maxTTL   time.Duration
@@ -397,6 +398,7 @@ func (p *Provider) record(i int, ans answer, err error, log *slog.Logger) time.D
 	st := &p.state[i]
 	st.answered = true
 	if err != nil {
+		p.CountError()
 		st.failures++
 		st.lastErr = err
 		st.interval = p.backoff(st.failures)

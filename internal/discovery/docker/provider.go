@@ -113,6 +113,7 @@ type Status struct {
 // Provider watches one Docker engine. It is safe for one Run at a time;
 // Status may be called concurrently.
 type Provider struct {
+	discovery.ErrorCount // failed contacts with the source, for metrics
 	cfg      Config
 	eng      *engine
 	log      *slog.Logger
@@ -220,6 +221,7 @@ func (p *Provider) setConnected(ok bool, err error) {
 	defer p.mu.Unlock()
 	p.status.Connected = ok
 	if err != nil {
+		p.CountError()
 		p.status.LastError = err.Error()
 		p.status.LastErrorAt = time.Now()
 	}

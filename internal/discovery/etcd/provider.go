@@ -133,6 +133,7 @@ type Status struct {
 // Provider follows etcd keys and sends discovery snapshots. Create it with
 // New; Run it once.
 type Provider struct {
+	discovery.ErrorCount // failed contacts with the source, for metrics
 	name        string
 	endpoints   []string
 	username    string
@@ -283,6 +284,7 @@ func (p *Provider) Status() Status {
 }
 
 func (p *Provider) recordError(err error) {
+	p.CountError()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.status.Connected = false

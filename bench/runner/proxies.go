@@ -2,10 +2,14 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // A route is one listener of a proxy and the backends it forwards to.
@@ -60,6 +64,11 @@ var proxies = []proxyDef{
 	{name: "haproxy-splice", about: "as haproxy, plus option splice-auto (and global maxpipes 1000, to fit the 20000 descriptor limit)", start: haproxyStarter(true)},
 	{name: "naive", about: "bench/naiveproxy: two goroutines running io.Copy per connection", start: startNaive},
 	{name: "attache", about: "attache --forward L=B --log-level warn --env-links=false (balancing: attache -c file.yaml, one service with the three backends and a balance policy)", start: startAttache, balances: true},
+	// attache-observed is attache as operators run it: the same data path
+	// with an access-log line per closed connection written to its log file
+	// and the admin API scraped every second, so the two rows side by side
+	// show what observability costs.
+	{name: "attache-observed", about: "as attache, with --log-level info (one access-log line per connection, to the log file) and --admin on a loopback port whose /metrics and /v1/services are fetched every second", start: startAttacheObserved},
 }
 
 func startSocat(h *harness, logName string, routes []route) ([]*child, error) {
@@ -164,6 +173,57 @@ func startNaive(h *harness, logName string, routes []route) ([]*child, error) {
 // usually run, and balanced routes through a config file (the only place a
 // policy and weights can be set).
 func startAttache(h *harness, logName string, routes []route) ([]*child, error) {
+	return runAttache(h, logName, routes, "--log-level", "warn")
+}
+
+// startAttacheObserved runs attache with its access log and admin API on,
+// and a scraper that reads the API every second until attache exits.
+func startAttacheObserved(h *harness, logName string, routes []route) ([]*child, error) {
+	adminAddr, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	procs, err := runAttache(h, logName, routes, "--log-level", "info", "--access-log", "--admin", adminAddr)
+	if err != nil {
+		return nil, err
+	}
+	go scrapeUntilDone(procs[0], "http://"+adminAddr)
+	return procs, nil
+}
+
+// scrapeUntilDone fetches base's /metrics and /v1/services every second,
+// as a Prometheus server and an open status page would, until c exits.
+func scrapeUntilDone(c *child, base string) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		for _, path := range []string{"/metrics", "/v1/services"} {
+			if resp, err := client.Get(base + path); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+		select {
+		case <-c.done:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// freeLoopbackAddr returns a 127.0.0.1 address with a port nothing listens
+// on now.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func runAttache(h *harness, logName string, routes []route, extra ...string) ([]*child, error) {
 	var args, plain []string
 	var balanced []route
 	for _, r := range routes {
@@ -181,7 +241,8 @@ func startAttache(h *harness, logName string, routes []route) ([]*child, error) 
 		args = append(args, "-c", cfg)
 	}
 	args = append(args, plain...)
-	args = append(args, "--log-level", "warn", "--env-links=false")
+	args = append(args, extra...)
+	args = append(args, "--env-links=false")
 	c, err := h.sup.start(logName, exec.Command(h.cfg.attache, args...))
 	if err != nil {
 		return nil, err

@@ -1,8 +1,9 @@
 // Package admin is attache's operations HTTP API: liveness and readiness
 // probes, the live state of every service and discovery provider as JSON,
-// and Prometheus metrics. It reads everything through a State the daemon
-// supplies at request time, so it never imports the daemon and adds no work
-// to the data path.
+// Prometheus metrics, and a status page for people at "/" (assets embedded
+// by package ui) that follows the same state live on /v1/events. It reads
+// everything through a State the daemon supplies at request time, so it
+// never imports the daemon and adds no work to the data path.
 //
 // Typical usage:
 //
@@ -24,6 +25,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +48,11 @@ type Server struct {
 	// ShutdownTimeout bounds how long Serve waits for requests in flight
 	// once ctx is done; 0 means 5s. A scrape must not hold up an exit.
 	ShutdownTimeout time.Duration
+	// EventInterval is the time between two snapshots on /v1/events, the
+	// status page's live feed; 0 means 1s.
+	EventInterval time.Duration
+	// Version is shown on the status page when set.
+	Version string
 }
 
 // routes are the API's paths and methods; the catch-all uses them to answer
@@ -57,6 +64,8 @@ var routes = map[string]string{
 	"/v1/discovery": http.MethodGet,
 	"/metrics":      http.MethodGet,
 	"/v1/reload":    http.MethodPost,
+	"/v1/events":    http.MethodGet,
+	"/":             http.MethodGet,
 }
 
 // mutatingPaths are the changing calls, for the 404 hint and the 405s.
@@ -65,9 +74,20 @@ var mutatingPaths = map[string]string{
 	"/v1/services/{name}/backends/{addr}/drain": "POST, DELETE",
 }
 
-// Handler returns the API's handler.
-func (s *Server) Handler() http.Handler {
+// Handler returns the API's handler. Its event streams end only when their
+// clients go away; Serve also ends them when it shuts down.
+func (s *Server) Handler() http.Handler { return s.handler(nil) }
+
+// handler builds the mux; event streams end when stop closes.
+func (s *Server) handler(stop <-chan struct{}) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", page)
+	mux.HandleFunc("GET /ui/{file}", asset)
+	mux.HandleFunc("/ui/{file}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", http.MethodGet)
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: method not allowed; use GET", r.Method, r.URL.Path))
+	})
+	mux.HandleFunc("GET /v1/events", s.events(stop, time.Now()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -122,11 +142,15 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 // rest, and returns. Serve closes ln. It returns nil after a shutdown
 // caused by ctx, or the error that stopped it.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := make(chan struct{})
 	srv := &http.Server{
-		Handler:           s.Handler(),
+		Handler:           s.handler(stop),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.logger().Handler(), slog.LevelDebug),
 	}
+	// Shutdown waits for handlers to return, and an event stream returns
+	// only when told: end the streams as the shutdown begins.
+	srv.RegisterOnShutdown(sync.OnceFunc(func() { close(stop) }))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

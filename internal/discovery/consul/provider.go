@@ -107,12 +107,13 @@ type WatchStatus struct {
 // Provider watches a Consul agent. It implements discovery.Provider.
 type Provider struct {
 	discovery.ErrorCount // failed contacts with the source, for metrics
-	name                 string
-	client               *client
-	wait                 time.Duration
-	log                  *slog.Logger
-	watches              []*watcher
-	running              atomic.Bool
+
+	name    string
+	client  *client
+	wait    time.Duration
+	log     *slog.Logger
+	watches []*watcher
+	running atomic.Bool
 
 	// Retry pacing. Fields rather than constants so tests that stop and
 	// restart Consul need not sit through a 30 s back-off.

@@ -132,13 +132,14 @@ type QueryStatus struct {
 // built by New; Run may be called once at a time.
 type Provider struct {
 	discovery.ErrorCount // failed contacts with the source, for metrics
-	res                  resolver
-	minTTL               time.Duration
-	maxTTL               time.Duration
-	queries              []Query
-	services             []string
-	log                  *slog.Logger
-	running              atomic.Bool
+
+	res      resolver
+	minTTL   time.Duration
+	maxTTL   time.Duration
+	queries  []Query
+	services []string
+	log      *slog.Logger
+	running  atomic.Bool
 
 	mu    sync.Mutex
 	state []queryState // one per query, guarded by mu

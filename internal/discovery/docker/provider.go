@@ -114,10 +114,11 @@ type Status struct {
 // Status may be called concurrently.
 type Provider struct {
 	discovery.ErrorCount // failed contacts with the source, for metrics
-	cfg                  Config
-	eng                  *engine
-	log                  *slog.Logger
-	services             map[string]bool
+
+	cfg      Config
+	eng      *engine
+	log      *slog.Logger
+	services map[string]bool
 
 	mu     sync.Mutex
 	status Status

@@ -134,6 +134,7 @@ type Status struct {
 // New; Run it once.
 type Provider struct {
 	discovery.ErrorCount // failed contacts with the source, for metrics
+
 	name        string
 	endpoints   []string
 	username    string

@@ -93,6 +93,10 @@ func (e *Etcd) config() *embed.Config {
 	// The data directory is thrown away after the test; fsync only slows
 	// the 100-change tests down.
 	cfg.UnsafeNoFsync = true
+	// bcrypt's lowest cost: at the default, checking a password takes
+	// seconds under the race detector on a loaded 2-core machine, longer
+	// than a client's dial timeout (TestAuth failed in CI that way).
+	cfg.BcryptCost = 4
 	lg := zap.New(zapcore.NewCore(
 		zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()),
 		zapcore.AddSync(&e.logs),

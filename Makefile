@@ -31,6 +31,7 @@ fuzz-smoke:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseForward$$' -fuzztime=10s ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzParseBackend$$' -fuzztime=10s ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzParseValue$$' -fuzztime=10s ./internal/discovery/etcd
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./internal/proxyproto
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/attache ./cmd/attache

@@ -19,9 +19,10 @@ CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/attache/attache/interna
 	-o "$out/attache" ./cmd/attache
 go build -trimpath -o "$out/naiveproxy" ./bench/naiveproxy
 go build -trimpath -o "$out/idleconns" ./bench/idleconns
+go build -trimpath -o "$out/udpload" ./bench/udpload
 go build -trimpath -o "$out/runner" ./bench/runner
 
 export BENCH_INVOCATION="bench/run.sh${*:+ $*}"
 # exec: Ctrl-C goes straight to the runner, which stops what it started.
-exec "$out/runner" -attache "$out/attache" -naive "$out/naiveproxy" -idleconns "$out/idleconns" \
+exec "$out/runner" -attache "$out/attache" -naive "$out/naiveproxy" -idleconns "$out/idleconns" -udpload "$out/udpload" \
 	-out "$out/results.md" "$@"

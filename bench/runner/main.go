@@ -47,6 +47,7 @@ type config struct {
 	basePort  int
 
 	attache, naive, idleconns string
+	udpload                   string // bench/udpload: the UDP metrics' echo server and client
 	out, logDir               string
 }
 
@@ -68,6 +69,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.attache, "attache", "bench/out/attache", "attache `binary`")
 	fs.StringVar(&c.naive, "naive", "bench/out/naiveproxy", "naiveproxy `binary`")
 	fs.StringVar(&c.idleconns, "idleconns", "bench/out/idleconns", "idleconns `binary`")
+	fs.StringVar(&c.udpload, "udpload", "bench/out/udpload", "udpload `binary`")
 	fs.StringVar(&c.out, "out", "", "also write the Markdown report to this `file`")
 	fs.StringVar(&c.logDir, "logs", "bench/out/logs", "`directory` for the child processes' logs and configs")
 	if err := fs.Parse(args); err != nil {
@@ -158,6 +160,8 @@ type backend struct {
 	pool  []string
 	probe probe
 	fresh func(ctx context.Context, h *harness) (stop func(), err error)
+	// udp marks a UDP server: its readiness is probed with a datagram.
+	udp bool
 }
 
 // servers are the addresses of every server behind the backend.
@@ -194,6 +198,7 @@ func (h *harness) startBackends(ctx context.Context) error {
 		}
 		return func() { h.sup.stop(c) }, nil
 	}
+	h.addUDPBackends() // udp.go
 	// The balancing metrics' pool of redis-servers, the next ports up,
 	// started only when one of them runs.
 	if slices.ContainsFunc(metrics, func(m metricDef) bool { return m.balanced && slices.Contains(h.cfg.metrics, m.name) }) {
@@ -272,7 +277,7 @@ func (h *harness) measure(ctx context.Context, m *metricDef, p *proxyDef, pol *p
 		if pol != nil {
 			r = route{listen: listen, backends: pol.endpoints(be.servers()), policy: pol}
 		}
-		procs, err := p.start(h, h.logName, []route{r})
+		procs, err := p.start(h, h.logName, m.routesFor(r))
 		if err != nil {
 			return sample{}, err
 		}
@@ -281,7 +286,11 @@ func (h *harness) measure(ctx context.Context, m *metricDef, p *proxyDef, pol *p
 				h.sup.stop(c)
 			}
 		}()
-		if err := waitReady(ctx, listen, be.probe, procs, 10*time.Second); err != nil {
+		ready := func() error { return waitReady(ctx, listen, be.probe, procs, 10*time.Second) }
+		if be.udp {
+			ready = func() error { return waitReadyUDP(ctx, listen, procs, 10*time.Second) }
+		}
+		if err := ready(); err != nil {
 			return sample{}, err
 		}
 		t = target{addr: listen, backends: be.servers(), procs: procs}
@@ -329,7 +338,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "runner:", err)
 		return 2
 	}
-	for _, bin := range []string{cfg.attache, cfg.naive, cfg.idleconns} {
+	for _, bin := range []string{cfg.attache, cfg.naive, cfg.idleconns, cfg.udpload} {
 		if _, err := os.Stat(bin); err != nil {
 			fmt.Fprintf(os.Stderr, "runner: %v (build it, or use bench/run.sh)\n", err)
 			return 2
@@ -382,6 +391,9 @@ func run() int {
 	// one measures m (under policy pol, if balanced) on p and records it;
 	// false means the run was interrupted.
 	one := func(r int, m *metricDef, pol *policyDef, p *proxyDef) bool {
+		if m.udp && !udpCapable[p.name] {
+			return true // no UDP (HAProxy, naive): the cell reads n/a
+		}
 		name, polName := m.name, ""
 		if pol != nil {
 			polName = pol.name

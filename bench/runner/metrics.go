@@ -60,6 +60,9 @@ type metricDef struct {
 	run      func(ctx context.Context, h *harness, t target) (sample, error)
 	balanced bool
 	unit     string
+	// udp metrics run on the contenders that forward UDP (udp.go), which
+	// are given a UDP route; tcpToo adds a TCP route on the same port.
+	udp, tcpToo bool
 }
 
 var metrics = []metricDef{

@@ -19,6 +19,8 @@ type route struct {
 	// policy, when set, balances the connections over backends; only
 	// contenders with balances set are given such a route.
 	policy *policyDef
+	// udp routes forward UDP; only the contenders of udpCapable get them.
+	udp bool
 }
 
 // An endpoint is one backend server of a route.
@@ -56,14 +58,14 @@ var proxies = []proxyDef{
 	// direct takes part in the balancing metrics as their baseline: the
 	// client talks to the first of the backends.
 	{name: "direct", about: "no proxy: the client connects to the backend", balances: true},
-	{name: "socat", about: "socat -t 100000000 TCP4-LISTEN:P,bind=127.0.0.1,fork,reuseaddr TCP4:127.0.0.1:B (one process per route, a fork per connection)", start: startSocat},
-	{name: "haproxy", about: "haproxy -db, mode tcp, maxconn 8000 (balancing: a balance line, and weights on the servers for weighted)", start: haproxyStarter(false), balances: true},
+	{name: "socat", about: "socat -t 100000000 TCP4-LISTEN:P,bind=127.0.0.1,fork,reuseaddr TCP4:127.0.0.1:B (one process per route, a fork per connection); UDP: socat -T 60 UDP4-LISTEN:P,bind=127.0.0.1,fork,reuseaddr UDP4:127.0.0.1:B (a fork per client)", start: startSocat},
+	{name: "haproxy", about: "haproxy -db, mode tcp, maxconn 8000 (balancing: a balance line, and weights on the servers for weighted); HAProxy has no UDP mode, so the UDP rows read n/a", start: haproxyStarter(false), balances: true},
 	// haproxy-splice sits the balancing metrics out: splicing changes
 	// nothing for small messages (the redis-get row has it level with
 	// haproxy), and each contender there costs policies × rounds runs.
 	{name: "haproxy-splice", about: "as haproxy, plus option splice-auto (and global maxpipes 1000, to fit the 20000 descriptor limit)", start: haproxyStarter(true)},
 	{name: "naive", about: "bench/naiveproxy: two goroutines running io.Copy per connection", start: startNaive},
-	{name: "attache", about: "attache --forward L=B --log-level warn --env-links=false (balancing: attache -c file.yaml, one service with the three backends and a balance policy)", start: startAttache, balances: true},
+	{name: "attache", about: "attache --forward L=B --log-level warn --env-links=false (balancing: attache -c file.yaml, one service with the three backends and a balance policy; UDP: --forward L/udp=B)", start: startAttache, balances: true},
 	// attache-observed is attache as operators run it: the same data path
 	// with an access-log line per closed connection written to its log file
 	// and the admin API scraped every second, so the two rows side by side
@@ -87,6 +89,9 @@ func startSocat(h *harness, logName string, routes []route) ([]*child, error) {
 		_, lport, _ := strings.Cut(r.listen, ":")
 		cmd := exec.Command("socat", "-t", "100000000",
 			"TCP4-LISTEN:"+lport+",bind=127.0.0.1,fork,reuseaddr", "TCP4:"+be)
+		if r.udp {
+			cmd = socatUDP(lport, be)
+		}
 		c, err := h.sup.start(fmt.Sprintf("%s-%d", logName, i), cmd)
 		if err != nil {
 			for _, p := range procs {
@@ -227,9 +232,12 @@ func runAttache(h *harness, logName string, routes []route, extra ...string) ([]
 	var args, plain []string
 	var balanced []route
 	for _, r := range routes {
-		if r.policy == nil && len(r.backends) == 1 {
+		switch {
+		case r.udp:
+			plain = append(plain, "--forward", r.listen+"/udp="+r.backends[0].addr)
+		case r.policy == nil && len(r.backends) == 1:
 			plain = append(plain, "--forward", r.listen+"="+r.backends[0].addr)
-		} else {
+		default:
 			balanced = append(balanced, r)
 		}
 	}

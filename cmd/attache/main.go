@@ -18,7 +18,11 @@ func main() {
 	context.AfterFunc(ctx, stop)
 	hup := make(chan os.Signal, 1) // SIGHUP reloads the configuration
 	signal.Notify(hup, syscall.SIGHUP)
-	code := cli.Main(ctx, cli.Stdio(os.Args[1:], hup))
+	usr2 := make(chan os.Signal, 1) // SIGUSR2 hands the listeners to a new process
+	signal.Notify(usr2, syscall.SIGUSR2)
+	env := cli.Stdio(os.Args[1:], hup)
+	env.Upgrade = usr2
+	code := cli.Main(ctx, env)
 	stop()
 	os.Exit(code)
 }

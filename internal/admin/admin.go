@@ -58,14 +58,15 @@ type Server struct {
 // routes are the API's paths and methods; the catch-all uses them to answer
 // 405 rather than 404 for a known path asked with another method.
 var routes = map[string]string{
-	"/healthz":      http.MethodGet,
-	"/readyz":       http.MethodGet,
-	"/v1/services":  http.MethodGet,
-	"/v1/discovery": http.MethodGet,
-	"/metrics":      http.MethodGet,
-	"/v1/reload":    http.MethodPost,
-	"/v1/events":    http.MethodGet,
-	"/":             http.MethodGet,
+	"/healthz":        http.MethodGet,
+	"/readyz":         http.MethodGet,
+	"/v1/services":    http.MethodGet,
+	"/v1/discovery":   http.MethodGet,
+	"/v1/connections": http.MethodGet,
+	"/metrics":        http.MethodGet,
+	"/v1/reload":      http.MethodPost,
+	"/v1/events":      http.MethodGet,
+	"/":               http.MethodGet,
 }
 
 // mutatingPaths are the changing calls, for the 404 hint and the 405s.
@@ -95,6 +96,7 @@ func (s *Server) handler(stop <-chan struct{}) http.Handler {
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"services": nonNil(s.State.Services())})
 	})
+	mux.HandleFunc("GET /v1/connections", s.connections)
 	mux.HandleFunc("GET /v1/discovery", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"providers": nonNil(s.State.Discovery())})
 	})

@@ -30,6 +30,11 @@ type Service struct {
 	Discovery   []string  `json:"discovery"`
 	Backends    []Backend `json:"backends"`
 	Connections Counters  `json:"connections"`
+	// Protocol is "tcp" or "udp". For a UDP service, Connections counts
+	// sessions (accepted: created, active: open, limited: datagrams
+	// dropped because the session table was full) and UDP has the rest.
+	Protocol string       `json:"protocol"`
+	UDP      *UDPCounters `json:"udp,omitempty"`
 }
 
 // Check verdicts of a backend's active health checks.
@@ -80,6 +85,9 @@ type Counters struct {
 	BytesIn    int64 `json:"bytes_in"`  // client to backend
 	BytesOut   int64 `json:"bytes_out"` // backend to client
 	Limited    int64 `json:"limited"`
+	// ProxyRejected are connections closed for a missing or malformed
+	// PROXY protocol header, or from an untrusted peer (accept_proxy).
+	ProxyRejected int64 `json:"proxy_rejected"`
 }
 
 // Provider is one discovery provider.

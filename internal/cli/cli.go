@@ -18,6 +18,7 @@ import (
 
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/daemon"
+	"github.com/attache/attache/internal/listen"
 )
 
 // Exit codes.
@@ -41,17 +42,21 @@ type Env struct {
 	AdminReady func(net.Addr)
 	// Reload delivers SIGHUP: reload the configuration.
 	Reload <-chan os.Signal
+	// Upgrade delivers SIGUSR2: hand the listeners to a new process.
+	Upgrade <-chan os.Signal
 }
 
 const usage = `attache: an ambassador proxy.
 
 Usage:
-  attache [flags]                   forward every <ALIAS>_PORT_<port>_TCP link variable
+  attache [flags]                   forward every <ALIAS>_PORT_<port>_TCP (and _UDP) link variable
   attache [flags] HOST PORT         listen on PORT, forward to HOST:PORT
   attache -c attache.yaml [flags]   forward the services of a config file
   attache check [flags] [HOST PORT] print the routing table, or every error (exit 2)
   attache status [--admin HOST:PORT] [--json]  print a running attache's services and backends
   attache demo [--stay]             run a live demo: an embedded backend behind an ambassador
+  attache certs init|issue ...      make the fleet CA and host certificates for links (attache certs help)
+  attache upgrade (--pid-file PATH | --pid PID)  zero-downtime upgrade of a running attache (SIGUSR2)
   attache version
 
 Sources combine: file services, --forward flags, HOST PORT and link variables
@@ -71,6 +76,7 @@ type runFlags struct {
 	admin     string
 	tokenFile string
 	accessLog bool
+	pidFile   string
 	version   bool
 }
 
@@ -79,7 +85,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.file, "c", "", "YAML configuration `file`")
 	fs.StringVar(&f.file, "config", "", "YAML configuration `file` (same as -c)")
-	fs.Var(&f.forwards, "forward", "forward `[LISTEN_HOST:]PORT=BACKEND[,BACKEND...]` (repeatable; BACKEND is host:port or a discovery form such as srv://name)")
+	fs.Var(&f.forwards, "forward", "forward `[LISTEN_HOST:]PORT[/udp]=BACKEND[,BACKEND...]` (repeatable; BACKEND is host:port or a discovery form such as srv://name; /udp forwards UDP)")
 	fs.BoolVar(&f.envLinks, "env-links", true, "read Docker link variables (<ALIAS>_PORT_<port>_TCP) from the environment")
 	fs.Var(durationFlag{&f.defaults.ConnectTimeout, false}, "connect-timeout", "default `timeout` for one dial to one backend (default 5s)")
 	fs.Var(durationFlag{&f.defaults.IdleTimeout, true}, "idle-timeout", "default: close connections idle this `long` (default off)")
@@ -91,6 +97,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics; reload, backends and drain with --admin-token-file) on `HOST:PORT` (default off)")
 	fs.StringVar(&f.tokenFile, "admin-token-file", "", "enable the admin API's mutating calls (reload, backends, drain) with the bearer token in `PATH`")
 	fs.BoolVar(&f.accessLog, "access-log", true, "log one info line per closed connection (client, backend, duration, bytes, reason); false logs it at debug only")
+	fs.StringVar(&f.pidFile, "pid-file", "", "write the process id to `PATH` once serving (rewritten by the new process after an upgrade)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -106,7 +113,7 @@ func Main(ctx context.Context, e Env) int {
 	cmd := ""
 	if len(args) > 0 {
 		switch args[0] {
-		case "check", "demo", "version", "help", "status":
+		case "check", "demo", "version", "help", "status", "certs", "upgrade":
 			cmd, args = args[0], args[1:]
 		}
 	}
@@ -121,6 +128,10 @@ func Main(ctx context.Context, e Env) int {
 		return runDemo(ctx, e, args)
 	case "status":
 		return runStatus(ctx, e, args)
+	case "upgrade":
+		return runUpgrade(ctx, e, args)
+	case "certs":
+		return runCerts(e, args)
 	}
 
 	var f runFlags
@@ -167,9 +178,15 @@ func Main(ctx context.Context, e Env) int {
 		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
 		return ExitUsage
 	}
+	inherited, err := listen.FromEnviron(e.Environ)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "attache: upgrade hand-over: %v\n", err)
+		return ExitUsage
+	}
 	err = daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Grace: f.grace, Ready: e.Ready, AccessLog: f.accessLog,
 		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
+		Upgrade: e.Upgrade, Inherited: inherited, PIDFile: f.pidFile,
 		Reload: e.Reload,
 		Load:   func() (*config.Config, error) { return config.Load(src) },
 	})
@@ -219,12 +236,17 @@ func printTable(w io.Writer, cfg *config.Config) {
 	for _, s := range cfg.Services {
 		addrs := make([]string, len(s.Backends))
 		for i, b := range s.Backends {
-			addrs[i] = b.String()
+			addrs[i] = backendOf(s, b)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Listen, strings.Join(addrs, ","),
-			s.Balance, healthOf(s), s.ConnectTimeout, offOr(s.IdleTimeout), limitOr(s.MaxConnections), s.Origin)
+		listen, health, idle, limit := listenOf(s), healthOf(s), offOr(s.IdleTimeout), limitOr(s.MaxConnections)
+		if s.IsUDP() {
+			listen, health, idle, limit = udpColumns(s)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, listen, strings.Join(addrs, ","),
+			s.Balance, health, s.ConnectTimeout, idle, limit, s.Origin)
 	}
 	tw.Flush()
+	printLink(w, cfg.Link)
 	for _, warn := range cfg.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}

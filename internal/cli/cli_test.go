@@ -52,10 +52,11 @@ func TestCheck(t *testing.T) {
 			stdout: []string{"forward-7000", "a:1,b:2", "0.0.0.0:5432", "db.internal:5432"},
 		},
 		{
-			name:   "udp warning",
-			env:    []string{"DNS_PORT_53_UDP=udp://10.0.0.2:53", "DNS_PORT_53_TCP=tcp://10.0.0.2:53"},
-			args:   []string{"check"},
-			stdout: []string{"dns-53", "warning: env DNS_PORT_53_UDP"},
+			name: "udp link variable and forward: the protocol, session timeout and table bound show",
+			env:  []string{"DNS_PORT_53_UDP=udp://10.0.0.2:53", "DNS_PORT_53_TCP=tcp://10.0.0.2:53"},
+			args: []string{"check", "--forward", "127.0.0.1:5353/udp=10.0.0.3:53"},
+			stdout: []string{"dns-53 ", "dns-53-udp", "0.0.0.0:53/udp", "127.0.0.1:5353/udp", "1m0s",
+				"10000 sessions", "env DNS_PORT_53_UDP"},
 		},
 		{
 			name:   "every error, exit 2",

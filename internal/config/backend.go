@@ -69,11 +69,24 @@ func urlHost(server string) string { return strings.Replace(server, "%", "%25", 
 
 // String is the backend as `attache check` prints it.
 func (b Backend) String() string {
+	if b.Link != "" {
+		return b.linkString()
+	}
 	if b.Discover != nil {
 		return b.Discover.String()
 	}
+	var notes []string
 	if b.Weight > 1 {
-		return fmt.Sprintf("%s (weight %d)", b.Addr, b.Weight)
+		notes = append(notes, fmt.Sprintf("weight %d", b.Weight))
+	}
+	switch b.SendProxy {
+	case 1, 2:
+		notes = append(notes, fmt.Sprintf("send_proxy v%d", b.SendProxy))
+	case -1:
+		notes = append(notes, "send_proxy off")
+	}
+	if len(notes) > 0 {
+		return fmt.Sprintf("%s (%s)", b.Addr, strings.Join(notes, ", "))
 	}
 	return b.Addr
 }
@@ -82,6 +95,7 @@ func (b Backend) String() string {
 // plain string in the file:
 //
 //	host:port                 a fixed address (the host resolved at each connection)
+//	unix:///path              a Unix stream socket
 //	dns://name:port           every A/AAAA address of name, followed on the record TTL
 //	srv://name                DNS SRV records of name
 //	name                      (no port) DNS SRV records, as the old ambassadord read a bare name
@@ -89,6 +103,9 @@ func (b Backend) String() string {
 //	consul://[host:port]/key  endpoints stored under a Consul KV key (ambassadord's form)
 //	consul-service://[host:port]/name[?tag=t]  passing instances of a Consul service
 //	docker://value            running containers labelled attache.service=value
+//	attache://host:port/svc   service svc of the attache whose link server is at host:port
+//	attache://name/svc        … of the link servers DNS SRV records of name give
+//	attache://etcd/svc        … of the link servers registered in etcd (see Link.Register)
 //
 // Without host:port, consul URLs use the discovery section's address. Keys
 // may not contain '?', '#', '%' or control characters: the URL forms could
@@ -97,7 +114,17 @@ func ParseBackend(s string) (Backend, error) {
 	if s == "" {
 		return Backend{}, fmt.Errorf("want host:port, a DNS SRV name or a discovery URL, got an empty value")
 	}
+	if strings.HasPrefix(s, unixScheme) {
+		addr, err := ParseUnixAddr(s)
+		if err != nil {
+			return Backend{}, err
+		}
+		return Backend{Addr: addr}, nil
+	}
 	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		if strings.EqualFold(scheme, linkScheme) {
+			return parseLinkURL(rest, s)
+		}
 		d, err := parseBackendURL(strings.ToLower(scheme), rest, s)
 		if err != nil {
 			return Backend{}, err
@@ -158,7 +185,7 @@ func parseBackendURL(scheme, rest, whole string) (*Discover, error) {
 		return nil, fmt.Errorf("want host:port without tcp://, got %q", whole)
 	}
 	if !known {
-		return nil, fmt.Errorf("unknown backend scheme %q in %q (want dns, srv, etcd, consul, consul-service or docker)", scheme, whole)
+		return nil, fmt.Errorf("unknown backend scheme %q in %q (want dns, srv, etcd, consul, consul-service, docker or attache)", scheme, whole)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("want %s, got %q: %w", form, whole, err)

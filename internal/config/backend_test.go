@@ -107,7 +107,7 @@ func TestParseBackendErrors(t *testing.T) {
 		// Schemes.
 		{"tcp://redis:6379", `want host:port without tcp://, got "tcp://redis:6379"`},
 		{"TCP://redis:6379", `want host:port without tcp://`},
-		{"http://redis:6379", `unknown backend scheme "http" in "http://redis:6379" (want dns, srv, etcd, consul, consul-service or docker)`},
+		{"http://redis:6379", `unknown backend scheme "http" in "http://redis:6379" (want dns, srv, etcd, consul, consul-service, docker or attache)`},
 		{"://x", `unknown backend scheme "" in "://x"`},
 		{"a:1://x", `unknown backend scheme "a:1"`},
 		// dns://
@@ -288,8 +288,8 @@ func TestParseFileBackendErrors(t *testing.T) {
 		{"consul_kv with a percent", "{consul_kv: 'a%b'}", []string{`consul_kv: want a key without '?', '#' or '%'`}},
 		{"url tcp://", "{url: 'tcp://x:1'}", []string{`f.yaml:5: url: want host:port without tcp://, got "tcp://x:1"`}},
 		{"url a list", "{url: [x:1]}", []string{`f.yaml:5: url: want a single value, got a list`}},
-		{"addr a discovery URL", "{addr: 'srv://x'}", []string{`f.yaml:5: addr: want host:port, got "srv://x" (a discovery URL goes under url)`}},
-		{"unknown key", "{srv: x, port: 1}", []string{`f.yaml:5: port: unknown key in backend (want one of: addr, consul, consul_kv, dns, docker, etcd, srv, tag, url, weight)`}},
+		{"addr a discovery URL", "{addr: 'srv://x'}", []string{`f.yaml:5: addr: want host:port or unix:///path, got "srv://x" (a discovery URL goes under url)`}},
+		{"unknown key", "{srv: x, port: 1}", []string{`f.yaml:5: port: unknown key in backend (want one of: addr, consul, consul_kv, dns, docker, etcd, link, send_proxy, srv, tag, url, weight)`}},
 		{"a bad string URL", "'etcd:///k'", []string{`f.yaml:5: backend: want etcd://host:port/key, got "etcd:///k": the etcd server is missing`}},
 		{"an IP without a port", "10.0.0.5", []string{`f.yaml:5: backend: want host:port, got "10.0.0.5", an IP address without a port`}},
 		{"a port without a host", "6379", []string{`f.yaml:5: backend: want host:port, got "6379", a port without a host`}},

@@ -28,9 +28,12 @@ type Config struct {
 	// Discovery holds how to reach each source of truth that backend entries
 	// of kind dns, srv, etcd, consul and docker ask.
 	Discovery Discovery
+	// Link configures the mutual-TLS links between attache hosts (see
+	// link.go); zero when the file has no link section.
+	Link Link
 	// Warnings are things the operator should know about but that do not stop
-	// attache, such as UDP link variables that are recognised but not yet
-	// supported.
+	// attache, such as SCTP link variables, which are recognised but not
+	// forwarded.
 	Warnings []string
 }
 
@@ -78,6 +81,20 @@ type Service struct {
 	// the service or fails its health check. Off by default: a connection
 	// that still works is left alone.
 	CloseOnRemove bool
+	// AcceptProxy, when set, reads a PROXY protocol header at the start of
+	// each connection: the listener is behind another load balancer.
+	AcceptProxy *AcceptProxy
+	// SendProxy is the PROXY protocol version sent to every backend before
+	// the client's bytes, unless the backend sets its own: 1, 2, or 0 for
+	// none (see SendProxyVersion).
+	SendProxy int
+	// Protocol is "" (TCP) or ProtoUDP; see udp.go.
+	Protocol string
+	// UDPIdleTimeout ends a UDP session after this long without a datagram
+	// either way; MaxSessions bounds a UDP service's session table. Both
+	// are zero for a TCP service.
+	UDPIdleTimeout time.Duration
+	MaxSessions    int
 	// Origin says where the service came from, for error messages and
 	// `attache check`: "env REDIS_PORT_6379_TCP", "--forward 6379=h:p",
 	// "attache.yaml:12".
@@ -92,9 +109,16 @@ type Backend struct {
 	Addr string
 	// Weight biases the weighted and least_conn policies; 0 means 1.
 	Weight int
+	// SendProxy overrides the service's send_proxy for this backend: 1,
+	// 2, -1 for none, or 0 to follow the service.
+	SendProxy int
 	// Discover, when set, makes this entry a live query instead of an
 	// address.
 	Discover *Discover
+	// Link, when set, names a service on a remote attache: Addr (or each
+	// endpoint Discover finds) is that host's link server, dialled over
+	// mutual TLS (attache://host:port/service).
+	Link string
 }
 
 // HealthCheck is an active health check. Without Send it only connects.
@@ -122,6 +146,9 @@ type Defaults struct {
 	IdleTimeout    time.Duration
 	KeepAlive      time.Duration
 	MaxConnections int
+	// UDPIdleTimeout and MaxSessions apply to UDP services only.
+	UDPIdleTimeout time.Duration
+	MaxSessions    int
 }
 
 // BuiltinDefaults are used when neither flags nor the file set a default.
@@ -182,13 +209,16 @@ func ParseHostPort(s string) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
 
-// ParseListen checks a listen address: PORT, :PORT, HOST:PORT or
-// [IPv6]:PORT. A bare port listens on every interface; port 0 picks a free
+// ParseListen checks a listen address: PORT, :PORT, HOST:PORT,
+// [IPv6]:PORT, or a Unix socket as unix:///path. A bare port listens on every interface; port 0 picks a free
 // port, which the log reports. It returns the address in canonical form
 // (":PORT" for a bare port), which it accepts unchanged.
 func ParseListen(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("want [host:]port, got an empty value")
+	}
+	if strings.HasPrefix(s, unixScheme) {
+		return ParseUnixAddr(s)
 	}
 	if !strings.Contains(s, ":") {
 		p, err := parseListenPort(s)

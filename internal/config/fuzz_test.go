@@ -28,10 +28,10 @@ func FuzzParseLinkEnv(f *testing.F) {
 		checkServices(t, le.Services)
 		ports := map[string]bool{}
 		for _, s := range le.Services {
-			if !strings.HasPrefix(s.Listen, "0.0.0.0:") || ports[s.Listen] {
-				t.Errorf("listen %q: want 0.0.0.0:<port>, once", s.Listen)
+			if !strings.HasPrefix(s.Listen, "0.0.0.0:") || ports[s.Protocol+s.Listen] {
+				t.Errorf("listen %q: want 0.0.0.0:<port>, once per protocol", s.Listen)
 			}
-			ports[s.Listen] = true
+			ports[s.Protocol+s.Listen] = true
 			if !strings.HasPrefix(s.Origin, "env ") || len(s.Backends) != 1 {
 				t.Errorf("service %+v: want one backend and an env origin", s)
 			}
@@ -120,6 +120,17 @@ func FuzzParseForward(f *testing.F) {
 		}
 		checkServices(t, []Service{s})
 		_, port, _ := net.SplitHostPort(s.Listen)
+		if _, unix := UnixPath(s.Listen); unix {
+			port = "unix"
+		}
+		suffix := ""
+		if s.IsUDP() {
+			port += "-udp"
+			suffix = "/udp"
+			if _, unix := UnixPath(s.Listen); unix {
+				t.Errorf("service %+v: a udp service on a Unix socket", s)
+			}
+		}
 		if s.Name != "forward-"+port || s.Origin != "--forward "+v {
 			t.Errorf("service %+v: want name forward-%s and origin --forward %s", s, port, v)
 		}
@@ -128,9 +139,9 @@ func FuzzParseForward(f *testing.F) {
 		for i, b := range s.Backends {
 			addrs[i] = b.String()
 		}
-		canon := s.Listen + "=" + strings.Join(addrs, ",")
+		canon := s.Listen + suffix + "=" + strings.Join(addrs, ",")
 		s2, err := ParseForward(canon)
-		if err != nil || s2.Listen != s.Listen || !reflect.DeepEqual(s2.Backends, s.Backends) {
+		if err != nil || s2.Listen != s.Listen || s2.Protocol != s.Protocol || !reflect.DeepEqual(s2.Backends, s.Backends) {
 			t.Errorf("canonical form %q parses to %+v, %v; want %+v", canon, s2, err, s)
 		}
 	})
@@ -176,8 +187,8 @@ func checkBackend(t *testing.T, where string, b Backend) {
 	}
 	d := b.Discover
 	if d == nil {
-		if got, err := ParseHostPort(b.Addr); err != nil || got != b.Addr {
-			t.Errorf("%s: backend %q is not canonical: ParseHostPort gives %q, %v", where, b.Addr, got, err)
+		if got, err := ParseBackendAddr(b.Addr); err != nil || got != b.Addr {
+			t.Errorf("%s: backend %q is not canonical: ParseBackendAddr gives %q, %v", where, b.Addr, got, err)
 		}
 		return
 	}

@@ -147,6 +147,7 @@ func goldenJSON(t *testing.T, cfg *Config) string {
 	}
 	type service struct {
 		Name           string       `json:"name"`
+		Protocol       string       `json:"protocol,omitempty"`
 		Listen         string       `json:"listen"`
 		Backends       []string     `json:"backends"`
 		Balance        string       `json:"balance"`
@@ -155,10 +156,14 @@ func goldenJSON(t *testing.T, cfg *Config) string {
 		RetryTimeout   string       `json:"retry_timeout"`
 		EjectTime      string       `json:"eject_time"`
 		CloseOnRemove  bool         `json:"close_on_remove,omitempty"`
+		AcceptProxy    any          `json:"accept_proxy,omitempty"`
+		SendProxy      int          `json:"send_proxy,omitempty"`
 		ConnectTimeout string       `json:"connect_timeout"`
 		IdleTimeout    string       `json:"idle_timeout"`
 		KeepAlive      string       `json:"keepalive"`
 		MaxConnections int          `json:"max_connections"`
+		UDPIdleTimeout string       `json:"udp_idle_timeout,omitempty"`
+		MaxSessions    int          `json:"max_sessions,omitempty"`
 		Origin         string       `json:"origin"`
 	}
 	dur := func(d time.Duration) string {
@@ -178,6 +183,13 @@ func goldenJSON(t *testing.T, cfg *Config) string {
 			EjectTime: dur(s.EjectTime), CloseOnRemove: s.CloseOnRemove, ConnectTimeout: dur(s.ConnectTimeout),
 			IdleTimeout: dur(s.IdleTimeout), KeepAlive: dur(s.KeepAlive), MaxConnections: s.MaxConnections, Origin: s.Origin,
 		}
+		if s.IsUDP() {
+			js.Protocol, js.UDPIdleTimeout, js.MaxSessions = s.Protocol, dur(s.UDPIdleTimeout), s.MaxSessions
+		}
+		if ap := s.AcceptProxy; ap != nil {
+			js.AcceptProxy = map[string]any{"trusted": ap.Trusted, "required": ap.Required, "timeout": dur(ap.Timeout)}
+		}
+		js.SendProxy = s.SendProxy
 		if hc := s.HealthCheck; hc != nil {
 			js.HealthCheck = &healthCheck{dur(hc.Interval), dur(hc.Timeout), hc.Rise, hc.Fall, hc.Send, hc.Expect}
 		}

@@ -24,16 +24,19 @@ type LinkEnv struct {
 // ("KEY=value" strings, as os.Environ returns them):
 //
 //	<ALIAS>_PORT_<port>_TCP=tcp://<host>:<port>
+//	<ALIAS>_PORT_<port>_UDP=udp://<host>:<port>
 //
 // listens on 0.0.0.0:<port> (the number in the variable's name) and forwards
-// to the host:port in its value, exactly as the socat ambassadors did. It
+// to the host:port in its value, exactly as the socat ambassadors did; a _UDP
+// variable makes a UDP service (named <alias>-<port>-udp) beside the TCP one
+// of the same port, if any. It
 // ignores the _ADDR, _PORT, _PROTO, _START and _END companions, <ALIAS>_PORT,
 // and every <ALIAS>_ENV_* variable: those carry the linked container's own
 // environment, and a linked ambassador's link variables must not open ports
 // here. The same port asked for by several variables with one target (Compose
 // v1 sets three aliases per link) is one service; two different targets for
-// one port is an error naming both variables. _UDP and _SCTP variables are
-// recognised and reported as warnings, since attache does not forward them yet.
+// one port is an error naming both variables. _SCTP variables are recognised
+// and reported as warnings, since attache does not forward SCTP.
 //
 // A variable whose alias contains _ENV_ is ambiguous: MY_ENV_DB_PORT_5432_TCP
 // is either link MY_ENV_DB's port or link MY's copy of a DB_PORT_5432_TCP
@@ -48,8 +51,8 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 	var (
 		out   LinkEnv
 		errs  Errors
-		byPrt = map[int]*linkVar{}
-		other = map[string]*linkVar{} // "UDP/53" → the UDP/SCTP variables
+		byPrt = map[linkPort]*linkVar{}
+		other = map[string]*linkVar{} // "SCTP/2905" → the SCTP variables
 	)
 	// Sort for deterministic service order and error messages.
 	env := append([]string(nil), environ...)
@@ -84,7 +87,7 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 			errs = append(errs, fmt.Errorf("env %s: port in the variable name: %w", name, err))
 			continue
 		}
-		if proto != "TCP" {
+		if proto == "SCTP" {
 			key := proto + "/" + port
 			if v, ok := other[key]; ok {
 				v.others = append(v.others, name)
@@ -93,12 +96,13 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 			}
 			continue
 		}
-		target, err := parseLinkValue(value)
+		target, err := parseLinkValue(value, strings.ToLower(proto))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("env %s: %w", name, err))
 			continue
 		}
-		if prev, ok := byPrt[p]; ok {
+		key := linkPort{port: p, udp: proto == "UDP"}
+		if prev, ok := byPrt[key]; ok {
 			if prev.target != target {
 				errs = append(errs, fmt.Errorf(
 					"env %s and env %s: both ask for port %d, with different targets %s and %s",
@@ -112,16 +116,27 @@ func ParseLinkEnv(environ []string) (LinkEnv, error) {
 			}
 			continue
 		}
-		byPrt[p] = &linkVar{name: name, target: target, port: p, alias: alias}
+		byPrt[key] = &linkVar{name: name, target: target, port: p, alias: alias}
 	}
-	for _, p := range slices.Sorted(maps.Keys(byPrt)) {
-		v := byPrt[p]
-		out.Services = append(out.Services, Service{
-			Name:     linkServiceName(v.alias, p),
-			Listen:   "0.0.0.0:" + strconv.Itoa(p),
+	keys := slices.SortedFunc(maps.Keys(byPrt), func(a, b linkPort) int {
+		if a.port != b.port {
+			return a.port - b.port
+		}
+		return boolInt(a.udp) - boolInt(b.udp) // TCP first
+	})
+	for _, k := range keys {
+		v := byPrt[k]
+		s := Service{
+			Name:     linkServiceName(v.alias, k.port),
+			Listen:   "0.0.0.0:" + strconv.Itoa(k.port),
 			Backends: []Backend{{Addr: v.target}},
 			Origin:   "env " + v.name,
-		})
+		}
+		if k.udp {
+			s.Protocol = ProtoUDP
+			s.Name = linkServiceName(v.alias, k.port, "udp")
+		}
+		out.Services = append(out.Services, s)
 	}
 	out.Warnings = append(out.Warnings, otherProtoWarnings(other)...)
 	if len(errs) > 0 {
@@ -136,11 +151,24 @@ type linkVar struct {
 	target string
 	port   int
 	proto  string
-	others []string // UDP/SCTP: the further variables for the same port
+	others []string // SCTP: the further variables for the same port
 }
 
-// otherProtoWarnings reports the UDP and SCTP link variables, one warning per
-// port, in port order.
+// linkPort is what one service is made of: a port and a protocol.
+type linkPort struct {
+	port int
+	udp  bool
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// otherProtoWarnings reports the SCTP link variables, one warning per port,
+// in port order.
 func otherProtoWarnings(other map[string]*linkVar) []string {
 	vars := slices.Collect(maps.Values(other))
 	slices.SortFunc(vars, func(a, b *linkVar) int {
@@ -156,7 +184,7 @@ func otherProtoWarnings(other map[string]*linkVar) []string {
 			names += " (and " + strings.Join(v.others, ", ") + ")"
 		}
 		out = append(out, fmt.Sprintf(
-			"%s: %s link variables are recognised but not yet supported; port %d is not forwarded",
+			"%s: %s link variables are recognised but not supported; port %d is not forwarded",
 			names, v.proto, v.port))
 	}
 	return out
@@ -227,18 +255,19 @@ func splitLinkName(name string) (alias, port, proto string, ok bool) {
 	return "", "", "", false
 }
 
-// parseLinkValue checks "tcp://host:port" and returns host:port.
-func parseLinkValue(v string) (string, error) {
+// parseLinkValue checks "tcp://host:port" (or "udp://host:port", for
+// proto udp) and returns host:port.
+func parseLinkValue(v, proto string) (string, error) {
 	scheme, rest, ok := strings.Cut(v, "://")
-	if !ok || !strings.EqualFold(scheme, "tcp") {
-		return "", fmt.Errorf("want tcp://host:port, got %q", v)
+	if !ok || !strings.EqualFold(scheme, proto) {
+		return "", fmt.Errorf("want %s://host:port, got %q", proto, v)
 	}
 	// Allow a single trailing slash, which some hand-written values carry.
 	if t, found := strings.CutSuffix(rest, "/"); found {
 		rest = t
 	}
 	if strings.ContainsAny(rest, "/?#@") {
-		return "", fmt.Errorf("want tcp://host:port with no user, path or query, got %q", v)
+		return "", fmt.Errorf("want %s://host:port with no user, path or query, got %q", proto, v)
 	}
 	addr, err := ParseHostPort(rest)
 	if err != nil {
@@ -249,9 +278,13 @@ func parseLinkValue(v string) (string, error) {
 
 // linkServiceName names the service of a link port after an alias: lower
 // case, '_' as '-', and only the characters a file's service name may use, so
-// the names of every source look alike in logs and metrics.
-func linkServiceName(alias string, port int) string {
+// the names of every source look alike in logs and metrics. A UDP service
+// gets "udp" as a further suffix (dns-53-udp beside dns-53).
+func linkServiceName(alias string, port int, more ...string) string {
 	suffix := "-" + strconv.Itoa(port)
+	for _, m := range more {
+		suffix += "-" + m
+	}
 	var b strings.Builder
 	for _, c := range strings.ToLower(alias) {
 		switch {

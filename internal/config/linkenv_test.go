@@ -21,7 +21,11 @@ func linkServices(le LinkEnv) []svc {
 				b += x.Addr + ";"
 			}
 		}
-		out = append(out, svc{s.Name, s.Listen, b, s.Origin})
+		name := s.Name
+		if s.IsUDP() {
+			name += "/udp" // so that a test pins the protocol too
+		}
+		out = append(out, svc{name, s.Listen, b, s.Origin})
 	}
 	return out
 }
@@ -189,27 +193,38 @@ func TestParseLinkEnv(t *testing.T) {
 			want: []svc{{"db-5432", "0.0.0.0:5432", "[2001:db8::1]:5432", "env DB_PORT_5432_TCP"}},
 		},
 		{
-			name: "UDP and SCTP are warnings, one per port, never services",
+			name: "UDP is a service of its own beside TCP on the same port; SCTP is a warning",
 			env: []string{
 				"DNS_PORT_53_UDP=udp://172.17.0.5:53",
 				"DNS_PORT_53_UDP_ADDR=172.17.0.5",
 				"DNS_PORT_53_TCP=tcp://172.17.0.5:53",
 				"DNS_1_PORT_53_UDP=udp://172.17.0.5:53",
 				"SIG_PORT_2905_SCTP=sctp://172.17.0.6:2905",
+				"SIG_1_PORT_2905_SCTP=sctp://172.17.0.6:2905",
 			},
-			want: []svc{{"dns-53", "0.0.0.0:53", "172.17.0.5:53", "env DNS_PORT_53_TCP"}},
+			want: []svc{
+				{"dns-53", "0.0.0.0:53", "172.17.0.5:53", "env DNS_PORT_53_TCP"},
+				{"dns-53-udp/udp", "0.0.0.0:53", "172.17.0.5:53", "env DNS_PORT_53_UDP"},
+			},
 			warnings: []string{
-				"env DNS_1_PORT_53_UDP (and DNS_PORT_53_UDP): UDP link variables are recognised but not yet supported; port 53 is not forwarded",
-				"env SIG_PORT_2905_SCTP: SCTP link variables are recognised but not yet supported; port 2905 is not forwarded",
+				"env SIG_1_PORT_2905_SCTP (and SIG_PORT_2905_SCTP): SCTP link variables are recognised but not supported; port 2905 is not forwarded",
 			},
 		},
 		{
-			name: "UDP and SCTP on one port are two warnings, UDP last",
-			env:  []string{"X_PORT_9_UDP=udp://x:9", "X_PORT_9_SCTP=sctp://x:9", "X_PORT_8_UDP=udp://x:8"},
-			warnings: []string{
-				"env X_PORT_8_UDP: UDP link variables",
-				"env X_PORT_9_SCTP: SCTP link variables",
-				"env X_PORT_9_UDP: UDP link variables",
+			name: "UDP only, in port order",
+			env:  []string{"X_PORT_9_UDP=udp://x:9", "X_PORT_9_SCTP=sctp://x:9", "X_PORT_8_UDP=UDP://x:8"},
+			want: []svc{
+				{"x-8-udp/udp", "0.0.0.0:8", "x:8", "env X_PORT_8_UDP"},
+				{"x-9-udp/udp", "0.0.0.0:9", "x:9", "env X_PORT_9_UDP"},
+			},
+			warnings: []string{"env X_PORT_9_SCTP: SCTP link variables"},
+		},
+		{
+			name: "a UDP and a TCP variable of one port may name different targets",
+			env:  []string{"A_PORT_53_UDP=udp://10.0.0.1:53", "A_PORT_53_TCP=tcp://10.0.0.2:53"},
+			want: []svc{
+				{"a-53", "0.0.0.0:53", "10.0.0.2:53", "env A_PORT_53_TCP"},
+				{"a-53-udp/udp", "0.0.0.0:53", "10.0.0.1:53", "env A_PORT_53_UDP"},
 			},
 		},
 		{
@@ -292,6 +307,22 @@ func TestParseLinkEnvErrors(t *testing.T) {
 			name: "udp:// in a _TCP variable",
 			env:  []string{"REDIS_PORT_6379_TCP=udp://10.0.0.5:6379"},
 			errs: []string{`env REDIS_PORT_6379_TCP: want tcp://host:port, got "udp://10.0.0.5:6379"`},
+		},
+		{
+			name: "tcp:// in a _UDP variable",
+			env:  []string{"DNS_PORT_53_UDP=tcp://10.0.0.5:53"},
+			errs: []string{`env DNS_PORT_53_UDP: want udp://host:port, got "tcp://10.0.0.5:53"`},
+		},
+		{
+			name: "two targets for one UDP port",
+			env:  []string{"A_PORT_53_UDP=udp://10.0.0.1:53", "B_PORT_53_UDP=udp://10.0.0.2:53"},
+			errs: []string{`env A_PORT_53_UDP and env B_PORT_53_UDP: both ask for port 53, with different targets 10.0.0.1:53 and 10.0.0.2:53`},
+			want: []svc{{"a-53-udp/udp", "0.0.0.0:53", "10.0.0.1:53", "env A_PORT_53_UDP"}},
+		},
+		{
+			name: "a UDP value with a path",
+			env:  []string{"DNS_PORT_53_UDP=udp://d:53/x"},
+			errs: []string{`env DNS_PORT_53_UDP: want udp://host:port with no user, path or query, got "udp://d:53/x"`},
 		},
 		{
 			name: "http:// in a _TCP variable",
@@ -442,13 +473,15 @@ func TestParseLinkEnvErrors(t *testing.T) {
 				"GOOD_PORT_80_TCP=tcp://10.0.0.1:80",
 				"B_PORT_0_TCP=tcp://b:2",
 				"D_PORT_4_UDP=udp://d:4",
+				"E_PORT_5_UDP=udp://e",
 			},
 			errs: []string{
 				`env A_PORT_1_TCP: want tcp://host:port, got "nope"`,
 				`env B_PORT_0_TCP: port in the variable name`,
 				`env C_PORT_3_TCP: in "tcp://c": want host:port`,
+				`env E_PORT_5_UDP: in "udp://e": want host:port`,
 			},
-			want: []svc{{"good-80", "0.0.0.0:80", "10.0.0.1:80", "env GOOD_PORT_80_TCP"}},
+			want: []svc{{"d-4-udp/udp", "0.0.0.0:4", "d:4", "env D_PORT_4_UDP"}, {"good-80", "0.0.0.0:80", "10.0.0.1:80", "env GOOD_PORT_80_TCP"}},
 		},
 	}
 	for _, tt := range tests {

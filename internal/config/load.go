@@ -68,6 +68,7 @@ func Load(src Sources) (*Config, error) {
 			errs = appendErrs(errs, err)
 			fileDefaults = f.Defaults
 			cfg.Discovery = f.Discovery
+			cfg.Link = f.Link
 			cfg.Services = append(cfg.Services, f.Services...)
 		}
 	}
@@ -121,6 +122,7 @@ func Load(src Sources) (*Config, error) {
 		if s.Retries < 0 { // explicitly none
 			s.Retries = 0
 		}
+		applyUDP(s, defaults)
 		if s.RetryTimeout == 0 {
 			s.RetryTimeout = s.ConnectTimeout
 		}
@@ -211,6 +213,12 @@ func overlay(top, bottom Defaults) Defaults {
 	if top.EjectTime != 0 {
 		out.EjectTime = top.EjectTime
 	}
+	if top.UDPIdleTimeout != 0 {
+		out.UDPIdleTimeout = top.UDPIdleTimeout
+	}
+	if top.MaxSessions != 0 {
+		out.MaxSessions = top.MaxSessions
+	}
 	return out
 }
 
@@ -231,8 +239,12 @@ func noServicesError(linkNames, warnings []string) error {
 	return errors.New(msg)
 }
 
-// ParseForward parses a --forward value, [LISTEN_HOST:]PORT=HOST:PORT.
+// ParseForward parses a --forward value, [LISTEN_HOST:]PORT=HOST:PORT, or
+// [LISTEN_HOST:]PORT/udp=HOST:PORT for a UDP service (named forward-PORT-udp).
 func ParseForward(v string) (Service, error) {
+	if s, ok, err := parseProtocolForward(v); ok { // LISTEN/udp=…
+		return s, err
+	}
 	listen, target, ok := strings.Cut(v, "=")
 	if !ok {
 		return Service{}, fmt.Errorf("want [LISTEN_HOST:]PORT=HOST:PORT, got %q", v)
@@ -250,6 +262,9 @@ func ParseForward(v string) (Service, error) {
 		backends = append(backends, b)
 	}
 	_, port, _ := net.SplitHostPort(l)
+	if _, unix := UnixPath(l); unix {
+		port = "unix" // made unique by Load, like every generated name
+	}
 	return Service{
 		Name:     "forward-" + port,
 		Listen:   l,

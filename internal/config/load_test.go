@@ -188,9 +188,9 @@ func TestLoad(t *testing.T) {
 				{"web", ":80", "web:8080", "config:2"},
 				{"forward-5432", "127.0.0.1:5432", "db:5432", "--forward 127.0.0.1:5432=db:5432"},
 				{"forward-11211", "0.0.0.0:11211", "cache:11211", "arguments cache 11211"},
+				{"dns-53-udp", "0.0.0.0:53", "d:53", "env DNS_PORT_53_UDP"},
 				{"redis-6379", "0.0.0.0:6379", "10.0.0.5:6379", "env REDIS_PORT_6379_TCP"},
 			},
-			warn: []string{"env DNS_PORT_53_UDP: UDP link variables are recognised but not yet supported"},
 		},
 		{
 			name: "generated names are made unique; file names are kept",
@@ -269,9 +269,9 @@ func TestLoadErrors(t *testing.T) {
 				"e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379"},
 		},
 		{
-			name: "only UDP link variables: the error says why they did not count",
-			src:  Sources{Env: []string{"DNS_PORT_53_UDP=udp://10.0.0.2:53"}},
-			errs: []string{"no services to forward: give a config file (-c), --forward [LISTEN_HOST:]PORT=HOST:PORT, HOST PORT arguments, or Docker link variables such as REDIS_PORT_6379_TCP=tcp://host:6379 (env DNS_PORT_53_UDP: UDP link variables are recognised but not yet supported; port 53 is not forwarded)"},
+			name: "only SCTP link variables: the error says why they did not count",
+			src:  Sources{Env: []string{"SIG_PORT_2905_SCTP=sctp://10.0.0.2:2905"}},
+			errs: []string{"no services to forward: give a config file (-c), --forward [LISTEN_HOST:]PORT=HOST:PORT, HOST PORT arguments, or Docker link variables such as REDIS_PORT_6379_TCP=tcp://host:6379 (env SIG_PORT_2905_SCTP: SCTP link variables are recognised but not supported; port 2905 is not forwarded)"},
 		},
 		{
 			name: "one argument",

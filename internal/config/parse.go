@@ -19,6 +19,7 @@ import (
 type File struct {
 	Defaults  Defaults
 	Discovery Discovery
+	Link      Link
 	Services  []Service
 }
 
@@ -76,6 +77,7 @@ func ParseFile(name string, data []byte) (f File, err error) {
 		"defaults":  func(n *yaml.Node) { f.Defaults = p.defaults(n) },
 		"services":  func(n *yaml.Node) { f.Services = p.services(n) },
 		"discovery": func(n *yaml.Node) { f.Discovery = p.discovery(n) },
+		"link":      func(n *yaml.Node) { f.Link = p.link(n) },
 	})
 	if len(p.errs) > 0 {
 		return f, p.errs
@@ -271,6 +273,9 @@ func (p *fileParser) tuningFields(d *Defaults) map[string]func(*yaml.Node) {
 		"retries":         func(v *yaml.Node) { d.Retries = p.count(v, "retries", "none") },
 		"retry_timeout":   func(v *yaml.Node) { d.RetryTimeout = p.duration(v, "retry_timeout", false) },
 		"eject_time":      func(v *yaml.Node) { d.EjectTime = p.duration(v, "eject_time", true) },
+		// UDP services only (udp.go).
+		"udp_idle_timeout": func(v *yaml.Node) { d.UDPIdleTimeout = p.duration(v, "udp_idle_timeout", false) },
+		"max_sessions":     func(v *yaml.Node) { d.MaxSessions = p.positive(v, "max_sessions") },
 	}
 }
 
@@ -291,14 +296,19 @@ func (p *fileParser) services(n *yaml.Node) []Service {
 		handlers["health_check"] = func(v *yaml.Node) { s.HealthCheck = p.healthCheck(v) }
 		handlers["close_on_remove"] = func(v *yaml.Node) { s.CloseOnRemove = p.boolean(v, "close_on_remove") }
 		handlers["listen"] = func(v *yaml.Node) { s.Listen = p.listen(v) }
+		handlers["accept_proxy"] = func(v *yaml.Node) { s.AcceptProxy = p.acceptProxy(v) }
+		handlers["send_proxy"] = func(v *yaml.Node) { s.SendProxy = p.sendProxy(v) }
 		handlers["backends"] = func(v *yaml.Node) { s.Backends = p.backends(v) }
+		handlers["protocol"] = func(v *yaml.Node) { s.Protocol = p.protocol(v) }
 		before := len(p.errs)
 		p.fields(sn, "service", handlers)
 		s.ConnectTimeout, s.IdleTimeout, s.KeepAlive, s.MaxConnections = t.ConnectTimeout, t.IdleTimeout, t.KeepAlive, t.MaxConnections
 		s.Retries, s.RetryTimeout, s.EjectTime = t.Retries, t.RetryTimeout, t.EjectTime
+		s.UDPIdleTimeout, s.MaxSessions = t.UDPIdleTimeout, t.MaxSessions
 		if sn.Kind != yaml.MappingNode {
 			continue
 		}
+		p.checkProtocolKeys(sn, &s)
 		if !hasKey(sn, "name") {
 			p.errorf(sn, "name", "missing: every service needs a name")
 		}
@@ -394,15 +404,16 @@ var backendKinds = []string{"addr", KindDNS, KindSRV, KindEtcd, KindConsul, Kind
 func (p *fileParser) backendMapping(bn *yaml.Node) (Backend, bool) {
 	var b Backend
 	var d Discover
+	link := "" // the link key, applied after the url key, which replaces b
 	before := len(p.errs)
 	p.fields(bn, "backend", map[string]func(*yaml.Node){
 		"addr": func(n *yaml.Node) {
 			if s, ok := p.scalar(n, "addr"); ok {
-				if strings.Contains(s, "://") {
-					p.errorf(n, "addr", "want host:port, got %q (a discovery URL goes under url)", s)
+				if strings.Contains(s, "://") && !strings.HasPrefix(s, unixScheme) {
+					p.errorf(n, "addr", "want host:port or unix:///path, got %q (a discovery URL goes under url)", s)
 					return
 				}
-				addr, err := ParseHostPort(s)
+				addr, err := ParseBackendAddr(s)
 				if err != nil {
 					p.errorf(n, "addr", "%v", err)
 				}
@@ -411,10 +422,12 @@ func (p *fileParser) backendMapping(bn *yaml.Node) (Backend, bool) {
 		},
 		"url": func(n *yaml.Node) {
 			if got, ok := p.backendSpec(n, "url"); ok {
-				b = Backend{Addr: got.Addr, Discover: got.Discover, Weight: b.Weight}
+				b = Backend{Addr: got.Addr, Discover: got.Discover, Weight: b.Weight, SendProxy: b.SendProxy, Link: got.Link}
 			}
 		},
-		"weight": func(n *yaml.Node) { b.Weight = p.positive(n, "weight") },
+		"weight":     func(n *yaml.Node) { b.Weight = p.positive(n, "weight") },
+		"link":       func(n *yaml.Node) { link = p.linkService(n) },
+		"send_proxy": func(n *yaml.Node) { b.SendProxy = p.sendProxy(n) },
 		KindDNS: func(n *yaml.Node) {
 			if s, ok := p.scalar(n, KindDNS); ok {
 				got, err := parseDNSTarget(s)
@@ -469,8 +482,19 @@ func (p *fileParser) backendMapping(bn *yaml.Node) (Backend, bool) {
 	if d.Kind != "" {
 		b.Discover = &d
 	}
+	if link != "" {
+		if b.Link != "" {
+			p.errorf(keyNode(bn, "link"), "link", "the url already names the remote service (%s); drop one", b.Link)
+			return Backend{}, false
+		}
+		b.Link = link
+	}
 	if b.Discover != nil && b.Weight != 0 {
 		p.errorf(keyNode(bn, "weight"), "weight", "only a fixed addr takes a weight; discovered backends carry their own")
+		return Backend{}, false
+	}
+	if b.Discover != nil && b.SendProxy != 0 {
+		p.errorf(keyNode(bn, "send_proxy"), "send_proxy", "only a fixed addr takes its own send_proxy; discovered backends follow the service's")
 		return Backend{}, false
 	}
 	return b, true

@@ -143,7 +143,7 @@ services:
 	}
 }
 
-const allowedService = "(want one of: backends, balance, close_on_remove, connect_timeout, eject_time, health_check, idle_timeout, keepalive, listen, max_connections, name, retries, retry_timeout)"
+const allowedService = "(want one of: accept_proxy, backends, balance, close_on_remove, connect_timeout, eject_time, health_check, idle_timeout, keepalive, listen, max_connections, max_sessions, name, protocol, retries, retry_timeout, send_proxy, udp_idle_timeout)"
 
 func TestParseFileErrors(t *testing.T) {
 	tests := []struct {
@@ -154,12 +154,12 @@ func TestParseFileErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			in:   "services: []\nservice: []\n",
-			errs: []string{"f.yaml:2: service: unknown key in top level (want one of: defaults, discovery, services)"},
+			errs: []string{"f.yaml:2: service: unknown key in top level (want one of: defaults, discovery, link, services)"},
 		},
 		{
 			name: "unknown key in defaults",
 			in:   "defaults:\n  connect_timeout: 1s\n  conect_timeout: 1s\n",
-			errs: []string{"f.yaml:3: conect_timeout: unknown key in defaults (want one of: connect_timeout, eject_time, idle_timeout, keepalive, max_connections, retries, retry_timeout)"},
+			errs: []string{"f.yaml:3: conect_timeout: unknown key in defaults (want one of: connect_timeout, eject_time, idle_timeout, keepalive, max_connections, max_sessions, retries, retry_timeout, udp_idle_timeout)"},
 		},
 		{
 			name: "unknown key in a service (the README's bad.yaml)",
@@ -173,7 +173,7 @@ func TestParseFileErrors(t *testing.T) {
 		{
 			name: "unknown key in a backend mapping",
 			in:   "services:\n  - name: r\n    listen: 1\n    backends:\n      - addr: a:1\n        port: 2\n",
-			errs: []string{"f.yaml:6: port: unknown key in backend (want one of: addr, consul, consul_kv, dns, docker, etcd, srv, tag, url, weight)"},
+			errs: []string{"f.yaml:6: port: unknown key in backend (want one of: addr, consul, consul_kv, dns, docker, etcd, link, send_proxy, srv, tag, url, weight)"},
 		},
 		{
 			name: "backend mapping without addr or a discovery key",

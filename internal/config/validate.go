@@ -9,7 +9,7 @@ import (
 )
 
 // Validate checks what no single source can: unique service names, no two
-// services on one port (the same host, or a wildcard host that overlaps any
+// services of one protocol on one port (the same host, or a wildcard host that overlaps any
 // other), and no backend listed twice in one service. It also checks each
 // service's listen address and backends, which the parsers already did for
 // what they produced, for a Config built by other code. Every error names the
@@ -24,25 +24,37 @@ func Validate(cfg *Config) Errors {
 		host string
 		svc  *Service
 	}
-	byPort := map[int][]bound{}
+	byPort := map[listenKey][]bound{} // a TCP and a UDP service may share a port
+	byUnix := map[string]*Service{}
 	for i := range cfg.Services {
 		s := &cfg.Services[i]
 		errs = append(errs, checkService(s, cfg.Discovery.Etcd.Endpoints)...)
+		errs = append(errs, checkProxy(s)...)
+		errs = append(errs, checkUDP(s)...)
 		listen, err := ParseListen(s.Listen)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: listen: %w", s.Origin, err))
 			continue
 		}
+		if _, unix := UnixPath(listen); unix {
+			// A socket path stands for a port: one service each.
+			if prev, ok := byUnix[listen]; ok {
+				errs = append(errs, fmt.Errorf("%s and %s: both listen on %s", prev.Origin, s.Origin, listen))
+				continue
+			}
+			byUnix[listen] = s
+		}
 		host, portStr, _ := net.SplitHostPort(listen)
 		port, _ := strconv.Atoi(portStr)
 		clash := false
-		for _, b := range byPort[port] {
+		key := listenKey{s.IsUDP(), port}
+		for _, b := range byPort[key] {
 			if port == 0 { // each gets its own free port
 				break
 			}
 			if b.host == host || isWildcard(b.host) || isWildcard(host) {
-				errs = append(errs, fmt.Errorf("%s and %s: both listen on port %d (%s and %s)",
-					b.svc.Origin, s.Origin, port, b.svc.Listen, s.Listen))
+				errs = append(errs, fmt.Errorf("%s and %s: both listen on port %d%s (%s and %s)",
+					b.svc.Origin, s.Origin, port, protoNote(s), b.svc.Listen, s.Listen))
 				clash = true
 				break
 			}
@@ -50,14 +62,14 @@ func Validate(cfg *Config) Errors {
 		if clash {
 			continue
 		}
-		byPort[port] = append(byPort[port], bound{host, s})
+		byPort[key] = append(byPort[key], bound{host, s})
 		if prev, ok := byName[s.Name]; ok {
 			errs = append(errs, fmt.Errorf("%s and %s: both define service %q", prev.Origin, s.Origin, s.Name))
 			continue
 		}
 		byName[s.Name] = s
 	}
-	return errs
+	return append(errs, validateLink(cfg)...)
 }
 
 // discoverKinds are the Kind constants, for checking a Config built by code.
@@ -101,7 +113,7 @@ func checkService(s *Service, etcdEndpoints []string) Errors {
 				errs = append(errs, fmt.Errorf("%s: service %q: %s needs discovery.etcd.endpoints in the file, or an etcd://host:port/key URL",
 					s.Origin, s.Name, describeDiscovery(b.Discover)))
 			}
-		} else if _, err := ParseHostPort(b.Addr); err != nil {
+		} else if _, err := ParseBackendAddr(b.Addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s: service %q: backend: %w", s.Origin, s.Name, err))
 			continue
 		}

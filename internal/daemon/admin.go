@@ -31,6 +31,9 @@ var _ admin.State = adminState{}
 // never end for a provider whose first snapshot changes nothing (an empty
 // answer, or the same endpoints a reload seeded).
 func (a adminState) Ready() error {
+	if pid := a.d.successor.Load(); pid != 0 {
+		return fmt.Errorf("handed over to a new process (pid %d) in an upgrade; this one drains its connections", pid)
+	}
 	if !a.d.open.Load() {
 		return errors.New("listeners are not open: attache is starting or shutting down")
 	}
@@ -61,7 +64,7 @@ func (d *daemon) services() []admin.Service {
 	for _, sv := range d.serving {
 		s := sv.svc
 		it := item{sv: sv, mon: sv.monitor, svc: admin.Service{
-			Name: s.Name, Listen: sv.l.Addr().String(), Balance: s.Balance, Discovery: []string{},
+			Name: s.Name, Listen: sv.l.Addr().String(), Balance: s.Balance, Discovery: []string{}, Protocol: s.ProtocolName(),
 		}}
 		for _, b := range s.Backends {
 			if b.Discover != nil {
@@ -103,10 +106,12 @@ func (d *daemon) services() []admin.Service {
 			}
 		}
 		st := &it.sv.l.Stats
+		bytesIn, bytesOut := d.proxy.ListenerBytes(it.sv.l) // open connections' bytes so far too
 		it.svc.Connections = admin.Counters{
 			Accepted: st.Accepted.Load(), Active: st.Active.Load(), Failed: st.Failed.Load(),
 			NoBackend: st.NoBackend.Load(), Retried: st.Retried.Load(), DialErrors: st.DialErrors.Load(),
-			BytesIn: st.BytesIn.Load(), BytesOut: st.BytesOut.Load(), Limited: st.Limited.Load(),
+			BytesIn: bytesIn, BytesOut: bytesOut, Limited: st.Limited.Load(),
+			ProxyRejected: st.ProxyRejected.Load(),
 		}
 		for i := range it.svc.Backends {
 			ab := &it.svc.Backends[i]
@@ -116,6 +121,7 @@ func (d *daemon) services() []admin.Service {
 		}
 		out = append(out, it.svc)
 	}
+	out = append(out, d.udpServices(now)...)
 	slices.SortFunc(out, func(a, b admin.Service) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }

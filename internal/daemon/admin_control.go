@@ -52,6 +52,9 @@ func (a adminState) SetBackends(service string, specs []admin.BackendSpec) error
 	d := a.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if us := d.udpByName(service); us != nil {
+		return d.setUDPBackends(us, specs)
+	}
 	sv, err := d.servedByName(service)
 	if err != nil {
 		return err
@@ -82,6 +85,9 @@ func (a adminState) Drain(service, addr string, on bool) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if us := d.udpByName(service); us != nil {
+		return d.drainUDP(us, canon, on)
+	}
 	sv, err := d.servedByName(service)
 	if err != nil {
 		return err

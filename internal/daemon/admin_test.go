@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -263,15 +265,16 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 	var web admin.Service
 	waitUntil(t, "the finished connections to be counted and the health check to pass", func() bool {
 		web = d.services(t)["web"]
-		return web.Connections.BytesIn == n*size && web.Connections.Accepted == n+1 &&
+		// The held connection's 5 bytes count while it is open.
+		return web.Connections.BytesIn == n*size+5 && web.Connections.Accepted == n+1 &&
 			len(web.Backends) == 1 && web.Backends[0].Active == 1 && !web.Backends[0].LastCheck.IsZero()
 	})
 	if web.Listen != addr || web.Balance == "" {
 		t.Errorf("service: listen %q balance %q, want listen %q and a policy", web.Listen, web.Balance, addr)
 	}
 	c := web.Connections
-	if c.Active != 1 || c.BytesOut != n*size || c.Failed != 0 || c.DialErrors != 0 {
-		t.Errorf("counters %+v: want active 1, bytes_out %d, no failures", c, n*size)
+	if c.Active != 1 || c.BytesOut != n*size+5 || c.Failed != 0 || c.DialErrors != 0 {
+		t.Errorf("counters %+v: want active 1, bytes_out %d, no failures", c, n*size+5)
 	}
 	b := web.Backends[0]
 	if b.Addr != echo || b.Weight != 3 || !b.Healthy || b.Check != admin.CheckPassing || b.LastError != "" || !b.EjectedUntil.IsZero() {
@@ -289,8 +292,8 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 		{"attache_proxy_connections_active", svc, 1},
 		{"attache_proxy_connections_failed_total", svc, 0},
 		{"attache_proxy_dial_errors_total", svc, 0},
-		{"attache_proxy_bytes_total", map[string]string{"service": "web", "direction": "in"}, n * size},
-		{"attache_proxy_bytes_total", map[string]string{"service": "web", "direction": "out"}, n * size},
+		{"attache_proxy_bytes_total", map[string]string{"service": "web", "direction": "in"}, n*size + 5},
+		{"attache_proxy_bytes_total", map[string]string{"service": "web", "direction": "out"}, n*size + 5},
 		{"attache_backend_active_connections", map[string]string{"service": "web", "backend": echo}, 1},
 		{"attache_backend_healthy", map[string]string{"service": "web", "backend": echo}, 1},
 		{"attache_backend_connections_total", map[string]string{"service": "web", "backend": echo}, n + 1},
@@ -308,7 +311,25 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 		}
 	}
 
-	// The held connection ends: its 5 bytes each way are counted too.
+	// /v1/connections lists the held one with its bytes so far.
+	code, body := d.get(t, "/v1/connections")
+	var list struct {
+		Connections []admin.Connection
+		Total       int
+		Truncated   bool
+	}
+	if err := json.Unmarshal(body, &list); code != http.StatusOK || err != nil {
+		t.Fatalf("/v1/connections: %d %s (%v)", code, body, err)
+	}
+	if len(list.Connections) != 1 || list.Total != 1 || list.Truncated {
+		t.Fatalf("/v1/connections: %s, want the held connection alone", body)
+	}
+	if lc := list.Connections[0]; lc.Service != "web" || lc.Listen != addr || lc.Client != held.LocalAddr().String() ||
+		lc.Backend != echo || lc.BytesIn != 5 || lc.BytesOut != 5 || lc.ID != n+1 || lc.Start.IsZero() {
+		t.Errorf("/v1/connections entry %+v: want web, %s → %s, 5 bytes each way, id %d", lc, held.LocalAddr(), echo, n+1)
+	}
+
+	// The held connection ends: its 5 bytes each way stay counted, once.
 	held.(*net.TCPConn).CloseWrite()
 	io.ReadAll(held)
 	held.Close()
@@ -576,4 +597,65 @@ func deadAddr(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+// TestAdminConnectionsQuery: /v1/connections filters by service and
+// bounds the listing, saying how many matched; bad queries are 4xx.
+func TestAdminConnectionsQuery(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	d := startAdminDaemon(t, fmt.Sprintf(`services:
+  - {name: web, listen: 127.0.0.1:0, backends: [%q]}
+  - {name: other, listen: 127.0.0.2:0, backends: [%q]}
+`, echo, echo))
+	for _, b := range d.bound {
+		k := 1
+		if b.Service == "web" {
+			k = 3
+		}
+		for range k {
+			c, err := net.Dial("tcp", b.Addr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			echoOnce(t, c, "hi") // dialled and counted
+		}
+	}
+	type listing struct {
+		Connections []admin.Connection
+		Total       int
+		Truncated   bool
+	}
+	get := func(query string) (int, listing, string) {
+		code, body := d.get(t, "/v1/connections"+query)
+		var l listing
+		json.Unmarshal(body, &l)
+		return code, l, string(body)
+	}
+	if code, l, body := get(""); code != http.StatusOK || l.Total != 4 || len(l.Connections) != 4 || l.Truncated {
+		t.Errorf("all: %d %s, want 4 connections", code, body)
+	} else if !slices.IsSortedFunc(l.Connections, func(a, b admin.Connection) int { return cmp.Compare(a.ID, b.ID) }) {
+		t.Errorf("all: %s, want oldest first", body)
+	}
+	if code, l, body := get("?service=web&limit=2"); code != http.StatusOK || l.Total != 3 || len(l.Connections) != 2 || !l.Truncated ||
+		l.Connections[0].Service != "web" || l.Connections[1].Service != "web" {
+		t.Errorf("web, limit 2: %d %s, want 2 of 3 web connections, truncated", code, body)
+	}
+	if code, l, body := get("?service=other&limit=0"); code != http.StatusOK || l.Total != 1 || len(l.Connections) != 1 || l.Connections[0].BytesIn != 2 {
+		t.Errorf("other, no limit: %d %s, want its one connection with 2 bytes in", code, body)
+	}
+	for _, tc := range []struct {
+		query string
+		code  int
+		want  string
+	}{
+		{"?service=nope", http.StatusNotFound, `no service \"nope\"`},
+		{"?limit=-1", http.StatusBadRequest, "limit: want a whole number"},
+		{"?limit=lots", http.StatusBadRequest, `got \"lots\"`},
+	} {
+		if code, _, body := get(tc.query); code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("%s: %d %s, want %d with %q", tc.query, code, body, tc.code, tc.want)
+		}
+	}
 }

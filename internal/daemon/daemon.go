@@ -25,7 +25,9 @@ import (
 	"github.com/attache/attache/internal/backend"
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/health"
+	"github.com/attache/attache/internal/listen"
 	"github.com/attache/attache/internal/proxy"
+	"github.com/attache/attache/internal/udp"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -60,6 +62,21 @@ type Options struct {
 	// AdminToken is the bearer token the admin API's mutating calls
 	// (reload, backends, drain) must present; empty turns them off (403).
 	AdminToken string
+	// Upgrade asks for a zero-downtime upgrade (the CLI sends on SIGUSR2):
+	// a new process takes the listeners over and this one drains and
+	// returns nil (see upgrade.go).
+	Upgrade <-chan os.Signal
+	// UpgradeTimeout bounds how long the new process may take to serve
+	// (default 1 minute).
+	UpgradeTimeout time.Duration
+	// Inherited are the listening sockets handed over by the process this
+	// one replaces, nil if it was not started by an upgrade. Run takes
+	// what matches its configuration and opens the rest.
+	Inherited *listen.Inherited
+	// PIDFile, when set, is written with this process's id once every
+	// listener serves, and removed at exit unless a newer process has
+	// rewritten it.
+	PIDFile string
 }
 
 // Bound is an open listener.
@@ -94,6 +111,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	defer opts.Inherited.Close() // what the configuration no longer has
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
@@ -103,14 +121,34 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	lr, err := newLink(cfg, log)
+	if err != nil {
+		return err
+	}
 	var adminLn net.Listener
 	if opts.Admin != "" {
-		var lc net.ListenConfig
-		if adminLn, err = lc.Listen(ctx, "tcp", opts.Admin); err != nil {
+		if adminLn, err = listenAdmin(ctx, opts); err != nil {
 			return fmt.Errorf("admin API: listen %s: %w", opts.Admin, unwrapOp(err))
 		}
 	}
-	listeners, err := openAll(ctx, cfg.Services)
+	tcpServices, udpServices := splitProtocols(cfg.Services) // UDP: see udp.go
+	listeners, err := openAll(ctx, opts.Inherited, tcpServices)
+	var udpListeners []*udp.Listener
+	if err == nil {
+		if udpListeners, err = openUDP(ctx, udpServices); err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+		}
+	}
+	if err == nil {
+		if err = lr.open(ctx, opts.Inherited); err != nil { // all listeners or none
+			for _, l := range listeners {
+				l.Close()
+			}
+			closeUDP(udpListeners)
+		}
+	}
 	if err != nil {
 		if adminLn != nil {
 			adminLn.Close()
@@ -130,15 +168,24 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		drained:    map[string]map[string]*backend.Backend{},
 		reloadReq:  make(chan reloadRequest),
 		stopped:    make(chan struct{}),
+		link:       lr,
 	}
 	reg, reloads := newRegistry(d)
+	d.registerLinkMetrics(reg, lr)
+	reg.MustRegister(udpCollector{d})
 	bound := make([]Bound, len(listeners))
 	for i, l := range listeners {
-		s := cfg.Services[i]
+		s := tcpServices[i]
 		bound[i] = Bound{Service: s.Name, Addr: l.Addr()}
 		d.serve(s, l)
 	}
+	for i, l := range udpListeners {
+		bound = append(bound, Bound{Service: udpServices[i].Name, Addr: l.Addr()})
+		d.serveUDP(udpServices[i], l)
+	}
+	bound = inServiceOrder(cfg.Services, bound)
 	d.startDiscovery(disc)
+	d.startLink(lr)
 	d.open.Store(true)
 	// The admin API outlives serveCtx so /readyz can say 503 while the
 	// connections drain; it stops last.
@@ -158,9 +205,11 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			opts.AdminReady(adminLn.Addr())
 		}
 	}
+	d.announceReady(opts)
 	if opts.Ready != nil {
 		opts.Ready(bound)
 	}
+	handedOver := false
 	for done := false; !done; {
 		select {
 		case <-serveCtx.Done():
@@ -178,7 +227,13 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			if opts.Reloaded != nil {
 				opts.Reloaded(err)
 			}
+		case <-opts.Upgrade:
+			handedOver = d.upgrade(opts, adminLn)
+			done = handedOver
 		}
+	}
+	if handedOver { // the new process answers the admin API now
+		adminWG.Go(func() { retireAdmin(adminLn, stopAdmin) })
 	}
 	d.open.Store(false)
 	close(d.stopped) // admin reloads asked from now on are refused
@@ -187,6 +242,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		sv.l.Close()
 	}
 	d.mu.Unlock()
+	d.closeUDPListeners() // their sessions end: UDP has nothing to drain
+	if handedOver {
+		d.drainHandedOver(opts.Grace)
+	}
 	d.wg.Wait()
 	d.stopDiscovery()
 
@@ -200,6 +259,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	stopAdmin()
 	adminWG.Wait()
+	d.releasePIDFile(opts)
 	log.Info("stopped")
 	return d.serveErr
 }
@@ -229,6 +289,13 @@ type daemon struct {
 	// begins (readiness).
 	open atomic.Bool
 
+	upgradeState // zero-downtime upgrades (upgrade.go)
+	udpState     // UDP services (udp.go), guarded by mu
+
+	// link is the links between hosts (link.go); nil without a link
+	// section. Set before the first route is built.
+	link *linkRun
+
 	// reloadReq carries admin reloads to Run's loop; stopped closes when
 	// the loop has ended.
 	reloadReq chan reloadRequest
@@ -252,7 +319,9 @@ func (d *daemon) serve(s config.Service, l *proxy.Listener) {
 	d.mu.Unlock()
 	d.log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(),
 		"backends", backendList(s), "balance", s.Balance, "from", s.Origin)
+	d.accepting.Add(1)
 	d.wg.Go(func() {
+		defer d.accepting.Done()
 		if err := d.proxy.Serve(d.ctx, l); err != nil {
 			d.mu.Lock()
 			d.serveErr = errors.Join(d.serveErr, err)
@@ -280,6 +349,9 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 		return sum, &configError{fmt.Errorf("reload: %w", err)}
 	}
 	disc, err := newDiscovery(cfg, d.log)
+	if err == nil {
+		err = d.checkLinkReload(cfg)
+	}
 	if err != nil {
 		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
 		return sum, &configError{fmt.Errorf("reload: %w", err)}
@@ -288,6 +360,9 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 	var added []config.Service
 	keep := map[string]config.Service{}
 	for _, s := range cfg.Services {
+		if s.IsUDP() {
+			continue // prepareUDP (udp.go)
+		}
 		if sv, ok := d.serving[s.Listen]; ok {
 			keep[s.Listen] = s
 			if sv.svc.MaxConnections != s.MaxConnections {
@@ -299,8 +374,16 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 		added = append(added, s)
 	}
 	d.mu.Unlock()
-	opened, err := openAll(d.ctx, added)
+	opened, err := openAll(d.ctx, nil, added)
 	if err != nil {
+		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
+		return sum, fmt.Errorf("reload: %w", err)
+	}
+	udpPlan, err := d.prepareUDP(cfg)
+	if err != nil {
+		for _, l := range opened {
+			l.Close()
+		}
 		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
 		return sum, fmt.Errorf("reload: %w", err)
 	}
@@ -333,6 +416,8 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 	for i, l := range opened {
 		d.serve(added[i], l)
 	}
+	d.commitUDP(udpPlan, &sum)
+	d.reloadLink(cfg)
 	d.startDiscovery(disc)
 	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(added), "removed", len(removed))
 	sum.Services = len(cfg.Services)
@@ -372,12 +457,24 @@ type reloadReply struct {
 }
 
 // openAll opens every service's listener, or none: on the first failure it
-// closes those already open and reports which service and port failed.
-func openAll(ctx context.Context, services []config.Service) ([]*proxy.Listener, error) {
+// closes those already open and reports which service and port failed. A
+// socket inherited in an upgrade for the same address is taken instead of
+// opening one (in may be nil).
+func openAll(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
 	var out []*proxy.Listener
 	for _, s := range services {
-		lc := proxy.ListenConfig(s.KeepAlive)
-		ln, err := lc.Listen(ctx, listenNetwork(s.Listen), s.Listen)
+		var (
+			ln  net.Listener
+			err error
+		)
+		if path, unix := config.UnixPath(s.Listen); unix {
+			if ln = in.Take(listen.KindService, "unix", path); ln == nil {
+				ln, err = proxy.ListenUnix(ctx, path)
+			}
+		} else {
+			lc := proxy.ListenConfig(s.KeepAlive)
+			ln, err = in.Listen(ctx, lc, listen.KindService, listenNetwork(s.Listen), s.Listen)
+		}
 		if err != nil {
 			for _, l := range out {
 				l.Close()

@@ -31,6 +31,8 @@ var (
 		"Bytes proxied: direction in is client to backend, out is backend to client.", []string{"service", "direction"}, nil)
 	descDialErrors = prometheus.NewDesc("attache_proxy_dial_errors_total",
 		"Failed dials to backends (one connection may count several).", []string{"service"}, nil)
+	descProxyRejected = prometheus.NewDesc("attache_proxy_protocol_rejected_total",
+		"Connections closed for a missing or malformed PROXY protocol header, or from a peer outside accept_proxy's trusted ranges.", []string{"service"}, nil)
 	descDialDuration = prometheus.NewDesc("attache_proxy_dial_duration_seconds",
 		"How long dials to backends that connected took.", []string{"service"}, nil)
 	descBackendActive = prometheus.NewDesc("attache_backend_active_connections",
@@ -58,7 +60,7 @@ var _ prometheus.Collector = collector{}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAccepted, descActive, descFailed, descNoBackend, descRetried,
-		descLimited, descBytes, descDialErrors, descDialDuration, descBackendActive, descBackendConns,
+		descLimited, descBytes, descDialErrors, descProxyRejected, descDialDuration, descBackendActive, descBackendConns,
 		descBackendDialErrors, descBackendEjections, descBackendHealthy, descDiscoveryReady, descDiscoveryUp,
 		descDiscoveryErrors} {
 		ch <- d
@@ -83,6 +85,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descBytes, n.BytesIn, s.Name, "in")
 		counter(descBytes, n.BytesOut, s.Name, "out")
 		counter(descDialErrors, n.DialErrors, s.Name)
+		counter(descProxyRejected, n.ProxyRejected, s.Name)
 		for _, b := range s.Backends {
 			gauge(descBackendActive, b.Active, s.Name, b.Addr)
 			counter(descBackendConns, b.Connections, s.Name, b.Addr)

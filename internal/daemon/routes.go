@@ -69,9 +69,15 @@ func (d *daemon) configure(sv *served, s config.Service) {
 
 func (d *daemon) startMonitor(sv *served) {
 	hc := sv.svc.HealthCheck
-	var checker health.Checker = health.TCP{}
+	dial := healthDial(sv.l) // a LOCAL PROXY header for backends sent one
+	if ld := d.linkDial(sv.svc); ld != nil {
+		// Across the link: passes once the link server has authorised
+		// this host and connected to its own backend (see package link).
+		dial = ld
+	}
+	var checker health.Checker = health.TCP{Dial: dial}
 	if hc.Send != "" || hc.Expect != "" {
-		checker = health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect)}
+		checker = health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect), Dial: dial}
 	}
 	m := health.NewMonitor(sv.svc.Name, health.Spec{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}, checker, d.log)
 	l, service, closeOn := sv.l, sv.svc.Name, sv.svc.CloseOnRemove
@@ -129,6 +135,7 @@ func (d *daemon) rebuild(sv *served) {
 	set := d.registry.Resolve(s.Name, eps)
 	prev := sv.set
 	sv.set = set
+	accept, send, sendFor := proxyProtocol(s)
 	sv.l.SetRoute(&proxy.Route{
 		Service:        s.Name,
 		Backends:       set,
@@ -139,6 +146,10 @@ func (d *daemon) rebuild(sv *served) {
 		ConnectTimeout: s.ConnectTimeout,
 		IdleTimeout:    s.IdleTimeout,
 		KeepAlive:      s.KeepAlive,
+		AcceptProxy:    accept,
+		SendProxy:      send,
+		SendProxyFor:   sendFor,
+		Dial:           d.linkDial(s),
 	})
 	if sv.monitor != nil {
 		sv.monitor.Update(set)
@@ -204,6 +215,7 @@ func (d *daemon) applyDiscovered(m map[string][]backend.Endpoint) {
 		d.log.Info("backends changed", "service", name, "discovered", len(cur))
 		d.rebuild(sv)
 	}
+	d.rediscoverUDP(prev, m)
 }
 
 // backendList is a service's backends for the start-up log line.

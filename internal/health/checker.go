@@ -34,6 +34,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"github.com/attache/attache/internal/backend"
 )
 
 // Checker probes one backend; nil means healthy. Checkers hold no state (the
@@ -61,7 +63,8 @@ func dial(ctx context.Context, d DialFunc, addr string) (net.Conn, func(), error
 	if d == nil {
 		d = (&net.Dialer{}).DialContext
 	}
-	c, err := d(ctx, "tcp", addr)
+	network, address := backend.DialArgs(addr) // unix:///path is dialled as a Unix socket
+	c, err := d(ctx, network, address)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect: %w", err)
 	}

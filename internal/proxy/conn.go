@@ -24,20 +24,35 @@ var temporaryAcceptErrnos = []error{
 // runs once, after the dial failed or both copy goroutines ended; abort may
 // be called from any goroutine to end the connection early.
 type conn struct {
-	client   *net.TCPConn
-	backend  *net.TCPConn     // set once dialled, under mu
+	client   halfConn         // a socket, or a link's TLS stream (see link.go)
+	backend  halfConn         // set once dialled, under mu
 	target   *backend.Backend // the backend dialled, under mu; its Active count is ours
 	listener *Listener
 	route    *Route
 	sem      chan struct{}
 	start    time.Time
+	// src and dst are the client's address and the one it connected to,
+	// as a PROXY protocol header gave them; zero when there was none
+	// (then the socket's own addresses stand).
+	src, dst netip.AddrPort
+	// ready, for a stream the link server handed over, hears the dial's
+	// outcome before the copy starts (see Handle).
+	ready func(error) error
 
 	mu      sync.Mutex
 	reason  string // why it was aborted; "" when it ended by itself
 	aborted bool
+	// id numbers the connection for the admin API (set by track); label
+	// is the client as logs name it, set with the backend (under mu).
+	id    uint64
+	label string
 
-	activity atomic.Uint64
-	pending  atomic.Int32 // copy goroutines still running
+	// movedIn and movedOut are the bytes moved so far each way, added
+	// chunk by chunk by the copy loops: the admin API's live view, and
+	// the idle timer's sign of life. Each sits with its connection, so
+	// the adds never contend across connections.
+	movedIn, movedOut atomic.Int64
+	pending           atomic.Int32 // copy goroutines still running
 
 	// Written before the copy goroutines start, or by one of them before
 	// its pending.Add; read by finish after both.
@@ -62,13 +77,14 @@ func (c *conn) abort(reason string) {
 	}
 }
 
-func (c *conn) setBackend(b *net.TCPConn, target *backend.Backend) bool {
+func (c *conn) setBackend(b halfConn, target *backend.Backend) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
 		return false
 	}
 	c.backend, c.target = b, target
+	c.label = c.clientName()
 	return true
 }
 
@@ -95,30 +111,34 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	}()
 	c.listener.Stats.Active.Add(1)
 	r := c.route
+	if r.AcceptProxy != nil && c.ready == nil && !p.acceptProxy(c, r.AcceptProxy) {
+		return
+	}
 	bc, target, err := p.dial(ctx, c, r)
 	if err != nil {
+		c.tellReady(err)
 		c.listener.Stats.Failed.Add(1)
 		p.logger().Warn("no backend reachable; closing client connection",
-			"service", r.Service, "client", c.client.RemoteAddr().String(), "error", err)
+			"service", r.Service, "client", c.clientName(), "error", err)
 		return
 	}
 	if !c.setBackend(bc, target) {
 		bc.Close()
 		target.Release()
+		c.tellReady(errHandOff)
 		return
+	}
+	if !c.tellReady(nil) {
+		return // finish closes both
 	}
 	c.backendAddr = target.Addr
 	if r.IdleTimeout > 0 {
 		c.stopIdle = c.watchIdle(r.IdleTimeout)
 	}
-	var act *atomic.Uint64
-	if r.IdleTimeout > 0 {
-		act = &c.activity
-	}
 	c.pending.Store(2)
 	started = true
-	go p.clientToBackend(c, act)
-	go p.backendToClient(c, act)
+	go p.clientToBackend(c)
+	go p.backendToClient(c)
 }
 
 // finish runs once per connection, after both directions ended (or the dial
@@ -133,8 +153,6 @@ func (p *Proxy) finish(c *conn) {
 		c.stopIdle()
 	}
 	st := &c.listener.Stats
-	st.BytesIn.Add(c.bytesIn)
-	st.BytesOut.Add(c.bytesOut)
 	st.Active.Add(-1)
 	if c.sem != nil {
 		<-c.sem
@@ -153,7 +171,7 @@ func (p *Proxy) logClose(c *conn) {
 	log := p.logger()
 	if err != nil && !isExpectedClose(err) && reason == "" {
 		log.Info("connection ended with an error", "service", c.route.Service,
-			"client", c.client.RemoteAddr().String(), "backend", c.backendAddr, "error", err)
+			"client", c.clientName(), "backend", c.backendAddr, "error", err)
 	}
 	// The access log line: at info on the access logger when there is one,
 	// else at debug on the main one.
@@ -170,9 +188,14 @@ func (p *Proxy) logClose(c *conn) {
 			reason = "error"
 		}
 	}
-	out.Log(context.Background(), level, "connection closed", "service", c.route.Service, "client", c.client.RemoteAddr().String(),
+	attrs := []any{"service", c.route.Service, "client", c.clientName(),
 		"backend", c.backendAddr, "duration", time.Since(c.start), "bytes_in", c.bytesIn,
-		"bytes_out", c.bytesOut, "reason", reason)
+		"bytes_out", c.bytesOut, "reason", reason}
+	if c.src.IsValid() {
+		// The client came through a load balancer: name it too.
+		attrs = append(attrs, "via", peerName(c.client))
+	}
+	out.Log(context.Background(), level, "connection closed", attrs...)
 }
 
 // errNoBackend is returned when no backend was usable for the whole retry
@@ -185,9 +208,9 @@ var errNoBackend = errors.New("no usable backend")
 // has nothing to offer, it waits for the listener's route to gain a usable
 // backend (discovery catching up, a check passing) until RetryTimeout, which
 // bounds the whole search.
-func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *backend.Backend, error) {
+func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (halfConn, *backend.Backend, error) {
 	d := r.dialer(p.Resolver)
-	from := clientAddrPort(c.client)
+	from := c.clientAddr()
 	deadline := c.start.Add(r.retryTimeout())
 	var (
 		errs     []error
@@ -214,7 +237,8 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 			// health), keeping this connection's own settings.
 			if nr := c.listener.route.Load(); nr != r && nr.Service == r.Service {
 				r = &Route{Service: r.Service, Backends: nr.Backends, Policy: nr.policy(), Retries: r.Retries,
-					RetryTimeout: r.RetryTimeout, Passive: r.Passive, ConnectTimeout: r.ConnectTimeout}
+					RetryTimeout: r.RetryTimeout, Passive: r.Passive, ConnectTimeout: r.ConnectTimeout,
+					SendProxy: nr.SendProxy, SendProxyFor: nr.SendProxyFor, Dial: nr.Dial}
 			}
 			continue
 		}
@@ -224,7 +248,14 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 		// together all land on the same backend.
 		b.Acquire()
 		dialStart := time.Now()
-		bc, err := d.DialContext(ctx, "tcp", b.Addr)
+		network, address := backend.DialArgs(b.Addr)
+		bc, err := r.dialBackend(ctx, d, network, address)
+		if v := r.SendProxyVersion(b.Addr); err == nil && v != 0 {
+			// The header goes first, before the client's bytes can.
+			if err = sendProxyHeader(bc, v, c); err != nil {
+				bc.Close()
+			}
+		}
 		b.CountDial(err == nil)
 		if err != nil {
 			b.Release()
@@ -237,7 +268,7 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (*net.TCPConn, *bac
 			if attempts > 0 {
 				c.listener.Stats.Retried.Add(1)
 			}
-			return bc.(*net.TCPConn), b, nil
+			return bc.(halfConn), b, nil
 		}
 		attempts++
 		c.listener.Stats.DialErrors.Add(1)
@@ -293,13 +324,46 @@ func waitForBackend(ctx context.Context, deadline time.Time) bool {
 	}
 }
 
-// clientAddrPort is the client's address for source_hash; the zero value
-// when it is not TCP.
-func clientAddrPort(c *net.TCPConn) netip.AddrPort {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+// clientAddr is the client's address for source_hash and PROXY headers:
+// the one a PROXY header gave, else the socket's peer; the zero value for
+// a Unix socket peer.
+func (c *conn) clientAddr() netip.AddrPort {
+	if c.src.IsValid() {
+		return c.src
+	}
+	return tcpAddrPort(c.client.RemoteAddr())
+}
+
+// localAddr is the address the client connected to, as clientAddr.
+func (c *conn) localAddr() netip.AddrPort {
+	if c.dst.IsValid() {
+		return c.dst
+	}
+	return tcpAddrPort(c.client.LocalAddr())
+}
+
+func tcpAddrPort(a net.Addr) netip.AddrPort {
+	if a, ok := a.(*net.TCPAddr); ok {
 		return a.AddrPort()
 	}
 	return netip.AddrPort{}
+}
+
+// clientName is the client as logs show it.
+func (c *conn) clientName() string {
+	if c.src.IsValid() {
+		return c.src.String()
+	}
+	return peerName(c.client)
+}
+
+// peerName is the socket's peer as logs show it; a Unix socket's peer has
+// no address, so the socket's path stands in.
+func peerName(c net.Conn) string {
+	if _, ok := c.RemoteAddr().(*net.UnixAddr); ok {
+		return backend.UnixScheme + c.LocalAddr().String()
+	}
+	return c.RemoteAddr().String()
 }
 
 func unwrapOpError(err error) error {
@@ -317,9 +381,9 @@ func unwrapOpError(err error) error {
 // shutdown(2): finish closes both sockets right after, and close sends the
 // same FIN (nothing is left unread on a socket that reached EOF).
 
-func (p *Proxy) clientToBackend(c *conn, act *atomic.Uint64) {
+func (p *Proxy) clientToBackend(c *conn) {
 	defer p.copyDone(c)
-	n, err := pump(c.backend, c.client, act)
+	n, err := copyConn(c.backend, c.client, &c.movedIn)
 	c.bytesIn, c.upErr = n, err
 	if err != nil {
 		c.abort("")
@@ -331,9 +395,9 @@ func (p *Proxy) clientToBackend(c *conn, act *atomic.Uint64) {
 	}
 }
 
-func (p *Proxy) backendToClient(c *conn, act *atomic.Uint64) {
+func (p *Proxy) backendToClient(c *conn) {
 	defer p.copyDone(c)
-	n, err := pump(c.client, c.backend, act)
+	n, err := copyConn(c.client, c.backend, &c.movedOut)
 	c.bytesOut, c.downErr = n, err
 	if err != nil {
 		c.abort("")
@@ -363,7 +427,7 @@ func (c *conn) watchIdle(timeout time.Duration) (stop func()) {
 	tick := timeout / checks
 	var (
 		mu      sync.Mutex
-		last    = c.activity.Load()
+		last    = c.movedIn.Load() + c.movedOut.Load()
 		still   int
 		t       *time.Timer
 		stopped bool
@@ -374,7 +438,7 @@ func (c *conn) watchIdle(timeout time.Duration) (stop func()) {
 		if stopped {
 			return
 		}
-		now := c.activity.Load()
+		now := c.movedIn.Load() + c.movedOut.Load()
 		if now != last {
 			last, still = now, 0
 		} else if still++; still >= checks {
@@ -393,3 +457,6 @@ func (c *conn) watchIdle(timeout time.Duration) (stop func()) {
 		mu.Unlock()
 	}
 }
+
+// moved returns the bytes moved so far, client to backend and back.
+func (c *conn) moved() (in, out int64) { return c.movedIn.Load(), c.movedOut.Load() }

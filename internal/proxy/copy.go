@@ -11,11 +11,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The copy engine moves bytes one way between two TCP sockets. It differs
-// from io.Copy in one way that matters for an ambassador: it holds a buffer or
-// a splice pipe only while bytes are in flight. io.Copy on two *net.TCPConn
-// splices through a pipe pair that it keeps for the whole life of the
-// connection, so every idle connection pins two pipes (four descriptors and
+// The copy engine moves bytes one way between two stream sockets (TCP or
+// Unix). It differs from io.Copy in one way that matters for an ambassador:
+// it holds a buffer or a splice pipe only while bytes are in flight. io.Copy
+// on two *net.TCPConn splices through a pipe pair that it keeps for the
+// whole life of the connection, so every idle connection pins two pipes (four descriptors and
 // their kernel buffers). Here the socket is polled through RawConn.Read; the
 // buffer or pipe is taken from a pool when the socket is readable and given
 // back as soon as the bytes are written, so an idle connection costs two
@@ -36,6 +36,20 @@ const (
 	smallSplice = 4 << 10
 	// smallRun is how many small splices in a row switch back to buffers.
 	smallRun = 4
+)
+
+// sock is a stream socket the copy engine can poll and splice, and
+// half-close: *net.TCPConn or *net.UnixConn. Both are used as they are,
+// never wrapped, so splice(2) sees the real descriptors.
+type sock interface {
+	net.Conn
+	syscall.Conn
+	CloseWrite() error
+}
+
+var (
+	_ sock = (*net.TCPConn)(nil)
+	_ sock = (*net.UnixConn)(nil)
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
@@ -108,9 +122,9 @@ func (pp *pipes) idle() int {
 // with the data shows up only on the next read, and its edge was already
 // used to wake us, so skipping that read would hang the stream.
 type stream struct {
-	dst, src       *net.TCPConn
+	dst, src       sock
 	srcRaw, dstRaw syscall.RawConn
-	activity       *atomic.Uint64
+	moved          *atomic.Int64 // bytes written to dst so far
 
 	onWritable func(fd uintptr) bool // bound to writePipe, when first needed
 	pipe       *pipe                 // held only between splice in and splice out
@@ -123,11 +137,12 @@ type stream struct {
 }
 
 // pump copies src to dst until src reaches EOF (nil error) or either side
-// fails. It returns the bytes written to dst. activity, when not nil, is
-// incremented once per chunk so the idle timer can see the connection is
-// alive without a clock read on the data path.
-func pump(dst, src *net.TCPConn, activity *atomic.Uint64) (int64, error) {
-	s := &stream{dst: dst, src: src, activity: activity}
+// fails. It returns the bytes written to dst, and adds them to moved chunk
+// by chunk as they go, so the admin API sees a long transfer progress and
+// the idle timer sees the connection is alive without a clock read on the
+// data path.
+func pump(dst, src sock, moved *atomic.Int64) (int64, error) {
+	s := &stream{dst: dst, src: src, moved: moved}
 	var err error
 	if s.srcRaw, err = src.SyscallConn(); err != nil {
 		return 0, err
@@ -165,9 +180,7 @@ func (s *stream) readable(fd uintptr) bool {
 		}
 		if n > 0 {
 			s.total += int64(n)
-			if s.activity != nil {
-				s.activity.Add(1)
-			}
+			s.moved.Add(int64(n))
 		}
 		switch err {
 		case nil:

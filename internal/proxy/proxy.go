@@ -57,6 +57,18 @@ type Route struct {
 	// and probe interval); zero means 30s, negative disables it. The client
 	// side takes it from the listener (see ListenConfig).
 	KeepAlive time.Duration
+	// Dial, when set, opens connections to backends instead of a TCP
+	// dialer: the link client's mutual-TLS dialer for attache:// backends
+	// (see link.go). Each dial is bounded by ConnectTimeout.
+	Dial DialFunc
+	// AcceptProxy, when set, makes the listener read a PROXY protocol
+	// header at the start of each connection (see AcceptProxy).
+	AcceptProxy *AcceptProxy
+	// SendProxy is the PROXY protocol version (1 or 2) written to each
+	// backend before the client's bytes; 0 sends none. SendProxyFor
+	// overrides it by backend address (0 there: none for that one).
+	SendProxy    int
+	SendProxyFor map[string]int
 
 	defaultPolicy balance.RoundRobin
 
@@ -113,6 +125,9 @@ type Stats struct {
 	BytesIn    atomic.Int64 // client to backend
 	BytesOut   atomic.Int64 // backend to client
 	Limited    atomic.Int64 // times the accept loop waited on the connection limit
+	// ProxyRejected counts connections closed for a missing or malformed
+	// PROXY protocol header, or from a peer outside the trusted ranges.
+	ProxyRejected atomic.Int64
 	// DialDuration is how long the dials that connected took.
 	DialDuration Histogram
 }
@@ -134,6 +149,7 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
+	lastID   uint64        // the last connection id given out
 	drained  chan struct{} // closed when conns becomes empty during shutdown
 	closing  bool
 	handlers sync.WaitGroup
@@ -207,7 +223,7 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 0
-		tc, ok := c.(*net.TCPConn)
+		tc, ok := c.(sock)
 		if !ok {
 			c.Close()
 			continue
@@ -256,12 +272,21 @@ func (p *Proxy) track(c *conn) bool {
 		p.conns = make(map[*conn]struct{})
 	}
 	p.conns[c] = struct{}{}
+	p.lastID++
+	c.id = p.lastID
 	p.handlers.Add(1)
 	return true
 }
 
 func (p *Proxy) untrack(c *conn) {
 	p.mu.Lock()
+	// The connection's bytes move from its live counters to the
+	// listener's totals under the lock ListenerBytes reads both under, so
+	// a reading never counts them twice or misses them: the totals it
+	// reports only grow, as counters must.
+	st := &c.listener.Stats
+	st.BytesIn.Add(c.bytesIn)
+	st.BytesOut.Add(c.bytesOut)
 	delete(p.conns, c)
 	if p.closing && len(p.conns) == 0 && p.drained != nil {
 		close(p.drained)
@@ -287,6 +312,23 @@ func (p *Proxy) CloseBackend(l *Listener, addr, reason string) int {
 		c.abort(reason)
 	}
 	return len(victims)
+}
+
+// ListenerBytes returns the bytes l has moved each way, counting the open
+// connections' bytes so far: a long-lived connection shows its traffic as
+// it flows, not only when it closes.
+func (p *Proxy) ListenerBytes(l *Listener) (in, out int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	in, out = l.Stats.BytesIn.Load(), l.Stats.BytesOut.Load()
+	for c := range p.conns {
+		if c.listener == l {
+			ci, co := c.moved()
+			in += ci
+			out += co
+		}
+	}
+	return in, out
 }
 
 // Active reports the connections open across every listener.

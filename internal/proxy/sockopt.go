@@ -51,7 +51,10 @@ func (r *Route) dialer(res *net.Resolver) *net.Dialer {
 func (r *Route) newDialer(res *net.Resolver) net.Dialer {
 	d := net.Dialer{Timeout: r.connectTimeout(), Resolver: res, KeepAlive: -1}
 	if ka := defaultKeepAlive(r.KeepAlive); ka > 0 {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
+		d.Control = func(network, _ string, c syscall.RawConn) error {
+			if network == "unix" { // no TCP keepalive on a Unix socket
+				return nil
+			}
 			return setKeepAlive(c, ka, false)
 		}
 	}

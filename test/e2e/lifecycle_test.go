@@ -206,30 +206,6 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestUDPLinkWarning: a _UDP link variable is reported and skipped; the TCP
-// ones beside it are served.
-func TestUDPLinkWarning(t *testing.T) {
-	t.Parallel()
-	backend := echoServer(t)
-	port := itoa(freePort(t))
-	p := startAttache(t, []string{
-		"DNS_PORT_53_UDP=udp://127.0.0.1:53",
-		"ECHO_PORT_" + port + "_TCP=tcp://" + backend,
-	})
-	addr := p.listenAddrs(t, 1)[0]
-	if portOf(t, addr) != port {
-		t.Fatalf("listening on %s, want port %s (the number in the variable's name)", addr, port)
-	}
-	p.waitLog(t, regexp.MustCompile(`level=WARN .*DNS_PORT_53_UDP.*not yet supported`), startTimeout)
-	c := dial(t, "127.0.0.1:"+port)
-	roundTrip(t, c, "over the TCP link\n")
-	c.Close() // or SIGTERM would wait out the grace period for it
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t, exitTimeout); code != 0 {
-		t.Fatalf("exit code: got %d, want 0", code)
-	}
-}
-
 // TestCheck: check prints the routing table and binds nothing (one listen
 // port is held by the test, so a bind would fail), or prints every error.
 func TestCheck(t *testing.T) {
@@ -252,7 +228,7 @@ func TestCheck(t *testing.T) {
 			"SERVICE", "LISTEN", "BACKENDS",
 			heldAddr, "db.internal:5432", "--forward " + heldAddr,
 			"0.0.0.0:11211", "cache.internal:11211", "env CACHE_PORT_11211_TCP",
-			"warning: env DNS_PORT_53_UDP",
+			"0.0.0.0:53/udp", "10.0.0.53:53", "env DNS_PORT_53_UDP",
 		} {
 			if !strings.Contains(stdout, w) {
 				t.Errorf("table lacks %q:\n%s", w, stdout)

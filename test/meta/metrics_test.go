@@ -35,6 +35,17 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
+	lintServed(t, cfg, "attache_proxy_connections_accepted_total", "attache_backend_healthy",
+		"attache_reload_total", "attache_discovery_up", "attache_proxy_dial_duration_seconds",
+		"attache_discovery_errors_total")
+}
+
+// lintServed runs a daemon with cfg, scrapes its /metrics, lints what it
+// serves with promlint plus the project's own rule (every name is
+// attache_<subsystem>_<name>), and checks that each of want was served, so
+// a lint that passes is known to have covered them.
+func lintServed(t *testing.T, cfg *config.Config, want ...string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	adminAddr := make(chan net.Addr, 1)
 	done := make(chan error, 1)
@@ -83,10 +94,9 @@ services:
 			t.Errorf("metric %s is not named attache_<subsystem>_<name>_<unit>", n[1])
 		}
 	}
-	for _, want := range []string{"attache_proxy_connections_accepted_total", "attache_backend_healthy",
-		"attache_reload_total", "attache_discovery_up"} {
-		if !seen[want] {
-			t.Errorf("metric %s not served; the lint did not cover it", want)
+	for _, w := range want {
+		if !seen[w] {
+			t.Errorf("metric %s not served; the lint did not cover it", w)
 		}
 	}
 }

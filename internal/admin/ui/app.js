@@ -165,8 +165,8 @@
       stat.classList.toggle("warn", bad);
     }
     const total = card.querySelector('[data-stat="rate_in"]');
-    setAttr(total, "title", "from clients, counted as connections end: " + bytes(c.bytes_in || 0) + " in total");
-    setAttr(card.querySelector('[data-stat="rate_out"]'), "title", "to clients, counted as connections end: " + bytes(c.bytes_out || 0) + " in total");
+    setAttr(total, "title", "from clients, counted as the bytes flow: " + bytes(c.bytes_in || 0) + " in total");
+    setAttr(card.querySelector('[data-stat="rate_out"]'), "title", "to clients, counted as the bytes flow: " + bytes(c.bytes_out || 0) + " in total");
 
     keyed(card.querySelector("tbody"), backends, (b) => b.addr, createBackend, updateBackend);
     setAttr(card.querySelector(".none"), "hidden", backends.length ? "" : null);

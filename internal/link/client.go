@@ -1,0 +1,141 @@
+package link
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// DefaultSessionCacheSize is how many TLS sessions a Client keeps for
+// resumption, across every link server and service it dials.
+const DefaultSessionCacheSize = 1024
+
+// Client dials link servers. The zero value is not usable: Identity is
+// required. It is safe for concurrent use.
+type Client struct {
+	Identity *Identity
+	Stats    *Stats
+	// KeepAlive is the TCP keepalive period of the link connections; zero
+	// means 30s, negative disables it.
+	KeepAlive time.Duration
+	// Timeout bounds a dial that ctx does not bound (connect, handshake and
+	// the server's status byte); zero means 10s.
+	Timeout time.Duration
+
+	once  sync.Once
+	cache tls.ClientSessionCache
+}
+
+// DialFunc is the client's dialer for one remote service, in the shape the
+// proxy and the health checks take: addr is the link server's host:port.
+func (c *Client) DialFunc(service string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, _ string, addr string) (net.Conn, error) {
+		return c.Dial(ctx, service, addr)
+	}
+}
+
+// Dial opens a stream to service through the link server at addr. It
+// returns once the server has authorised this host and connected to the
+// service's backend (see the package doc), as a *tls.Conn.
+func (c *Client) Dial(ctx context.Context, service, addr string) (net.Conn, error) {
+	conn, err := c.dial(ctx, service, addr)
+	if err != nil {
+		c.Stats.dialError()
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (c *Client) dial(ctx context.Context, service, addr string) (*tls.Conn, error) {
+	if c.Identity == nil {
+		return nil, ErrNoIdentity
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		timeout := c.Timeout
+		if timeout <= 0 {
+			timeout = 10 * time.Second
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	c.once.Do(func() { c.cache = tls.NewLRUClientSessionCache(DefaultSessionCacheSize) })
+	keepAlive := c.KeepAlive
+	if keepAlive == 0 {
+		keepAlive = 30 * time.Second
+	}
+	d := net.Dialer{KeepAlive: keepAlive}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	id := c.Identity
+	pool := id.Pool()
+	tc := tls.Client(raw, &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ServerName: ServerName(service),
+		NextProtos: []string{ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return id.Certificate(), nil
+		},
+		// The server's name is not checked, only that the fleet's CA
+		// signed it: link servers are found by discovery, by address,
+		// and any member of the fleet may serve.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("link server sent no certificate")
+			}
+			if err := verifyPeer(cs.PeerCertificates, pool, x509.ExtKeyUsageServerAuth); err != nil {
+				return fmt.Errorf("link server certificate refused: %w", err)
+			}
+			return nil
+		},
+		// The cache is keyed by address as well as by the SNI, which is
+		// the same for every link server offering the service: a ticket
+		// is only good with the server that issued it.
+		ClientSessionCache: addrCache{c.cache, addr},
+	})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("link handshake with %s: %w", addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = tc.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = tc.SetReadDeadline(time.Unix(1, 0)) })
+	var status [1]byte
+	_, err = io.ReadFull(tc, status[:])
+	stopped := stop()
+	if err != nil {
+		tc.Close()
+		if !stopped || ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("link server %s did not answer for service %q: %w", addr, service, err)
+	}
+	_ = tc.SetReadDeadline(time.Time{})
+	if status[0] != statusOK {
+		tc.Close()
+		return nil, &RefusedError{Service: service, Addr: addr, Status: status[0]}
+	}
+	c.Stats.handshake(false, tc.ConnectionState().DidResume)
+	return tc, nil
+}
+
+// addrCache scopes a session cache to one server address.
+type addrCache struct {
+	c    tls.ClientSessionCache
+	addr string
+}
+
+func (a addrCache) Get(key string) (*tls.ClientSessionState, bool) {
+	return a.c.Get(a.addr + "|" + key)
+}
+func (a addrCache) Put(key string, cs *tls.ClientSessionState) { a.c.Put(a.addr+"|"+key, cs) }

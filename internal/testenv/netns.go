@@ -152,3 +152,40 @@ func (h *Host) Dial(network, addr string, timeout time.Duration) (net.Conn, erro
 	r := <-ch
 	return r.c, r.err
 }
+
+// Listen opens a listener inside h, as Dial connects from it: the socket
+// is made on a thread switched into h's namespace and stays there.
+func (h *Host) Listen(network, addr string) (net.Listener, error) {
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see Dial
+		f, err := os.Open("/run/netns/" + h.NS)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("setns %s: %w", h.NS, err)}
+			return
+		}
+		ln, err := net.Listen(network, addr)
+		ch <- result{ln, err}
+	}()
+	r := <-ch
+	return r.ln, r.err
+}
+
+// Run runs name inside h and fails the test with its output if it fails.
+func (h *Host) Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := h.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %s %s: %v: %s", h.Name, name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

@@ -25,6 +25,9 @@ type Sources struct {
 	// Args are the positional arguments: none, or HOST PORT (the later form
 	// of the classic ambassador image: listen on PORT, forward to HOST:PORT).
 	Args []string
+	// Transparent is the --transparent flag's [host:]port, or "": it beats
+	// the file's transparent block.
+	Transparent string
 	// Flags are per-service defaults set explicitly on the command line; a
 	// zero field was not set. They beat the file's defaults block, and a
 	// service's own setting beats them.
@@ -69,7 +72,16 @@ func Load(src Sources) (*Config, error) {
 			fileDefaults = f.Defaults
 			cfg.Discovery = f.Discovery
 			cfg.Link = f.Link
+			cfg.Transparent = f.Transparent
 			cfg.Services = append(cfg.Services, f.Services...)
+		}
+	}
+	if src.Transparent != "" {
+		addr, err := ParseTransparentListen(src.Transparent)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--transparent: %w", err))
+		} else {
+			cfg.Transparent = Transparent{Listen: addr, Origin: "--transparent"}
 		}
 	}
 	addGenerated := func(s Service) {

@@ -15,6 +15,7 @@ import (
 //
 //	transparent:
 //	  listen: ":10000"
+//	  per_consumer: true   # BACKEND_<port> of the calling container first
 //
 // Selection: a TCP service whose listen port is the original destination
 // port serves the connection; if several services share that port (on
@@ -25,6 +26,12 @@ import (
 type Transparent struct {
 	// Listen is the transparent listener's [host:]port.
 	Listen string
+	// PerConsumer, when set, asks the Docker engine (discovery.docker.host)
+	// which container each redirected connection comes from: its
+	// BACKEND_<port> variable, or its attache.connect.<port> label, names
+	// the backends (host:port, comma-separated) for that port, before the
+	// port's service is considered.
+	PerConsumer bool
 	// Origin is "attache.yaml:3" or "--transparent".
 	Origin string
 }
@@ -62,6 +69,7 @@ func (p *fileParser) transparent(n *yaml.Node) Transparent {
 			}
 			t.Listen = addr
 		},
+		"per_consumer": func(v *yaml.Node) { t.PerConsumer = p.boolean(v, "per_consumer") },
 	})
 	if n = deref(n); n.Kind == yaml.MappingNode && !hasKey(n, "listen") {
 		p.errorf(n, "transparent", "want listen: [host:]port")

@@ -82,3 +82,24 @@ func TestSelectTransparent(t *testing.T) {
 		}
 	}
 }
+
+func TestTransparentPerConsumer(t *testing.T) {
+	// Per-consumer backends need no service: the consumers name them.
+	cfg, err := Load(Sources{FileData: []byte("transparent: {listen: 10000, per_consumer: true}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Transparent.PerConsumer || cfg.Transparent.Listen != ":10000" {
+		t.Errorf("Transparent = %+v", cfg.Transparent)
+	}
+	cfg, err = Load(Sources{Transparent: "10000", PerConsumer: true})
+	if err != nil || !cfg.Transparent.PerConsumer {
+		t.Errorf("flags: %+v, %v", cfg.Transparent, err)
+	}
+	if _, err := Load(Sources{PerConsumer: true, Forwards: []string{"1=h:1"}}); err == nil || !strings.Contains(err.Error(), "--per-consumer: needs --transparent") {
+		t.Errorf("--per-consumer alone: %v", err)
+	}
+	if _, err := Load(Sources{FileData: []byte("transparent: {listen: 10000, per_consumer: maybe}\n")}); err == nil || !strings.Contains(err.Error(), "per_consumer") {
+		t.Errorf("per_consumer: maybe: %v", err)
+	}
+}

@@ -8,10 +8,13 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/discovery/docker"
 	"github.com/attache/attache/internal/listen"
 	"github.com/attache/attache/internal/proxy"
 	"github.com/attache/attache/internal/transparent"
@@ -40,11 +43,30 @@ type transparentRun struct {
 	routed, noService, notRedirected, loop, failed atomic.Int64
 	// lastWarn rate-limits the refusal log lines (unix nanoseconds).
 	lastWarn atomic.Int64
+
+	// callers finds the calling container for per-consumer backends; nil
+	// when off. consumers holds the routes their variables asked for, by
+	// caller, port and value.
+	callers   *docker.Callers
+	consumed  atomic.Int64 // connections routed by a consumer's own choice
+	consMu    sync.Mutex
+	consumers map[consumerKey]*proxy.Listener
 }
+
+type consumerKey struct {
+	caller string
+	port   uint16
+	value  string
+}
+
+// maxConsumerRoutes bounds the per-consumer route cache; past it the cache
+// starts over (routes in use are kept by their connections).
+const maxConsumerRoutes = 4096
 
 // Refusal reasons, the metric's result label.
 const (
 	resultRouted        = "routed"
+	resultConsumer      = "consumer"
 	resultNoService     = "no_service"
 	resultNotRedirected = "not_redirected"
 	resultLoop          = "loop"
@@ -62,8 +84,15 @@ func openTransparent(ctx context.Context, cfg *config.Config, in *listen.Inherit
 	if err != nil {
 		return nil, fmt.Errorf("transparent listener: listen %s (%s): %w", t.Listen, t.Origin, unwrapOp(err))
 	}
-	return &transparentRun{cfg: t, ln: ln, log: log.With("component", "transparent"),
-		port: ln.Addr().(*net.TCPAddr).Port}, nil
+	tr := &transparentRun{cfg: t, ln: ln, log: log.With("component", "transparent"),
+		port: ln.Addr().(*net.TCPAddr).Port, consumers: map[consumerKey]*proxy.Listener{}}
+	if t.PerConsumer {
+		if tr.callers, err = docker.NewCallers(cfg.Discovery.Docker.Host, log); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("transparent listener (%s): %w", t.Origin, err)
+		}
+	}
+	return tr, nil
 }
 
 func (tr *transparentRun) close() {
@@ -78,7 +107,11 @@ func (d *daemon) startTransparent(tr *transparentRun) {
 	if tr == nil {
 		return
 	}
-	d.log.Info("transparent listener", "addr", tr.ln.Addr().String(), "from", tr.cfg.Origin)
+	d.log.Info("transparent listener", "addr", tr.ln.Addr().String(), "from", tr.cfg.Origin,
+		"per_consumer", tr.callers != nil)
+	if tr.callers != nil {
+		d.wg.Go(func() { tr.callers.Run(d.ctx) })
+	}
 	d.accepting.Add(1)
 	d.wg.Go(func() {
 		defer d.accepting.Done()
@@ -143,6 +176,18 @@ func (d *daemon) routeTransparent(tr *transparentRun, c *net.TCPConn) {
 		tr.refuse(c, &tr.loop, resultLoop, dst.String())
 		return
 	}
+	if tr.callers != nil {
+		l, err := d.consumerListener(tr, c, dst)
+		if err != nil {
+			tr.refuse(c, &tr.failed, resultError, err.Error())
+			return
+		}
+		if l != nil {
+			tr.consumed.Add(1)
+			d.proxy.Handle(d.ctx, l, c, func(error) error { return nil })
+			return
+		}
+	}
 	l := d.transparentListener(dst)
 	if l == nil {
 		tr.refuse(c, &tr.noService, resultNoService, dst.String())
@@ -150,6 +195,55 @@ func (d *daemon) routeTransparent(tr *transparentRun, c *net.TCPConn) {
 	}
 	tr.routed.Add(1)
 	d.proxy.Handle(d.ctx, l, c, func(error) error { return nil })
+}
+
+// consumerListener is the route c's caller chose for dst's port (its
+// BACKEND_<port> variable or attache.connect.<port> label), or nil when
+// the caller is no container or chose nothing for that port: the port's
+// service serves it then. The route takes the timeouts of the port's
+// service when there is one.
+func (d *daemon) consumerListener(tr *transparentRun, c *net.TCPConn, dst netip.AddrPort) (*proxy.Listener, error) {
+	src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+	caller, err := tr.callers.Lookup(d.ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	if caller == nil {
+		return nil, nil
+	}
+	value, ok := caller.Connect[int(dst.Port())]
+	if !ok {
+		return nil, nil
+	}
+	key := consumerKey{caller.ID, dst.Port(), value}
+	tr.consMu.Lock()
+	defer tr.consMu.Unlock()
+	if l, ok := tr.consumers[key]; ok {
+		return l, nil
+	}
+	var addrs []string
+	for v := range strings.SplitSeq(value, ",") {
+		b, err := config.ParseBackend(strings.TrimSpace(v))
+		if err != nil {
+			return nil, fmt.Errorf("container %s: backend for port %d %q: %w", caller.Name, dst.Port(), value, err)
+		}
+		if b.Discover != nil || b.Link != "" {
+			return nil, fmt.Errorf("container %s: backend for port %d %q: per-consumer backends take host:port lists only so far", caller.Name, dst.Port(), value)
+		}
+		addrs = append(addrs, b.Addr)
+	}
+	r := proxy.NewRoute(fmt.Sprintf("%s:%d", caller.Name, dst.Port()), addrs...)
+	if sl := d.transparentListener(dst); sl != nil {
+		sr := sl.Route()
+		r.ConnectTimeout, r.IdleTimeout, r.KeepAlive, r.RetryTimeout = sr.ConnectTimeout, sr.IdleTimeout, sr.KeepAlive, sr.RetryTimeout
+	}
+	if len(tr.consumers) >= maxConsumerRoutes {
+		clear(tr.consumers)
+	}
+	l := proxy.NewListener(tr.ln, r, 0) // never served nor closed: Handle only
+	tr.consumers[key] = l
+	tr.log.Info("per-consumer route", "container", caller.Name, "port", dst.Port(), "backends", addrs)
+	return l, nil
 }
 
 // ownAddr reports whether a is an address the transparent listener
@@ -238,19 +332,35 @@ func (tr *transparentRun) warn(msg string, args ...any) {
 }
 
 var descTransparent = prometheus.NewDesc("attache_transparent_connections_total",
-	"Connections accepted by the transparent listener, by result: routed to a service, or refused because no service has the original destination's port (no_service), they were not redirected (not_redirected), their original destination is the transparent listener itself (loop), or the original destination could not be read (error).",
+	"Connections accepted by the transparent listener, by result: routed to a service, routed to the backends the calling container chose (consumer), or refused because no service has the original destination's port (no_service), they were not redirected (not_redirected), their original destination is the transparent listener itself (loop), or the original destination could not be read (error).",
 	[]string{"result"}, nil)
 
 type transparentCollector struct{ tr *transparentRun }
 
-func (transparentCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descTransparent }
+func (transparentCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descTransparent
+	ch <- descCallerLookups
+	ch <- descCallerHits
+}
 
 func (c transparentCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range []struct {
 		result string
 		n      *atomic.Int64
-	}{{resultRouted, &c.tr.routed}, {resultNoService, &c.tr.noService}, {resultNotRedirected, &c.tr.notRedirected},
+	}{{resultRouted, &c.tr.routed}, {resultConsumer, &c.tr.consumed}, {resultNoService, &c.tr.noService}, {resultNotRedirected, &c.tr.notRedirected},
 		{resultLoop, &c.tr.loop}, {resultError, &c.tr.failed}} {
 		ch <- prometheus.MustNewConstMetric(descTransparent, prometheus.CounterValue, float64(r.n.Load()), r.result)
 	}
+	if c.tr.callers != nil {
+		lookups, hits := c.tr.callers.Stats()
+		ch <- prometheus.MustNewConstMetric(descCallerLookups, prometheus.CounterValue, float64(lookups))
+		ch <- prometheus.MustNewConstMetric(descCallerHits, prometheus.CounterValue, float64(hits))
+	}
 }
+
+var (
+	descCallerLookups = prometheus.NewDesc("attache_transparent_caller_lookups_total",
+		"Per-consumer backends: lookups of the container a redirected connection comes from.", nil, nil)
+	descCallerHits = prometheus.NewDesc("attache_transparent_caller_cache_hits_total",
+		"Per-consumer backends: lookups answered from the cache (kept until a Docker event about the container).", nil, nil)
+)

@@ -127,6 +127,12 @@ func (h *Host) SetLink(up bool) {
 // into h's namespace, so it belongs there for its whole life; the thread
 // is thrown away afterwards rather than switched back.
 func (h *Host) Dial(network, addr string, timeout time.Duration) (net.Conn, error) {
+	return DialIn("/run/netns/"+h.NS, network, addr, timeout)
+}
+
+// DialIn connects from inside the network namespace at nsPath (such as a
+// container's /proc/PID/ns/net), as Host.Dial does.
+func DialIn(nsPath, network, addr string, timeout time.Duration) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
 		err error
@@ -136,14 +142,14 @@ func (h *Host) Dial(network, addr string, timeout time.Duration) (net.Conn, erro
 		// Never unlocked: the goroutine ends locked, so Go ends the thread
 		// and no other goroutine ever runs in h's namespace.
 		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + h.NS)
+		f, err := os.Open(nsPath)
 		if err != nil {
 			ch <- result{nil, err}
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns %s: %w", h.NS, err)}
+			ch <- result{nil, fmt.Errorf("setns %s: %w", nsPath, err)}
 			return
 		}
 		c, err := net.DialTimeout(network, addr, timeout)

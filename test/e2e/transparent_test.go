@@ -189,3 +189,141 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestTransparentPerConsumerDocker is the per-consumer contract with real
+// containers on a user-defined network: each consumer connects to an
+// address that exists nowhere on port 6379, the rules `attache iptables`
+// installs for the network send it to attache on this host, and attache
+// picks the backend from the consumer's own BACKEND_6379 variable (or its
+// attache.connect.6379 label); a consumer that names none gets the port's
+// configured service. The rules live in a chain of their own, jumped to for
+// the test network's subnet only, and are removed at the end.
+func TestTransparentPerConsumerDocker(t *testing.T) {
+	testenv.DockerAvailable(t)
+	named := func(name string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.Serve(t, ln, func(c net.Conn) {
+			fmt.Fprintf(c, "%s\n", name)
+			_, _ = io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+		})
+		return ln.Addr().String()
+	}
+	backendA, backendB, static, pg := named("backend-a"), named("backend-b"), named("static-redis"), named("pg-backend")
+
+	// The services listen on this host, on the ports the consumers ask
+	// for, at a loopback address nothing else uses.
+	port, adminPort := freePort(t), freePort(t)
+	cfg := filepath.Join(t.TempDir(), "attache.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, `
+transparent:
+  listen: ":%d"
+  per_consumer: true
+services:
+  - name: redis
+    listen: 127.36.79.1:6379
+    backends: [%s]
+  - name: pg
+    listen: 127.36.79.1:5432
+    backends: [%s]
+`, port, static, pg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PATH=" + os.Getenv("PATH")}
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		env = append(env, "DOCKER_HOST="+h)
+	}
+	a := startAttache(t, env, "-c", cfg, "--admin", "127.0.0.1:"+itoa(adminPort))
+	a.waitLog(t, regexp.MustCompile(`msg="transparent listener".*per_consumer=true`), startTimeout)
+
+	network := testenv.NewDockerNetwork(t)
+	subnet := strings.Fields(network.Subnet(t))[0]
+	chain := fmt.Sprintf("AT%d", port)
+	rules := startAttache(t, env, "iptables", "--transparent", itoa(port), "--source", subnet,
+		"--ports", "6379,5432", "--chain", chain, "--apply")
+	t.Cleanup(func() {
+		if !rules.exited() {
+			rules.signal(t, syscall.SIGTERM)
+			rules.wait(t, exitTimeout)
+		}
+	})
+	waitOutput(t, rules, "# installed")
+
+	c1 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID, Env: []string{"BACKEND_6379=" + backendA}})
+	c2 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID, Labels: map[string]string{"attache.connect.6379": backendB}})
+	c3 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID})
+	hello := func(c testenv.DockerContainer, dst string) string {
+		t.Helper()
+		conn, err := testenv.DialIn(fmt.Sprintf("/proc/%d/ns/net", c.PID(t)), "tcp", dst, ioTimeout)
+		if err != nil {
+			t.Fatalf("from container %s: dial %s: %v", c.Name, dst, err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+		if _, err := io.WriteString(conn, "hello\n"); err != nil {
+			t.Fatalf("from container %s: write: %v", c.Name, err)
+		}
+		r := bufio.NewReader(conn)
+		name, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("from container %s: %s: read: %v", c.Name, dst, err)
+		}
+		if echo, err := r.ReadString('\n'); err != nil || echo != "hello\n" {
+			t.Fatalf("from container %s: echo = %q, %v", c.Name, echo, err)
+		}
+		return strings.TrimSpace(name)
+	}
+	for _, tc := range []struct {
+		c         testenv.DockerContainer
+		dst, want string
+	}{
+		{c1, "203.0.113.7:6379", "backend-a"},    // its variable
+		{c2, "203.0.113.7:6379", "backend-b"},    // its label
+		{c3, "203.0.113.7:6379", "static-redis"}, // neither: the port's service
+		{c1, "198.51.100.2:5432", "pg-backend"},  // no variable for that port
+		{c1, "198.51.100.2:6379", "backend-a"},   // again: from the cache
+	} {
+		if got := hello(tc.c, tc.dst); got != tc.want {
+			t.Errorf("container %s → %s: answered by %q, want %q", tc.c.Name, tc.dst, got, tc.want)
+		}
+	}
+	metrics := httpGet(t, "http://127.0.0.1:"+itoa(adminPort)+"/metrics")
+	for _, want := range []string{`attache_transparent_connections_total{result="consumer"} 3`,
+		`attache_transparent_connections_total{result="routed"} 2`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(metrics, "attache_transparent"))
+		}
+	}
+	if !regexp.MustCompile(`attache_transparent_caller_cache_hits_total [1-9]`).MatchString(metrics) {
+		t.Errorf("no caller lookup was answered from the cache:\n%s", grepLines(metrics, "attache_transparent"))
+	}
+
+	rules.signal(t, syscall.SIGTERM)
+	if code := rules.wait(t, exitTimeout); code != 0 {
+		t.Fatalf("attache iptables exited %d", code)
+	}
+	out, _, _, err := runCmd(context.Background(), ioTimeout, "iptables", "-w", "-t", "nat", "-S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, chain) {
+		t.Errorf("chain %s left after attache iptables exited:\n%s", chain, grepLines(out, chain))
+	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: ioTimeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return string(body)
+}

@@ -25,7 +25,8 @@ import (
 // the PREROUTING rules for the consumers' network. A consumer connects to
 // an address that exists nowhere, on the port of a service, and gets the
 // reply of that service's backend; a port redirected to attache with no
-// service behind it is refused and counted; stopping `attache iptables`
+// service behind it, and a connection straight to the transparent
+// listener, are refused and counted; stopping `attache iptables`
 // removes every rule it installed.
 func TestTransparentNetns(t *testing.T) {
 	if why := testenv.NetnsAvailable(); why != "" {
@@ -97,9 +98,20 @@ services:
 		t.Errorf("a connection to a port with no service read %d bytes; want it closed", n)
 	}
 	c.Close()
+	// Straight to the transparent listener, not redirected: refused, counted.
+	c, err = hosts.ByName["c2"].Dial("tcp", net.JoinHostPort(hub.IP, "10000"), ioTimeout)
+	if err != nil {
+		t.Fatalf("dial the transparent listener: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(ioTimeout))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("a connection not redirected read %d bytes; want it closed", n)
+	}
+	c.Close()
 	metrics := adminGet(t, hub, "127.0.0.1:9901", "/metrics")
 	for _, want := range []string{`attache_transparent_connections_total{result="routed"} 3`,
-		`attache_transparent_connections_total{result="no_service"} 1`} {
+		`attache_transparent_connections_total{result="no_service"} 1`,
+		`attache_transparent_connections_total{result="not_redirected"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q:\n%s", want, grepLines(metrics, "attache_transparent"))
 		}

@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/attache/attache/internal/transparent"
 )
@@ -99,6 +102,13 @@ func runIptables(ctx context.Context, e Env, args []string) int {
 		}
 		return ExitOK
 	}
+	// From here on a second SIGINT or SIGTERM must not end the process
+	// halfway through removing the rules (attache's main lets a second
+	// signal kill it): this channel takes them instead, and ctx still ends
+	// on the first.
+	absorb := make(chan os.Signal, 1)
+	signal.Notify(absorb, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(absorb)
 	in, err := transparent.Apply(ctx, spec)
 	if err != nil {
 		fmt.Fprintf(e.Stderr, "attache iptables: %v\n", err)

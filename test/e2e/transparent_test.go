@@ -117,7 +117,9 @@ services:
 		}
 	}
 
-	// Stopping `attache iptables` removes exactly its rules.
+	// Stopping `attache iptables` removes exactly its rules, even when the
+	// signal comes twice (a supervisor's stop, then its stop-all at exit).
+	rules.signal(t, syscall.SIGTERM)
 	rules.signal(t, syscall.SIGTERM)
 	if code := rules.wait(t, exitTimeout); code != 0 {
 		t.Fatalf("attache iptables exited %d", code)

@@ -70,6 +70,9 @@ var proxies = []proxyDef{
 	// with an access-log line per closed connection written to its log file
 	// and the admin API scraped every second, so the two rows side by side
 	// show what observability costs.
+	// attache-transparent is the same service reached through an iptables
+	// REDIRECT and the original-destination lookup (transparent mode).
+	{name: "attache-transparent", about: "attache -c file.yaml with transparent.listen; the client's connections to 127.0.0.1:L are redirected there by an OUTPUT rule (attache iptables --uid <runner's uid> --apply), and the service of port L forwards to B", start: startAttacheTransparent},
 	{name: "attache-observed", about: "as attache, with --log-level info (one access-log line per connection, to the log file) and --admin on a loopback port whose /metrics and /v1/services are fetched every second", start: startAttacheObserved},
 }
 

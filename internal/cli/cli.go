@@ -57,6 +57,7 @@ Usage:
   attache demo [--stay]             run a live demo: an embedded backend behind an ambassador
   attache certs init|issue ...      make the fleet CA and host certificates for links (attache certs help)
   attache upgrade (--pid-file PATH | --pid PID)  zero-downtime upgrade of a running attache (SIGUSR2)
+  attache iptables --source CIDR|--uid N --ports P,... [--apply]  print (or install until exit) the rules that redirect to --transparent
   attache version
 
 Sources combine: file services, --forward flags, HOST PORT and link variables
@@ -78,6 +79,9 @@ type runFlags struct {
 	accessLog bool
 	pidFile   string
 	version   bool
+	// transparent is the --transparent listener's [HOST:]PORT.
+	transparent string
+	perConsumer bool
 }
 
 func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
@@ -98,6 +102,8 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.tokenFile, "admin-token-file", "", "enable the admin API's mutating calls (reload, backends, drain) with the bearer token in `PATH`")
 	fs.BoolVar(&f.accessLog, "access-log", true, "log one info line per closed connection (client, backend, duration, bytes, reason); false logs it at debug only")
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the process id to `PATH` once serving (rewritten by the new process after an upgrade)")
+	fs.StringVar(&f.transparent, "transparent", "", "accept connections redirected by iptables on `[HOST:]PORT` and route each by its original destination port to the service listening on that port (see attache iptables)")
+	fs.BoolVar(&f.perConsumer, "per-consumer", false, "with --transparent: the calling container's BACKEND_<port> variable (or attache.connect.<port> label), read through the Docker API, chooses its backends")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -113,7 +119,7 @@ func Main(ctx context.Context, e Env) int {
 	cmd := ""
 	if len(args) > 0 {
 		switch args[0] {
-		case "check", "demo", "version", "help", "status", "certs", "upgrade":
+		case "check", "demo", "version", "help", "status", "certs", "upgrade", "iptables":
 			cmd, args = args[0], args[1:]
 		}
 	}
@@ -132,6 +138,8 @@ func Main(ctx context.Context, e Env) int {
 		return runUpgrade(ctx, e, args)
 	case "certs":
 		return runCerts(e, args)
+	case "iptables":
+		return runIptables(ctx, e, args)
 	}
 
 	var f runFlags
@@ -157,7 +165,7 @@ func Main(ctx context.Context, e Env) int {
 		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
 		return ExitUsage
 	}
-	src := config.Sources{File: f.file, Forwards: f.forwards, Args: positional, Flags: f.defaults}
+	src := config.Sources{File: f.file, Forwards: f.forwards, Args: positional, Flags: f.defaults, Transparent: f.transparent, PerConsumer: f.perConsumer}
 	if f.envLinks {
 		src.Env = e.Environ
 		if src.Env == nil {
@@ -246,6 +254,9 @@ func printTable(w io.Writer, cfg *config.Config) {
 			s.Balance, health, s.ConnectTimeout, idle, limit, s.Origin)
 	}
 	tw.Flush()
+	if t := cfg.Transparent; t.Enabled() {
+		fmt.Fprintf(w, "transparent: listen %s (from %s): a redirected connection goes to the service of its original port\n", t.Listen, t.Origin)
+	}
 	printLink(w, cfg.Link)
 	for _, warn := range cfg.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)

@@ -31,6 +31,9 @@ type Config struct {
 	// Link configures the mutual-TLS links between attache hosts (see
 	// link.go); zero when the file has no link section.
 	Link Link
+	// Transparent is the listener for connections redirected by iptables
+	// (see transparent.go); zero when off.
+	Transparent Transparent
 	// Warnings are things the operator should know about but that do not stop
 	// attache, such as SCTP link variables, which are recognised but not
 	// forwarded.

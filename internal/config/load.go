@@ -25,6 +25,12 @@ type Sources struct {
 	// Args are the positional arguments: none, or HOST PORT (the later form
 	// of the classic ambassador image: listen on PORT, forward to HOST:PORT).
 	Args []string
+	// Transparent is the --transparent flag's [host:]port, or "": it beats
+	// the file's transparent block.
+	Transparent string
+	// PerConsumer is --per-consumer: per-consumer backends in transparent
+	// mode (see Transparent.PerConsumer).
+	PerConsumer bool
 	// Flags are per-service defaults set explicitly on the command line; a
 	// zero field was not set. They beat the file's defaults block, and a
 	// service's own setting beats them.
@@ -69,8 +75,23 @@ func Load(src Sources) (*Config, error) {
 			fileDefaults = f.Defaults
 			cfg.Discovery = f.Discovery
 			cfg.Link = f.Link
+			cfg.Transparent = f.Transparent
 			cfg.Services = append(cfg.Services, f.Services...)
 		}
+	}
+	if src.Transparent != "" {
+		addr, err := ParseTransparentListen(src.Transparent)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--transparent: %w", err))
+		} else {
+			cfg.Transparent = Transparent{Listen: addr, Origin: "--transparent", PerConsumer: cfg.Transparent.PerConsumer}
+		}
+	}
+	if src.PerConsumer {
+		if src.Transparent == "" && !cfg.Transparent.Enabled() {
+			errs = append(errs, errors.New("--per-consumer: needs --transparent [HOST:]PORT (or a transparent block in the file)"))
+		}
+		cfg.Transparent.PerConsumer = true
 	}
 	addGenerated := func(s Service) {
 		generated[len(cfg.Services)] = true
@@ -134,7 +155,7 @@ func Load(src Sources) (*Config, error) {
 		}
 	}
 	errs = append(errs, Validate(&cfg)...)
-	if len(errs) == 0 && len(cfg.Services) == 0 {
+	if len(errs) == 0 && len(cfg.Services) == 0 && !cfg.Transparent.PerConsumer { // per-consumer needs no service
 		errs = append(errs, noServicesError(linkNames, cfg.Warnings))
 	}
 	if len(errs) > 0 {

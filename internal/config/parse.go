@@ -17,10 +17,11 @@ import (
 
 // File is a parsed configuration file.
 type File struct {
-	Defaults  Defaults
-	Discovery Discovery
-	Link      Link
-	Services  []Service
+	Defaults    Defaults
+	Discovery   Discovery
+	Link        Link
+	Transparent Transparent
+	Services    []Service
 }
 
 // ParseFile decodes a YAML configuration strictly: an unknown key, a value of
@@ -74,10 +75,11 @@ func ParseFile(name string, data []byte) (f File, err error) {
 		return f, nil
 	}
 	p.fields(doc, "top level", map[string]func(*yaml.Node){
-		"defaults":  func(n *yaml.Node) { f.Defaults = p.defaults(n) },
-		"services":  func(n *yaml.Node) { f.Services = p.services(n) },
-		"discovery": func(n *yaml.Node) { f.Discovery = p.discovery(n) },
-		"link":      func(n *yaml.Node) { f.Link = p.link(n) },
+		"defaults":    func(n *yaml.Node) { f.Defaults = p.defaults(n) },
+		"services":    func(n *yaml.Node) { f.Services = p.services(n) },
+		"discovery":   func(n *yaml.Node) { f.Discovery = p.discovery(n) },
+		"link":        func(n *yaml.Node) { f.Link = p.link(n) },
+		"transparent": func(n *yaml.Node) { f.Transparent = p.transparent(n) },
 	})
 	if len(p.errs) > 0 {
 		return f, p.errs

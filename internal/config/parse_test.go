@@ -154,7 +154,7 @@ func TestParseFileErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			in:   "services: []\nservice: []\n",
-			errs: []string{"f.yaml:2: service: unknown key in top level (want one of: defaults, discovery, link, services)"},
+			errs: []string{"f.yaml:2: service: unknown key in top level (want one of: defaults, discovery, link, services, transparent)"},
 		},
 		{
 			name: "unknown key in defaults",

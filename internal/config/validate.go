@@ -69,6 +69,7 @@ func Validate(cfg *Config) Errors {
 		}
 		byName[s.Name] = s
 	}
+	errs = append(errs, validateTransparent(cfg)...)
 	return append(errs, validateLink(cfg)...)
 }
 

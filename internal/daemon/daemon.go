@@ -149,6 +149,18 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 			closeUDP(udpListeners)
 		}
 	}
+	var tr *transparentRun
+	if err == nil {
+		if tr, err = openTransparent(ctx, cfg, opts.Inherited, log); err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			closeUDP(udpListeners)
+			if lr != nil && lr.ln != nil {
+				lr.ln.Close()
+			}
+		}
+	}
 	if err != nil {
 		if adminLn != nil {
 			adminLn.Close()
@@ -169,10 +181,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		reloadReq:  make(chan reloadRequest),
 		stopped:    make(chan struct{}),
 		link:       lr,
+		transp:     tr,
 	}
 	reg, reloads := newRegistry(d)
 	d.registerLinkMetrics(reg, lr)
 	reg.MustRegister(udpCollector{d})
+	if tr != nil {
+		reg.MustRegister(transparentCollector{tr})
+	}
 	bound := make([]Bound, len(listeners))
 	for i, l := range listeners {
 		s := tcpServices[i]
@@ -186,6 +202,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	bound = inServiceOrder(cfg.Services, bound)
 	d.startDiscovery(disc)
 	d.startLink(lr)
+	d.startTransparent(tr)
 	d.open.Store(true)
 	// The admin API outlives serveCtx so /readyz can say 503 while the
 	// connections drain; it stops last.
@@ -242,6 +259,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		sv.l.Close()
 	}
 	d.mu.Unlock()
+	d.transp.close()
 	d.closeUDPListeners() // their sessions end: UDP has nothing to drain
 	if handedOver {
 		d.drainHandedOver(opts.Grace)
@@ -295,6 +313,9 @@ type daemon struct {
 	// link is the links between hosts (link.go); nil without a link
 	// section. Set before the first route is built.
 	link *linkRun
+	// transp is the transparent listener (transparent.go); nil without
+	// one.
+	transp *transparentRun
 
 	// reloadReq carries admin reloads to Run's loop; stopped closes when
 	// the loop has ended.
@@ -418,6 +439,7 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 	}
 	d.commitUDP(udpPlan, &sum)
 	d.reloadLink(cfg)
+	d.reloadTransparent(cfg)
 	d.startDiscovery(disc)
 	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(added), "removed", len(removed))
 	sum.Services = len(cfg.Services)

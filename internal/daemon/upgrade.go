@@ -74,6 +74,7 @@ func (d *daemon) upgrade(opts Options, adminLn net.Listener) bool {
 	if lr := d.link; lr != nil && lr.ln != nil {
 		lr.ln.Close() // its Serve returns nil; the new process accepts from now on
 	}
+	d.transp.close() // likewise
 	d.successor.Store(int64(pid))
 	d.open.Store(false)
 	d.mu.Lock()
@@ -146,6 +147,13 @@ func (d *daemon) handoverSockets(opts Options, adminLn net.Listener) ([]listen.S
 			return fail(fmt.Errorf("link server %s: %w", lr.cfg.Listen, err))
 		}
 		socks = append(socks, listen.Socket{Kind: kindLink, Network: listenNetwork(lr.cfg.Listen), Addr: lr.cfg.Listen, File: f})
+	}
+	if tr := d.transp; tr != nil {
+		f, err := listen.Dup(tr.ln.(syscall.Conn))
+		if err != nil {
+			return fail(fmt.Errorf("transparent listener %s: %w", tr.cfg.Listen, err))
+		}
+		socks = append(socks, listen.Socket{Kind: kindTransparent, Network: listenNetwork(tr.cfg.Listen), Addr: tr.cfg.Listen, File: f})
 	}
 	if adminLn != nil {
 		sc, ok := adminLn.(syscall.Conn) // *adminSocket

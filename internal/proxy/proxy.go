@@ -369,6 +369,11 @@ func (p *Proxy) Shutdown(ctx context.Context) int {
 	return forced
 }
 
+// IsTemporaryAcceptError reports whether an accept error passes (out of
+// descriptors or buffers, an aborted handshake): other accept loops (the
+// transparent listener's) back off on it as Serve does.
+func IsTemporaryAcceptError(err error) bool { return isTemporaryAcceptError(err) }
+
 func isTemporaryAcceptError(err error) bool {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -179,6 +179,12 @@ func NewDockerNetwork(t testing.TB) DockerNetwork {
 	return DockerNetwork{ID: id, Name: name}
 }
 
+// Subnet is the network's first IPv4 subnet (CIDR), as the engine chose it.
+func (n DockerNetwork) Subnet(t testing.TB) string {
+	t.Helper()
+	return docker(t, "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", n.ID)
+}
+
 // ContainerSpec says how to run one echo server container.
 type ContainerSpec struct {
 	// Labels are set on the container (e.g. attache.service=web).
@@ -193,6 +199,8 @@ type ContainerSpec struct {
 	// Greet makes the server write its hostname (the short container ID)
 	// and a newline on each new connection.
 	Greet bool
+	// Env are KEY=value variables set in the container.
+	Env []string
 }
 
 // DockerContainer is a running container made by RunContainer.
@@ -216,6 +224,9 @@ func RunContainer(t testing.TB, spec ContainerSpec) DockerContainer {
 	}
 	for _, p := range spec.Expose {
 		args = append(args, "--expose", strconv.Itoa(p))
+	}
+	for _, e := range spec.Env {
+		args = append(args, "--env", e)
 	}
 	args = append(args, image)
 	if spec.Greet {

@@ -127,6 +127,12 @@ func (h *Host) SetLink(up bool) {
 // into h's namespace, so it belongs there for its whole life; the thread
 // is thrown away afterwards rather than switched back.
 func (h *Host) Dial(network, addr string, timeout time.Duration) (net.Conn, error) {
+	return DialIn("/run/netns/"+h.NS, network, addr, timeout)
+}
+
+// DialIn connects from inside the network namespace at nsPath (such as a
+// container's /proc/PID/ns/net), as Host.Dial does.
+func DialIn(nsPath, network, addr string, timeout time.Duration) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
 		err error
@@ -136,6 +142,33 @@ func (h *Host) Dial(network, addr string, timeout time.Duration) (net.Conn, erro
 		// Never unlocked: the goroutine ends locked, so Go ends the thread
 		// and no other goroutine ever runs in h's namespace.
 		runtime.LockOSThread()
+		f, err := os.Open(nsPath)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("setns %s: %w", nsPath, err)}
+			return
+		}
+		c, err := net.DialTimeout(network, addr, timeout)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// Listen opens a listener inside h, as Dial connects from it: the socket
+// is made on a thread switched into h's namespace and stays there.
+func (h *Host) Listen(network, addr string) (net.Listener, error) {
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see Dial
 		f, err := os.Open("/run/netns/" + h.NS)
 		if err != nil {
 			ch <- result{nil, err}
@@ -146,9 +179,19 @@ func (h *Host) Dial(network, addr string, timeout time.Duration) (net.Conn, erro
 			ch <- result{nil, fmt.Errorf("setns %s: %w", h.NS, err)}
 			return
 		}
-		c, err := net.DialTimeout(network, addr, timeout)
-		ch <- result{c, err}
+		ln, err := net.Listen(network, addr)
+		ch <- result{ln, err}
 	}()
 	r := <-ch
-	return r.c, r.err
+	return r.ln, r.err
+}
+
+// Run runs name inside h and fails the test with its output if it fails.
+func (h *Host) Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := h.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in %s: %s %s: %v: %s", h.Name, name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }

@@ -221,10 +221,10 @@ func randomHex(t *testing.T) string {
 
 // startAttacheIn runs the built binary inside h with a config file, as
 // startAttache does on this host.
-func startAttacheIn(t *testing.T, h *testenv.Host, config string) *proc {
+func startAttacheIn(t *testing.T, h *testenv.Host, config string, args ...string) *proc {
 	t.Helper()
 	p := &proc{stdout: newLogBuf(), stderr: newLogBuf(), done: make(chan struct{})}
-	p.cmd = h.Command(attacheBin, "-c", config, "--access-log=false")
+	p.cmd = h.Command(attacheBin, append([]string{"-c", config, "--access-log=false"}, args...)...)
 	p.cmd.Env = []string{}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/attache/attache/internal/transparent"
+)
+
+// runIptables is `attache iptables`: it prints the nat rules that redirect
+// a source's connections to attache's transparent listener, and with
+// --apply installs them, waits for SIGINT or SIGTERM, and removes exactly
+// what it installed. No privileged helper image is needed: the command
+// runs where attache runs (or names the namespace with --netns).
+func runIptables(ctx context.Context, e Env, args []string) int {
+	fs := flag.NewFlagSet("attache iptables", flag.ContinueOnError)
+	fs.SetOutput(e.Stderr)
+	var (
+		spec    transparent.Spec
+		sources multiFlag
+		uids    multiFlag
+		ports   string
+	)
+	fs.IntVar(&spec.ToPort, "transparent", 10000, "the transparent listener's `PORT` (attache --transparent)")
+	fs.Var(&sources, "source", "redirect connections from this `CIDR` (a container network routed through this host: PREROUTING; repeatable; IPv6 makes ip6tables rules)")
+	fs.Var(&uids, "uid", "redirect the connections of local user `N` (OUTPUT, owner match; repeatable; attache must run as another user)")
+	fs.StringVar(&ports, "ports", "", "destination `PORTS` to redirect, comma-separated (e.g. 6379,5432)")
+	fs.StringVar(&spec.Netns, "netns", "", "run the rules inside network namespace `NAME` (ip netns exec), where attache listens")
+	fs.StringVar(&spec.Chain, "chain", "", "nat `CHAIN` to put the rules in (default ATTACHE)")
+	apply := fs.Bool("apply", false, "install the rules, wait for SIGINT or SIGTERM, then remove them")
+	fs.Usage = func() {
+		fmt.Fprint(e.Stderr, "Usage: attache iptables [--transparent PORT] (--source CIDR | --uid N)... --ports P[,P...] [--netns NAME] [--apply]\n\n"+
+			"Prints the iptables/ip6tables nat rules that redirect the source's connections to the given\n"+
+			"ports to attache's transparent listener. With --apply, installs them and removes them on exit.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	var errs []error
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	for _, s := range sources {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			if a, aerr := netip.ParseAddr(s); aerr == nil {
+				p, err = a.Prefix(a.BitLen())
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--source: want a CIDR such as 172.18.0.0/16, got %q", s))
+			continue
+		}
+		spec.Sources = append(spec.Sources, p)
+	}
+	for _, u := range uids {
+		n, err := strconv.Atoi(u)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--uid: want a numeric user id, got %q", u))
+			continue
+		}
+		spec.UIDs = append(spec.UIDs, n)
+	}
+	if ports != "" {
+		for p := range strings.SplitSeq(ports, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--ports: want comma-separated port numbers, got %q", p))
+				continue
+			}
+			spec.Ports = append(spec.Ports, n)
+		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, spec.Validate())
+	}
+	if err := errors.Join(errs...); err != nil {
+		for line := range strings.SplitSeq(err.Error(), "\n") {
+			fmt.Fprintf(e.Stderr, "attache iptables: %s\n", line)
+		}
+		return ExitUsage
+	}
+	if !*apply {
+		for _, c := range spec.Rules() {
+			fmt.Fprintln(e.Stdout, c)
+		}
+		fmt.Fprintln(e.Stdout, "# to remove:")
+		for _, c := range spec.Removal() {
+			fmt.Fprintln(e.Stdout, "#", c)
+		}
+		return ExitOK
+	}
+	// From here on a second SIGINT or SIGTERM must not end the process
+	// halfway through removing the rules (attache's main lets a second
+	// signal kill it): this channel takes them instead, and ctx still ends
+	// on the first.
+	absorb := make(chan os.Signal, 1)
+	signal.Notify(absorb, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(absorb)
+	in, err := transparent.Apply(ctx, spec)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "attache iptables: %v\n", err)
+		return ExitRuntime
+	}
+	for _, c := range spec.Rules() {
+		fmt.Fprintln(e.Stdout, c)
+	}
+	fmt.Fprintln(e.Stdout, "# installed; they are removed on SIGINT or SIGTERM")
+	<-ctx.Done()
+	if err := in.Remove(context.WithoutCancel(ctx)); err != nil {
+		fmt.Fprintf(e.Stderr, "attache iptables: removing the rules: %v\n", err)
+		return ExitRuntime
+	}
+	fmt.Fprintln(e.Stdout, "# removed")
+	return ExitOK
+}

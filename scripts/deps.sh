@@ -3,7 +3,7 @@
 # missing. Needs root or sudo; does nothing when everything is present.
 set -euo pipefail
 need=()
-for pkg in redis-server redis-tools chromium haproxy tcpdump "$@"; do
+for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

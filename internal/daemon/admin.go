@@ -71,27 +71,7 @@ func (d *daemon) services() []admin.Service {
 				it.svc.Discovery = append(it.svc.Discovery, b.String())
 			}
 		}
-		set := sv.set
-		it.svc.Backends = make([]admin.Backend, 0, set.Len())
-		for i := range set.Len() {
-			b := set.At(i)
-			until, failures := b.Ejection(now)
-			tot := b.Totals()
-			it.svc.Backends = append(it.svc.Backends, admin.Backend{
-				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority,
-				Healthy: b.Healthy(), Check: checkVerdict(sv.monitor != nil, b.CheckHealthy()),
-				EjectedUntil: until, PassiveFailures: failures, Active: b.Active(),
-				Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
-			})
-		}
-		for _, b := range sv.draining {
-			tot := b.Totals()
-			it.svc.Backends = append(it.svc.Backends, admin.Backend{
-				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority, Healthy: b.Healthy(),
-				Check: admin.CheckOff, Active: b.Active(), Draining: true,
-				Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
-			})
-		}
+		it.svc.Backends = backendViews(sv.set, sv.draining, sv.monitor != nil, now)
 		items = append(items, it)
 	}
 	d.mu.Unlock()
@@ -123,6 +103,32 @@ func (d *daemon) services() []admin.Service {
 	}
 	out = append(out, d.udpServices(now)...)
 	slices.SortFunc(out, func(a, b admin.Service) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// backendViews is the admin view of a service's backends in rotation (set)
+// and of those a drain took out, for TCP and UDP services alike.
+func backendViews(set *backend.Set, draining []*backend.Backend, checked bool, now time.Time) []admin.Backend {
+	out := make([]admin.Backend, 0, set.Len()+len(draining))
+	for i := range set.Len() {
+		b := set.At(i)
+		until, failures := b.Ejection(now)
+		tot := b.Totals()
+		out = append(out, admin.Backend{
+			Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority,
+			Healthy: b.Healthy(), Check: checkVerdict(checked, b.CheckHealthy()),
+			EjectedUntil: until, PassiveFailures: failures, Active: b.Active(),
+			Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
+		})
+	}
+	for _, b := range draining {
+		tot := b.Totals()
+		out = append(out, admin.Backend{
+			Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority, Healthy: b.Healthy(),
+			Check: admin.CheckOff, Active: b.Active(), Draining: true,
+			Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
+		})
+	}
 	return out
 }
 

@@ -37,21 +37,8 @@ type served struct {
 // health checks, passive ejection, then the route. d.mu is held.
 func (d *daemon) configure(sv *served, s config.Service) {
 	old := sv.svc
-	if old.Name != "" && old.Name != s.Name {
-		d.registry.Forget(old.Name)
-	}
-	if sv.policy == nil || old.Balance != s.Balance {
-		p, err := balance.New(s.Balance)
-		if err != nil { // config.Validate checked the name; keep serving regardless
-			d.log.Error("balancing policy", "service", s.Name, "error", err)
-			p = &balance.RoundRobin{}
-		}
-		sv.policy = p
-	}
-	if s.EjectTime > 0 {
-		d.registry.SetBackoff(s.Name, backend.Backoff{Base: s.EjectTime, Max: 30 * s.EjectTime})
-	}
-	if sv.monitor != nil && (s.HealthCheck == nil || !reflect.DeepEqual(*s.HealthCheck, *old.HealthCheck) || old.Name != s.Name) {
+	sv.policy = d.reconfigure(old, s, sv.policy)
+	if sv.monitor != nil && checksChanged(old, s) {
 		sv.stopMonitor()
 		sv.monitor, sv.stopMonitor = nil, nil
 		// The checks stop with it: their verdict must not keep a backend
@@ -65,6 +52,35 @@ func (d *daemon) configure(sv *served, s config.Service) {
 		d.startMonitor(sv)
 	}
 	d.rebuild(sv)
+}
+
+// reconfigure applies what every kind of service (TCP, UDP) shares when its
+// configuration changes from old to s: the registry forgets a renamed
+// service, the policy is rebuilt only when its name changed (so a round
+// robin cursor or a source hash does not restart), and passive ejection
+// takes the new back-off. It returns the policy to use. d.mu is held.
+func (d *daemon) reconfigure(old, s config.Service, policy balance.Policy) balance.Policy {
+	if old.Name != "" && old.Name != s.Name {
+		d.registry.Forget(old.Name)
+	}
+	if policy == nil || old.Balance != s.Balance {
+		p, err := balance.New(s.Balance)
+		if err != nil { // config.Validate checked the name; keep serving regardless
+			d.log.Error("balancing policy", "service", s.Name, "error", err)
+			p = &balance.RoundRobin{}
+		}
+		policy = p
+	}
+	if s.EjectTime > 0 {
+		d.registry.SetBackoff(s.Name, backend.Backoff{Base: s.EjectTime, Max: 30 * s.EjectTime})
+	}
+	return policy
+}
+
+// checksChanged reports whether a running health monitor built for old no
+// longer fits s: the checks were removed or changed, or the service renamed.
+func checksChanged(old, s config.Service) bool {
+	return s.HealthCheck == nil || old.HealthCheck == nil || !reflect.DeepEqual(*s.HealthCheck, *old.HealthCheck) || old.Name != s.Name
 }
 
 func (d *daemon) startMonitor(sv *served) {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -174,21 +173,8 @@ func (d *daemon) serveUDP(s config.Service, l *udp.Listener) {
 // ejection, active checks, then the route. d.mu is held.
 func (d *daemon) configureUDP(us *udpServed, s config.Service) {
 	old := us.svc
-	if old.Name != "" && old.Name != s.Name {
-		d.registry.Forget(old.Name)
-	}
-	if us.policy == nil || old.Balance != s.Balance {
-		p, err := balance.New(s.Balance)
-		if err != nil { // config.Validate checked the name; keep serving regardless
-			d.log.Error("balancing policy", "service", s.Name, "error", err)
-			p = &balance.RoundRobin{}
-		}
-		us.policy = p
-	}
-	if s.EjectTime > 0 {
-		d.registry.SetBackoff(s.Name, backend.Backoff{Base: s.EjectTime, Max: 30 * s.EjectTime})
-	}
-	if us.monitor != nil && (s.HealthCheck == nil || !reflect.DeepEqual(*s.HealthCheck, *old.HealthCheck) || old.Name != s.Name) {
+	us.policy = d.reconfigure(old, s, us.policy)
+	if us.monitor != nil && checksChanged(old, s) {
 		us.stopMonitor()
 		us.monitor, us.stopMonitor = nil, nil
 		for i := range us.set.Len() {
@@ -428,26 +414,7 @@ func (d *daemon) udpServices(now time.Time) []admin.Service {
 				it.svc.Discovery = append(it.svc.Discovery, b.String())
 			}
 		}
-		it.svc.Backends = make([]admin.Backend, 0, us.set.Len()+len(us.draining))
-		for i := range us.set.Len() {
-			b := us.set.At(i)
-			until, failures := b.Ejection(now)
-			tot := b.Totals()
-			it.svc.Backends = append(it.svc.Backends, admin.Backend{
-				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority,
-				Healthy: b.Healthy(), Check: checkVerdict(us.monitor != nil, b.CheckHealthy()),
-				EjectedUntil: until, PassiveFailures: failures, Active: b.Active(),
-				Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
-			})
-		}
-		for _, b := range us.draining {
-			tot := b.Totals()
-			it.svc.Backends = append(it.svc.Backends, admin.Backend{
-				Addr: b.Addr, Weight: b.EffectiveWeight(), Priority: b.Priority, Healthy: b.Healthy(),
-				Check: admin.CheckOff, Active: b.Active(), Draining: true,
-				Connections: tot.Connections, DialErrors: tot.DialErrors, Ejections: tot.Ejections,
-			})
-		}
+		it.svc.Backends = backendViews(us.set, us.draining, us.monitor != nil, now)
 		items = append(items, it)
 	}
 	d.mu.Unlock()

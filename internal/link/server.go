@@ -264,7 +264,6 @@ func (s *Server) refuseStream(tc *tls.Conn, status byte, r *refusal) {
 }
 
 func (s *Server) refused(c net.Conn, r *refusal) {
-	s.Stats.refuse(r.reason)
 	attrs := []any{"reason", r.reason, "remote", c.RemoteAddr().String()}
 	if r.names != nil {
 		attrs = append(attrs, "peer", r.names)
@@ -280,6 +279,9 @@ func (s *Server) refused(c net.Conn, r *refusal) {
 		level = slog.LevelDebug
 	}
 	s.logger().Log(context.Background(), level, "link connection refused", attrs...)
+	// Counted after the log line is written, so whoever sees the count
+	// (a scrape, a test) can also find the line.
+	s.Stats.refuse(r.reason)
 }
 
 // classify turns a handshake error into a refusal.

@@ -21,8 +21,12 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# The proxy runs TCP connections on event loops by default; its tests run
+# a second time on the goroutine engine (ATTACHE_LOOPS=-1), which links,
+# Unix sockets and PROXY-header listeners use, and operators may choose.
 unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
+	ATTACHE_LOOPS=-1 $(GO) test -race -count=1 -timeout 5m ./internal/proxy
 
 # A short run of every fuzz target over its committed corpus plus new inputs.
 # The budgets are counts of executions (about 10 s each here), not times:

@@ -82,6 +82,7 @@ type runFlags struct {
 	// transparent is the --transparent listener's [HOST:]PORT.
 	transparent string
 	perConsumer bool
+	loops       int
 }
 
 func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
@@ -104,6 +105,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the process id to `PATH` once serving (rewritten by the new process after an upgrade)")
 	fs.StringVar(&f.transparent, "transparent", "", "accept connections redirected by iptables on `[HOST:]PORT` and route each by its original destination port to the service listening on that port (see attache iptables)")
 	fs.BoolVar(&f.perConsumer, "per-consumer", false, "with --transparent: the calling container's BACKEND_<port> variable (or attache.connect.<port> label), read through the Docker API, chooses its backends")
+	fs.IntVar(&f.loops, "loops", 0, "event loops carrying TCP connections (`N`; 0: one per two CPUs, or $ATTACHE_LOOPS; -1: two goroutines per connection instead)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -195,8 +197,8 @@ func Main(ctx context.Context, e Env) int {
 		Logger: log, Grace: f.grace, Ready: e.Ready, AccessLog: f.accessLog,
 		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
 		Upgrade: e.Upgrade, Inherited: inherited, PIDFile: f.pidFile,
-		Reload: e.Reload,
-		Load:   func() (*config.Config, error) { return config.Load(src) },
+		Reload: e.Reload, Loops: f.loops,
+		Load: func() (*config.Config, error) { return config.Load(src) },
 	})
 	if err != nil {
 		log.Error("attache stopped", "error", err)

@@ -39,6 +39,9 @@ type Options struct {
 	Grace time.Duration
 	// Resolver resolves backend hostnames; nil uses the system resolver.
 	Resolver *net.Resolver
+	// Loops is how many event loops carry TCP connections (see
+	// proxy.Proxy.Loops): 0 chooses, negative uses goroutines instead.
+	Loops int
 	// AccessLog logs one info line per closed connection ("connection
 	// closed", with client, backend, duration, bytes and reason). Off, the
 	// line is logged at debug only.
@@ -171,7 +174,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	defer stopServing()
 	d := &daemon{
 		log:        log,
-		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: accessLog(log, opts.AccessLog)},
+		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: accessLog(log, opts.AccessLog), Loops: opts.Loops},
 		ctx:        serveCtx,
 		stop:       stopServing,
 		serving:    map[string]*served{},

@@ -15,18 +15,7 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
-// waitFor polls cond until it holds, failing the test after a generous
-// deadline: conditions, never timing thresholds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+func waitFor(t *testing.T, what string, cond func() bool) { t.Helper(); testenv.WaitFor(t, what, cond) }
 
 // run starts m.Run and makes the test's end stop it and wait for it, so no
 // probe goroutine outlives the test.

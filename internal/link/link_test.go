@@ -393,16 +393,7 @@ func tlsExchange(t *testing.T, addr string, conf *tls.Config) error {
 	return nil
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+func waitFor(t *testing.T, what string, cond func() bool) { t.Helper(); testenv.WaitFor(t, what, cond) }
 
 func TestLinkHandshakeTimeout(t *testing.T) {
 	p := newPKI(t, "fleet")

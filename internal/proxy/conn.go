@@ -77,6 +77,16 @@ func (c *conn) abort(reason string) {
 	}
 }
 
+// markAborted records why c ends, unless it was aborted already, without
+// closing anything (the caller closes).
+func (c *conn) markAborted(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.aborted {
+		c.aborted, c.reason = true, reason
+	}
+}
+
 func (c *conn) setBackend(b halfConn, target *backend.Backend) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -111,8 +121,17 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	}()
 	c.listener.Stats.Active.Add(1)
 	r := c.route
-	if r.AcceptProxy != nil && c.ready == nil && !p.acceptProxy(c, r.AcceptProxy) {
-		return
+	if r.AcceptProxy != nil && c.ready == nil {
+		// The header is read with a deadline, through the net package.
+		if cs, ok := c.client.(*rawSock); ok {
+			if _, err := cs.asNet(); err != nil {
+				p.logger().Warn("closing client connection", "service", r.Service, "client", c.clientName(), "error", err)
+				return
+			}
+		}
+		if !p.acceptProxy(c, r.AcceptProxy) {
+			return
+		}
 	}
 	bc, target, err := p.dial(ctx, c, r)
 	if err != nil {
@@ -134,6 +153,19 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	c.backendAddr = target.Addr
 	if r.IdleTimeout > 0 {
 		c.stopIdle = c.watchIdle(r.IdleTimeout)
+	}
+	if cs, ok := c.client.(*rawSock); ok && cs.netConn() == nil {
+		if bs, ok := bc.(*rawSock); ok {
+			// Both sockets are the loop's: it carries the connection.
+			started = p.adopt(c, bs.lp, cs, bs)
+			return
+		}
+		// The backend is a Unix socket or a link stream: the copy
+		// goroutines carry it, and the client socket moves to them.
+		if _, err := cs.asNet(); err != nil {
+			p.logger().Warn("closing client connection", "service", r.Service, "client", c.clientName(), "error", err)
+			return
+		}
 	}
 	c.pending.Store(2)
 	started = true
@@ -249,7 +281,16 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (halfConn, *backend
 		b.Acquire()
 		dialStart := time.Now()
 		network, address := backend.DialArgs(b.Addr)
-		bc, err := r.dialBackend(ctx, d, network, address)
+		var bc net.Conn
+		var err error
+		if lp := p.loopFor(c); lp != nil && network == "tcp" && r.Dial == nil {
+			var rs *rawSock
+			if rs, err = p.rawDial(ctx, lp, r, address); err == nil {
+				bc = rs
+			}
+		} else {
+			bc, err = r.dialBackend(ctx, d, network, address)
+		}
 		if v := r.SendProxyVersion(b.Addr); err == nil && v != 0 {
 			// The header goes first, before the client's bytes can.
 			if err = sendProxyHeader(bc, v, c); err != nil {
@@ -383,7 +424,7 @@ func unwrapOpError(err error) error {
 
 func (p *Proxy) clientToBackend(c *conn) {
 	defer p.copyDone(c)
-	n, err := copyConn(c.backend, c.client, &c.movedIn)
+	n, err := copyConn(asSock(c.backend), asSock(c.client), &c.movedIn)
 	c.bytesIn, c.upErr = n, err
 	if err != nil {
 		c.abort("")
@@ -391,20 +432,20 @@ func (p *Proxy) clientToBackend(c *conn) {
 	}
 	// The client finished sending: tell the backend, keep reading replies.
 	if c.pending.Load() == 2 {
-		_ = c.backend.CloseWrite()
+		_ = asSock(c.backend).CloseWrite()
 	}
 }
 
 func (p *Proxy) backendToClient(c *conn) {
 	defer p.copyDone(c)
-	n, err := copyConn(c.client, c.backend, &c.movedOut)
+	n, err := copyConn(asSock(c.client), asSock(c.backend), &c.movedOut)
 	c.bytesOut, c.downErr = n, err
 	if err != nil {
 		c.abort("")
 		return
 	}
 	if c.pending.Load() == 2 {
-		_ = c.client.CloseWrite()
+		_ = asSock(c.client).CloseWrite()
 	}
 }
 

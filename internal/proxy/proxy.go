@@ -18,8 +18,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/attache/attache/internal/backend"
@@ -146,7 +148,13 @@ type Proxy struct {
 	// Resolver, when set, resolves backend hostnames (tests point it at
 	// their own DNS server). Nil uses the system resolver.
 	Resolver *net.Resolver
+	// Loops is how many event loops carry plain TCP connections (see
+	// loop.go): 0 means DefaultLoops, negative turns the engine off, and
+	// every connection gets two copy goroutines instead. Connections to
+	// Unix sockets or over links use the goroutines either way.
+	Loops int
 
+	loops    loops
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	lastID   uint64        // the last connection id given out
@@ -157,10 +165,16 @@ type Proxy struct {
 
 // Listener is one served socket: its route, counters and connection limit.
 type Listener struct {
-	ln       net.Listener
-	route    atomic.Pointer[Route]
-	maxConns int
-	Stats    Stats
+	ln net.Listener
+	// acceptFile is a duplicate of a TCP listener's descriptor that the
+	// event loop engine accepts on (see Serve); Close closes it too, or
+	// the socket would go on listening through it.
+	mu         sync.Mutex
+	acceptFile *os.File
+	closed     bool
+	route      atomic.Pointer[Route]
+	maxConns   int
+	Stats      Stats
 }
 
 // NewListener wraps ln. maxConns caps the connections open at once (0: no
@@ -182,7 +196,50 @@ func (l *Listener) Route() *Route { return l.route.Load() }
 func (l *Listener) SetRoute(r *Route) { l.route.Store(r) }
 
 // Close stops accepting.
-func (l *Listener) Close() error { return l.ln.Close() }
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	if l.acceptFile != nil {
+		l.acceptFile.Close()
+		l.acceptFile = nil
+	}
+	l.mu.Unlock()
+	return l.ln.Close()
+}
+
+func (l *Listener) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+// rawAcceptConn returns a RawConn over a duplicate of l's TCP socket, which
+// Serve accepts on with accept4(2): a listener's own RawConn cannot wait
+// for readability (its Read is not supported), an *os.File's can. Nil when
+// l is not TCP or is closed.
+func (l *Listener) rawAcceptConn() syscall.RawConn {
+	tl, ok := l.ln.(*net.TCPListener)
+	if !ok {
+		return nil
+	}
+	f, err := tl.File()
+	if err != nil {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.acceptFile != nil {
+		f.Close()
+		return nil
+	}
+	l.acceptFile = f
+	return rc
+}
 
 func (p *Proxy) logger() *slog.Logger {
 	if p.Logger == nil {
@@ -195,19 +252,50 @@ func (p *Proxy) logger() *slog.Logger {
 // returns nil after a close, or the accept error that stopped it.
 func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 	log := p.logger().With("listen", l.Addr().String())
-	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
+	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 
 	var sem chan struct{}
 	if l.maxConns > 0 {
 		sem = make(chan struct{}, l.maxConns)
 	}
+	// A TCP listener's connections are accepted with accept4(2) on its
+	// descriptor when the event loops run, so that Go's poller never
+	// registers them (see rawsock.go).
+	var (
+		rawLn  syscall.RawConn
+		accept *acceptCall
+	)
+	if len(p.eventLoops()) > 0 {
+		if rawLn = l.rawAcceptConn(); rawLn != nil {
+			accept = newAcceptCall()
+		}
+	}
 	var backoff time.Duration
 	var lastLimitLog time.Time
 	for {
-		c, err := l.ln.Accept()
+		var c halfConn
+		var err error
+		if rawLn != nil {
+			var rs *rawSock
+			if rs, err = rawAccept(rawLn, accept); err == nil {
+				c = rs
+			}
+		} else {
+			var nc net.Conn
+			if nc, err = l.ln.Accept(); err == nil {
+				if tc, ok := nc.(sock); ok {
+					c = tc
+				} else {
+					nc.Close()
+					continue
+				}
+			}
+		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+			// Closing the listener also closes the duplicate rawLn
+			// accepts on, whose error is not net.ErrClosed.
+			if errors.Is(err, net.ErrClosed) || l.isClosed() || ctx.Err() != nil {
 				return nil
 			}
 			if isTemporaryAcceptError(err) {
@@ -223,11 +311,7 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 0
-		tc, ok := c.(sock)
-		if !ok {
-			c.Close()
-			continue
-		}
+		tc := c
 		// At the limit, this one connection waits here for a slot and the
 		// ones after it wait in the kernel's listen backlog.
 		if sem != nil {
@@ -366,6 +450,7 @@ func (p *Proxy) Shutdown(ctx context.Context) int {
 		}
 	}
 	p.handlers.Wait()
+	p.stopLoops()
 	return forced
 }
 

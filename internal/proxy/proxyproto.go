@@ -70,10 +70,11 @@ func (p *Proxy) acceptProxy(c *conn, ap *AcceptProxy) bool {
 		p.rejectProxy(c, "the peer is not in accept_proxy's trusted ranges", nil)
 		return false
 	}
-	_ = c.client.SetReadDeadline(time.Now().Add(ap.timeout()))
-	h, err := proxyproto.Read(c.client)
+	client := asSock(c.client) // a loop socket was moved to the net package for this
+	_ = client.SetReadDeadline(time.Now().Add(ap.timeout()))
+	h, err := proxyproto.Read(client)
 	// The copy engine's reads honour the deadline too: clear it.
-	_ = c.client.SetReadDeadline(time.Time{})
+	_ = client.SetReadDeadline(time.Time{})
 	switch {
 	case err == nil:
 	case errors.Is(err, proxyproto.ErrNoHeader) && !ap.Required:

@@ -283,15 +283,7 @@ func waitLine(t *testing.T, logs *testenv.LogBuffer, sub string) string {
 // gone once it closed.
 func TestUnixSockets(t *testing.T) {
 	dir := t.TempDir()
-	be := filepath.Join(dir, "backend.sock")
-	bln, err := net.Listen("unix", be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Serve(t, bln, func(c net.Conn) {
-		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
-		c.(*net.UnixConn).CloseWrite()
-	})
+	be := unixEcho(t)
 	front := filepath.Join(dir, "front.sock")
 	ln, err := ListenUnix(context.Background(), front)
 	if err != nil {
@@ -321,6 +313,22 @@ func TestUnixSockets(t *testing.T) {
 	if _, err := os.Lstat(front); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket file after close: %v, want it removed", err)
 	}
+}
+
+// unixEcho serves an echo on a Unix socket (plain copies, so that the
+// proxy's own splice is what gets tested) and returns its path.
+func unixEcho(t *testing.T) string {
+	t.Helper()
+	be := filepath.Join(t.TempDir(), "backend.sock")
+	bln, err := net.Listen("unix", be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Serve(t, bln, func(c net.Conn) {
+		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+		c.(*net.UnixConn).CloseWrite()
+	})
+	return be
 }
 
 // TestUnixSocketPeerSendsUnknown: a client on a Unix socket has no IP, so

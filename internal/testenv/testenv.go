@@ -156,3 +156,16 @@ func redisPing(addr string) error {
 	}
 	return nil
 }
+
+// WaitFor polls cond until it holds, failing the test after a generous
+// deadline: it waits for conditions, it is never a timing threshold.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

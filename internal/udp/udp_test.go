@@ -113,13 +113,7 @@ func (c *peer) exchange(msg string) (string, error) {
 // poll waits up to 20 s for cond.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, cond)
 }
 
 func TestManyClientsRepliesNeverCrossed(t *testing.T) {

@@ -1,0 +1,232 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"io"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/attache/attache/internal/testenv"
+)
+
+// The event loop engine (loop.go) carries plain TCP connections; the other
+// tests in this package run over it by default (and over goroutines with
+// ATTACHE_LOOPS=-1, as `make unit` does too). These cover what is its own:
+// no goroutine per connection, back-pressure, fairness between connections
+// on one loop, and connections that leave it.
+
+// loopProxy is a Proxy with n event loops, whatever ATTACHE_LOOPS says.
+func loopProxy(n int) *Proxy { return &Proxy{Loops: n} }
+
+func TestLoopHoldsNoGoroutinePerConnection(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	p := loopProxy(1)
+	l := start(t, p, &Route{Service: "loop", Backends: Addrs(echo)}, 0)
+	// A first connection starts the loop and the echo server's handlers
+	// settle; then 100 more are opened and left idle.
+	warm := dial(t, l.Addr().String())
+	roundTrip(t, warm, []byte("warm"))
+	before := runtime.NumGoroutine()
+	const n = 100
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = dial(t, l.Addr().String())
+		roundTrip(t, conns[i], []byte{byte(i)})
+	}
+	// The echo server runs a goroutine per connection; the proxy must add
+	// none (the goroutine engine adds two per connection).
+	grown := runtime.NumGoroutine() - before
+	if grown > n+n/10 {
+		t.Fatalf("%d goroutines more for %d idle connections: the proxy holds goroutines per connection (the echo server accounts for %d)", grown, n, n)
+	}
+	if got := p.Active(); got != n+1 {
+		t.Fatalf("Active = %d, want %d", got, n+1)
+	}
+	for i, c := range conns {
+		roundTrip(t, c, []byte{byte(i), 'x'})
+		c.Close()
+	}
+	testenv.WaitFor(t, "connections to close", func() bool { return p.Active() == 1 })
+}
+
+func TestLoopEngineOffUsesGoroutines(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	p := loopProxy(-1)
+	l := start(t, p, &Route{Service: "goroutines", Backends: Addrs(echo)}, 0)
+	c := dial(t, l.Addr().String())
+	roundTrip(t, c, []byte("hello"))
+	if got := len(p.eventLoops()); got != 0 {
+		t.Fatalf("%d event loops with Loops -1", got)
+	}
+	before := runtime.NumGoroutine()
+	c2 := dial(t, l.Addr().String())
+	roundTrip(t, c2, []byte("again"))
+	// Two copy goroutines, one echo handler.
+	if grown := runtime.NumGoroutine() - before; grown < 3 {
+		t.Fatalf("%d goroutines more for one connection; want the two copy goroutines", grown)
+	}
+}
+
+// TestLoopSlowReader: a client that stops reading while the backend sends
+// makes the loop keep what the client cannot take and wait for it to drain,
+// in both the buffer and the splice paths, without losing or reordering a
+// byte, and without stalling the other direction.
+func TestLoopSlowReader(t *testing.T) {
+	for _, size := range []int{bufSize/2 + 3, 24 << 20} {
+		payload := make([]byte, size)
+		rand.Read(payload)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The backend sends the payload in small writes, then waits for the
+		// client's "bye" before closing.
+		testenv.Serve(t, ln, func(c net.Conn) {
+			for b := payload; len(b) > 0; {
+				n := min(len(b), 1500)
+				if _, err := c.Write(b[:n]); err != nil {
+					return
+				}
+				b = b[n:]
+			}
+			bye := make([]byte, 3)
+			io.ReadFull(c, bye)
+			if string(bye) == "bye" {
+				c.(*net.TCPConn).CloseWrite()
+			}
+		})
+		l := start(t, loopProxy(1), &Route{Service: "slow", Backends: Addrs(ln.Addr().String())}, 0)
+		c := dial(t, l.Addr().String())
+		c.SetDeadline(time.Now().Add(deadlineFor))
+		// Let socket buffers on both sides of the proxy fill up.
+		time.Sleep(200 * time.Millisecond)
+		got := make([]byte, 0, size)
+		buf := make([]byte, 4096)
+		for len(got) < size {
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				t.Fatalf("%d bytes: read after %d: %v", size, len(got), err)
+			}
+		}
+		if _, err := c.Write([]byte("bye")); err != nil {
+			t.Fatal(err)
+		}
+		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+			t.Fatalf("after the payload: %d more bytes, %v; want EOF", len(rest), err)
+		}
+		if sha256.Sum256(got) != sha256.Sum256(payload) {
+			t.Fatalf("%d bytes: contents differ", size)
+		}
+		c.Close()
+	}
+}
+
+// TestLoopFairness: on a single loop, a bulk stream that never pauses must
+// not starve a request/response connection beside it.
+func TestLoopFairness(t *testing.T) {
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Serve(t, sink, func(c net.Conn) { io.Copy(io.Discard, c) })
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	p := loopProxy(1)
+	bulk := start(t, p, &Route{Service: "bulk", Backends: Addrs(sink.Addr().String())}, 0)
+	chat := start(t, p, &Route{Service: "chat", Backends: Addrs(echo)}, 0)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var sent atomic.Int64
+	go func() {
+		c, err := net.Dial("tcp", bulk.Addr().String())
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		chunk := make([]byte, 1<<20)
+		for ctx.Err() == nil {
+			n, err := c.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	testenv.WaitFor(t, "the bulk stream to flow", func() bool { return sent.Load() > 64<<20 })
+	c := dial(t, chat.Addr().String())
+	c.SetDeadline(time.Now().Add(deadlineFor))
+	for i := range 200 {
+		roundTrip(t, c, []byte{byte(i), 1, 2, 3})
+	}
+	if before := sent.Load(); before == 0 {
+		t.Fatal("the bulk stream stopped")
+	}
+	mark := sent.Load()
+	testenv.WaitFor(t, "the bulk stream to keep flowing", func() bool { return sent.Load() > mark+16<<20 })
+}
+
+// TestLoopUnixBackendFromTCPClient: a TCP client whose backend is a Unix
+// socket leaves the loop for the copy goroutines, bytes intact.
+func TestLoopUnixBackendFromTCPClient(t *testing.T) {
+	be := unixEcho(t)
+	l := start(t, loopProxy(1), &Route{Service: "tcp-to-unix", Backends: Addrs("unix://" + be)}, 0)
+	for _, size := range []int{7, 8 << 20} {
+		payload := make([]byte, size)
+		rand.Read(payload)
+		c := dial(t, l.Addr().String())
+		got := exchange(t, c, payload)
+		c.Close()
+		if !bytes.Equal(got, payload) {
+			t.Fatalf("%d bytes: echoed %d, contents differ", size, len(got))
+		}
+	}
+}
+
+// TestLoopDialErrors: refused and timed-out connects on the loop are
+// errors the dial loop retries past, as with the net package's dialer.
+func TestLoopDialErrors(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close() // refused from now on
+	p := loopProxy(1)
+	r := &Route{Service: "retry", Backends: Addrs(deadAddr, echo), Retries: 1, Passive: true}
+	l := start(t, p, r, 0)
+	for i := range 4 {
+		c := dial(t, l.Addr().String())
+		roundTrip(t, c, []byte{byte(i)})
+		c.Close()
+	}
+	if got := l.Stats.DialErrors.Load(); got == 0 {
+		t.Fatal("no dial error counted for the refused backend")
+	}
+	if got := l.Stats.Failed.Load(); got != 0 {
+		t.Fatalf("%d connections failed; the retry should have reached the live backend", got)
+	}
+}
+
+// roundTrip writes b to c and reads the same bytes back.
+func roundTrip(t *testing.T, c net.Conn, b []byte) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(deadlineFor))
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(b))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, b) {
+		t.Fatalf("echoed %q, sent %q", got, b)
+	}
+}

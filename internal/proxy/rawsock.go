@@ -1,0 +1,357 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A rawSock is a TCP socket the event loop engine (loop.go) owns: accepted
+// with accept4(2) on the listener's descriptor, or dialled with socket(2)
+// and a non-blocking connect(2), and never registered with Go's network
+// poller. That saves the poller's registration, the address lookups the
+// net package makes for every socket, and above all a goroutine wake-up per
+// message: the loop moves the bytes itself.
+//
+// It implements halfConn so that the rest of the proxy (dial, PROXY headers,
+// logs, the admin API, abort) treats it like any socket. Until a loop adopts
+// it, the connection's handler goroutine uses it; after, the loop alone
+// touches the descriptor, and Close asks the loop to close it. When a
+// connection cannot stay on the loop (its backend turned out to be a Unix
+// socket or a link stream), the descriptor is moved into a *net.TCPConn
+// (asNet) and the copy goroutines carry it.
+type rawSock struct {
+	fd     int
+	remote *net.TCPAddr
+
+	// state moves from rawOpen to rawOwned (a loop has it) or rawNet
+	// (moved into conv), and to rawClosed, under mu.
+	mu     sync.Mutex
+	state  int
+	lp     *loop        // the loop watching it: set by connect, or with rawOwned
+	side   *side        // its registration with lp, for a dialled socket
+	pr     *pair        // set with rawOwned
+	conv   *net.TCPConn // set with rawNet
+	local  atomic.Pointer[net.TCPAddr]
+	closed atomic.Bool
+}
+
+const (
+	rawOpen = iota
+	rawOwned
+	rawNet
+	rawClosed
+)
+
+var (
+	_ halfConn = (*rawSock)(nil)
+
+	errRawNotSupported = errors.New("operation not supported on a loop socket")
+)
+
+// newRawSock wraps fd, a connected non-blocking TCP socket.
+func newRawSock(fd int, remote *net.TCPAddr) *rawSock {
+	return &rawSock{fd: fd, remote: remote}
+}
+
+func (s *rawSock) Read(b []byte) (int, error) {
+	if c := s.netConn(); c != nil {
+		return c.Read(b)
+	}
+	return 0, errRawNotSupported
+}
+
+// Write writes b whole to a socket no loop owns yet (a PROXY protocol
+// header to a fresh backend connection, which its send buffer always
+// takes at once); a full buffer is an error, not a wait.
+func (s *rawSock) Write(b []byte) (int, error) {
+	if c := s.netConn(); c != nil {
+		return c.Write(b)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != rawOpen {
+		return 0, net.ErrClosed
+	}
+	var done int
+	for done < len(b) {
+		n, err := unix.Write(s.fd, b[done:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, &net.OpError{Op: "write", Net: "tcp", Addr: s.remote, Err: os.NewSyscallError("write", err)}
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// Close closes the socket, or asks its loop to end the connection when a
+// loop owns it. It may be called from any goroutine, more than once.
+func (s *rawSock) Close() error {
+	s.mu.Lock()
+	switch s.state {
+	case rawOpen:
+		s.state = rawClosed
+		s.mu.Unlock()
+		s.closed.Store(true)
+		if s.side != nil {
+			s.lp.unregister(s.side)
+		}
+		return unix.Close(s.fd)
+	case rawOwned:
+		lp, pr := s.lp, s.pr
+		s.mu.Unlock()
+		lp.post(func() { pr.close() })
+		return nil
+	case rawNet:
+		c := s.conv
+		s.mu.Unlock()
+		return c.Close()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// closedByLoop marks the socket closed after its loop closed the
+// descriptor.
+func (s *rawSock) closedByLoop() {
+	s.mu.Lock()
+	s.state = rawClosed
+	s.mu.Unlock()
+	s.closed.Store(true)
+}
+
+func (s *rawSock) CloseWrite() error {
+	if c := s.netConn(); c != nil {
+		return c.CloseWrite()
+	}
+	return errRawNotSupported
+}
+
+func (s *rawSock) RemoteAddr() net.Addr { return s.remote }
+
+// LocalAddr is read from the socket on first use (PROXY headers, the
+// transparent check), not at accept: most connections never need it.
+func (s *rawSock) LocalAddr() net.Addr {
+	if a := s.local.Load(); a != nil {
+		return a
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case rawClosed:
+		return &net.TCPAddr{}
+	case rawNet:
+		return s.conv.LocalAddr() // s.fd is no longer this socket's
+	}
+	sa, err := unix.Getsockname(s.fd)
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	a := sockaddrTCP(sa)
+	s.local.Store(a)
+	return a
+}
+
+func (s *rawSock) SetDeadline(t time.Time) error {
+	if c := s.netConn(); c != nil {
+		return c.SetDeadline(t)
+	}
+	return errRawNotSupported
+}
+
+func (s *rawSock) SetReadDeadline(t time.Time) error {
+	if c := s.netConn(); c != nil {
+		return c.SetReadDeadline(t)
+	}
+	return errRawNotSupported
+}
+
+func (s *rawSock) SetWriteDeadline(t time.Time) error {
+	if c := s.netConn(); c != nil {
+		return c.SetWriteDeadline(t)
+	}
+	return errRawNotSupported
+}
+
+func (s *rawSock) netConn() *net.TCPConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == rawNet {
+		return s.conv
+	}
+	return nil
+}
+
+// asNet moves the descriptor into a *net.TCPConn (registered with Go's
+// poller), for a connection the copy goroutines must carry. It costs a
+// dup(2) and a close(2), so only connections that leave the loop's path
+// pay it.
+func (s *rawSock) asNet() (*net.TCPConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case rawNet:
+		return s.conv, nil
+	case rawOpen:
+	default:
+		return nil, net.ErrClosed
+	}
+	if s.side != nil {
+		s.lp.unregister(s.side)
+		_ = unix.EpollCtl(s.lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		s.side = nil
+	}
+	f := os.NewFile(uintptr(s.fd), "tcp")
+	c, err := net.FileConn(f)
+	f.Close() // FileConn holds its own duplicate
+	if err != nil {
+		s.state = rawClosed
+		s.closed.Store(true)
+		return nil, fmt.Errorf("moving socket to the net package: %w", err)
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		s.state = rawClosed
+		s.closed.Store(true)
+		return nil, errors.New("moving socket to the net package: not a TCP socket")
+	}
+	s.state, s.conv = rawNet, tc
+	return tc, nil
+}
+
+// asSock returns what the copy goroutines can carry for c: c itself, or
+// for a rawSock the *net.TCPConn it was moved into.
+func asSock(c halfConn) halfConn {
+	if s, ok := c.(*rawSock); ok {
+		if tc := s.netConn(); tc != nil {
+			return tc
+		}
+	}
+	return c
+}
+
+func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		ip := netip.AddrFrom16(a.Addr).Unmap()
+		if ip.Is6() {
+			ip = ip.WithZone(zoneName(a.ZoneId))
+		}
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(a.Port)))
+	}
+	return &net.TCPAddr{}
+}
+
+func zoneName(id uint32) string {
+	if id == 0 {
+		return ""
+	}
+	if ifc, err := net.InterfaceByIndex(int(id)); err == nil {
+		return ifc.Name
+	}
+	return fmt.Sprint(id)
+}
+
+// rawAccept accepts one connection on the listening socket behind raw,
+// waiting (parked in Go's poller, as Accept does) until one arrives.
+func rawAccept(raw interface {
+	Read(func(uintptr) bool) error
+}, accept *acceptCall) (*rawSock, error) {
+	accept.fd, accept.sa, accept.err = -1, nil, nil
+	if err := raw.Read(accept.fn); err != nil {
+		return nil, err
+	}
+	if accept.err != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", accept.err)}
+	}
+	return newRawSock(accept.fd, sockaddrTCP(accept.sa)), nil
+}
+
+// acceptCall is the RawConn.Read callback of one accept loop, bound once so
+// that accepting allocates no closure per connection.
+type acceptCall struct {
+	fd  int
+	sa  unix.Sockaddr
+	err error
+	fn  func(uintptr) bool
+}
+
+func newAcceptCall() *acceptCall {
+	a := &acceptCall{}
+	a.fn = func(lfd uintptr) bool {
+		for {
+			fd, sa, err := unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			switch err {
+			case nil:
+				// Not inherited from the listener, unlike keepalive: the
+				// net package sets it on every accepted socket too.
+				_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+				a.fd, a.sa = fd, sa
+				return true
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			}
+			a.err = err
+			return true
+		}
+	}
+	return a
+}
+
+// rawDial connects to address (host:port, resolved now when it is a name)
+// with a socket lp watches, within the route's connect timeout. Each address
+// a name resolves to is tried in turn, as net.Dialer does.
+func (p *Proxy) rawDial(ctx context.Context, lp *loop, r *Route, address string) (*rawSock, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.connectTimeout())
+	defer cancel()
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return lp.connect(ctx, ap, defaultKeepAlive(r.KeepAlive))
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	res := p.Resolver
+	if res == nil {
+		res = net.DefaultResolver
+	}
+	pn, err := res.LookupPort(ctx, "tcp", port)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	ips, err := res.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	var errs []error
+	for _, ip := range ips {
+		s, err := lp.connect(ctx, netip.AddrPortFrom(ip.Unmap(), uint16(pn)), defaultKeepAlive(r.KeepAlive))
+		if err == nil {
+			return s, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("%s: no addresses", host)}
+	}
+	return nil, errors.Join(errs...)
+}

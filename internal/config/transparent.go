@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -128,4 +129,45 @@ func SelectTransparent(services []Service, addr string, port int) int {
 		return wildcard
 	}
 	return first
+}
+
+// ConsumerForms are the backend forms a consumer's value may use, as its
+// error messages list them.
+const ConsumerForms = "a comma-separated list of host:port, srv://name (or a bare SRV name), dns://name:port, " +
+	"etcd://host:port/key, consul://[host:port]/key, consul-service://[host:port]/name, docker://label-value " +
+	"or attache://host:port/service"
+
+// ConsumerService is the service that serves a consumer's own choice of
+// backends in transparent mode: value, its BACKEND_<port> variable or
+// attache.connect.<port> label, lists backends in any form ParseBackend
+// reads, separated by commas, and they are checked as a file's backends
+// are (no backend twice, etcd:// needs its server, links need the link
+// section of cfg). The service takes the settings of base, the service of
+// the port (balancing, health checks, retries, timeouts, PROXY protocol),
+// or the built-in defaults when base is nil; its name is name and it
+// listens nowhere: the transparent listener hands it its connections.
+// cfg gives the discovery and link sections.
+func ConsumerService(name, value string, base *Service, cfg *Config) (Service, error) {
+	var s Service
+	if base != nil {
+		s = *base
+	} else {
+		BuiltinDefaults.apply(&s)
+		s.RetryTimeout = s.ConnectTimeout
+		s.Balance = "round_robin"
+	}
+	s.Name, s.Listen, s.Origin, s.Backends = name, "", "consumer", nil
+	for v := range strings.SplitSeq(value, ",") {
+		b, err := ParseBackend(strings.TrimSpace(v))
+		if err != nil {
+			return Service{}, fmt.Errorf("want %s: %w", ConsumerForms, err)
+		}
+		s.Backends = append(s.Backends, b)
+	}
+	errs := checkService(&s, cfg.Discovery.Etcd.Endpoints)
+	errs = append(errs, checkLinkBackends(s, cfg.Link)...)
+	if len(errs) > 0 {
+		return Service{}, errs
+	}
+	return s, nil
 }

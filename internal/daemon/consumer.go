@@ -156,8 +156,10 @@ func (d *daemon) newConsumerRoute(tr *transparentRun, caller *docker.Caller, dst
 				return // dropped: its registry entries are forgotten
 			}
 			cr.discovered = m[name]
-			tr.log.Info("per-consumer backends changed", "container", caller.Name, "port", port, "discovered", len(cr.discovered))
 			d.rebuild(cr.sv)
+			// After the rebuild: a connection that follows this line
+			// takes the new route.
+			tr.log.Info("per-consumer backends changed", "container", caller.Name, "port", port, "backends", setAddrs(cr.sv.set))
 		}})
 	}
 	d.wg.Go(func() {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -226,12 +227,23 @@ func TestTransparentPerConsumerDocker(t *testing.T) {
 		return ln.Addr().String()
 	}
 	backendA, backendB, static, pg := named("backend-a"), named("backend-b"), named("static-redis"), named("pg-backend")
+	// Discovered choices: an SRV name on a real DNS server, an etcd key
+	// on a real etcd.
+	srvBackend, etcdA, etcdB := named("srv-backend"), named("etcd-a"), named("etcd-b")
+	dns := testenv.StartDNS(t)
+	dns.SetA("redis-host.test", "127.0.0.1")
+	_, srvPort, _ := net.SplitHostPort(srvBackend)
+	dns.SetSRV("_redis._tcp.test", testenv.SRV{Weight: 1, Port: uint16(mustAtoi(t, srvPort)), Target: "redis-host.test."})
+	etcd := testenv.StartEtcd(t)
+	etcd.Put(t, "/consumers/c5/a", etcdA)
 
 	// The services listen on this host, on the ports the consumers ask
 	// for, at a loopback address nothing else uses.
 	port, adminPort := freePort(t), freePort(t)
 	cfg := filepath.Join(t.TempDir(), "attache.yaml")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, `
+discovery:
+  dns: {server: %q, min_ttl: 10ms, max_ttl: 100ms}
 transparent:
   listen: ":%d"
   per_consumer: true
@@ -242,7 +254,7 @@ services:
   - name: pg
     listen: 127.36.79.1:5432
     backends: [%s]
-`, port, static, pg), 0o600); err != nil {
+`, dns.Addr, port, static, pg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	env := []string{"PATH=" + os.Getenv("PATH")}
@@ -314,6 +326,41 @@ services:
 		t.Errorf("no caller lookup was answered from the cache:\n%s", grepLines(metrics, "attache_transparent"))
 	}
 
+	// Every backend form a service takes: an SRV name, an etcd key
+	// (followed live: a change moves the next connections), and a
+	// malformed value, refused, logged and counted.
+	c4 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID, Env: []string{"BACKEND_6379=srv://_redis._tcp.test"}})
+	c5 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID,
+		Labels: map[string]string{"attache.connect.6379": "etcd://" + etcd.Endpoint() + "/consumers/c5"}})
+	c6 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID, Env: []string{"BACKEND_6379=10.1.2.3"}})
+	if got := hello(c4, "203.0.113.7:6379"); got != "srv-backend" {
+		t.Errorf("container %s (SRV) answered by %q, want srv-backend", c4.Name, got)
+	}
+	if got := hello(c5, "203.0.113.7:6379"); got != "etcd-a" {
+		t.Errorf("container %s (etcd) answered by %q, want etcd-a", c5.Name, got)
+	}
+	etcd.Put(t, "/consumers/c5/b", etcdB)
+	etcd.Delete(t, "/consumers/c5/a")
+	a.waitLog(t, regexp.MustCompile(`msg="per-consumer backends changed" .*container=`+c5.Name+` .*backends=\[`+regexp.QuoteMeta(etcdB)+`\]`), startTimeout)
+	if got := hello(c5, "203.0.113.7:6379"); got != "etcd-b" {
+		t.Errorf("container %s after the etcd change: answered by %q, want etcd-b", c5.Name, got)
+	}
+	if conn, err := testenv.DialIn(fmt.Sprintf("/proc/%d/ns/net", c6.PID(t)), "tcp", "203.0.113.7:6379", ioTimeout); err == nil {
+		_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+		if n, err := conn.Read(make([]byte, 1)); err == nil {
+			t.Errorf("container %s with a malformed BACKEND_6379: read %d bytes, want the connection refused", c6.Name, n)
+		}
+		conn.Close()
+	}
+	a.waitLog(t, regexp.MustCompile(`msg="per-consumer backends: malformed value.*container=`+c6.Name+` port=6379 value=10\.1\.2\.3 .*an IP address without a port`), startTimeout)
+	metrics = httpGet(t, "http://127.0.0.1:"+itoa(adminPort)+"/metrics")
+	for _, want := range []string{`attache_transparent_connections_total{result="bad_value"} 1`,
+		`attache_transparent_consumer_bad_values_total 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(metrics, "attache_transparent"))
+		}
+	}
+
 	rules.signal(t, syscall.SIGTERM)
 	if code := rules.wait(t, exitTimeout); code != 0 {
 		t.Fatalf("attache iptables exited %d", code)
@@ -325,6 +372,15 @@ services:
 	if strings.Contains(out, chain) {
 		t.Errorf("chain %s left after attache iptables exited:\n%s", chain, grepLines(out, chain))
 	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func httpGet(t *testing.T, url string) string {

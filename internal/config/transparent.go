@@ -30,8 +30,9 @@ type Transparent struct {
 	// PerConsumer, when set, asks the Docker engine (discovery.docker.host)
 	// which container each redirected connection comes from: its
 	// BACKEND_<port> variable, or its attache.connect.<port> label, names
-	// the backends (host:port, comma-separated) for that port, before the
-	// port's service is considered.
+	// the backends for that port (any form a service's backends take,
+	// comma-separated: see ConsumerService), before the port's service is
+	// considered.
 	PerConsumer bool
 	// Origin is "attache.yaml:3" or "--transparent".
 	Origin string

@@ -308,3 +308,34 @@ func TestConsumerBadValues(t *testing.T) {
 		t.Errorf("%d routes for malformed values", n)
 	}
 }
+
+// TestConsumerCacheBound: past maxConsumerRoutes the cache starts over,
+// and the providers of the routes it held stop.
+func TestConsumerCacheBound(t *testing.T) {
+	dns := testenv.StartDNS(t)
+	dns.SetA("who.test", "127.0.0.1")
+	dns.SetSRV("_who._tcp.test", testenv.SRV{Weight: 1, Port: 1, Target: "who.test."})
+	tport := testenv.FreePort(t, "127.0.0.1")
+	d := startConsumerDaemon(t, fmt.Sprintf("discovery:\n  dns: {server: %q}\n", dns.Addr)+perConsumerYAML(tport))
+	dst := netip.MustParseAddrPort("198.51.100.2:6379")
+	caller := func(i int) *docker.Caller {
+		return &docker.Caller{ID: fmt.Sprintf("%012x", i) + strings.Repeat("0", 52), Name: fmt.Sprintf("c%d", i)}
+	}
+	first := d.consumerRoute(d.transp, caller(0), dst, "srv://_who._tcp.test")
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	for i := 1; i < maxConsumerRoutes; i++ {
+		if cr := d.consumerRoute(d.transp, caller(i), dst, "127.0.0.1:1"); cr.err != nil {
+			t.Fatal(cr.err)
+		}
+	}
+	if first.ctx.Err() != nil || d.transp.consumerRoutes() != maxConsumerRoutes {
+		t.Fatalf("%d routes cached, want %d with the first still running", d.transp.consumerRoutes(), maxConsumerRoutes)
+	}
+	d.consumerRoute(d.transp, caller(maxConsumerRoutes), dst, "127.0.0.1:1")
+	waitDone(t, first)
+	if n := d.transp.consumerRoutes(); n != 1 {
+		t.Errorf("%d routes cached after the cache started over, want 1", n)
+	}
+}

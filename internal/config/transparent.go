@@ -17,6 +17,7 @@ import (
 //	transparent:
 //	  listen: ":10000"
 //	  per_consumer: true   # BACKEND_<port> of the calling container first
+//	  tproxy: true         # TPROXY rules (attache iptables --tproxy), not REDIRECT
 //
 // Selection: a TCP service whose listen port is the original destination
 // port serves the connection; if several services share that port (on
@@ -34,6 +35,11 @@ type Transparent struct {
 	// comma-separated: see ConsumerService), before the port's service is
 	// considered.
 	PerConsumer bool
+	// TProxy, when set, takes connections that iptables TPROXY rules
+	// (`attache iptables --tproxy`) delivered instead of REDIRECT ones: the
+	// listener sets IP_TRANSPARENT (which needs CAP_NET_ADMIN) and a
+	// connection's original destination is its own local address.
+	TProxy bool
 	// Origin is "attache.yaml:3" or "--transparent".
 	Origin string
 }
@@ -72,6 +78,7 @@ func (p *fileParser) transparent(n *yaml.Node) Transparent {
 			t.Listen = addr
 		},
 		"per_consumer": func(v *yaml.Node) { t.PerConsumer = p.boolean(v, "per_consumer") },
+		"tproxy":       func(v *yaml.Node) { t.TProxy = p.boolean(v, "tproxy") },
 	})
 	if n = deref(n); n.Kind == yaml.MappingNode && !hasKey(n, "listen") {
 		p.errorf(n, "transparent", "want listen: [host:]port")

@@ -138,3 +138,17 @@ func TestConsumerService(t *testing.T) {
 		t.Errorf("with the port's service: %+v", s)
 	}
 }
+
+func TestTransparentTProxy(t *testing.T) {
+	cfg, err := Load(Sources{FileData: []byte("transparent: {listen: \":10000\", tproxy: true}\nservices: [{name: r, listen: \":6379\", backends: [\"a:1\"]}]\n"), File: "f.yaml"})
+	if err != nil || !cfg.Transparent.TProxy {
+		t.Fatalf("tproxy: true: %+v, %v", cfg.Transparent, err)
+	}
+	cfg, err = Load(Sources{Transparent: "10000", TProxy: true, Forwards: []string{"1=h:1"}})
+	if err != nil || !cfg.Transparent.TProxy {
+		t.Fatalf("--tproxy: %+v, %v", cfg.Transparent, err)
+	}
+	if _, err := Load(Sources{TProxy: true, Forwards: []string{"1=h:1"}}); err == nil || !strings.Contains(err.Error(), "--tproxy: needs --transparent") {
+		t.Errorf("--tproxy without --transparent: %v", err)
+	}
+}

@@ -72,7 +72,11 @@ func openTransparent(ctx context.Context, cfg *config.Config, in *listen.Inherit
 	if !t.Enabled() {
 		return nil, nil
 	}
-	ln, err := in.Listen(ctx, proxy.ListenConfig(0), kindTransparent, listenNetwork(t.Listen), t.Listen)
+	lc := proxy.ListenConfig(0)
+	if t.TProxy {
+		lc.Control = transparent.TProxyControl(lc.Control)
+	}
+	ln, err := in.Listen(ctx, lc, kindTransparent, listenNetwork(t.Listen), t.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("transparent listener: listen %s (%s): %w", t.Listen, t.Origin, unwrapOp(err))
 	}
@@ -100,7 +104,7 @@ func (d *daemon) startTransparent(tr *transparentRun) {
 		return
 	}
 	d.log.Info("transparent listener", "addr", tr.ln.Addr().String(), "from", tr.cfg.Origin,
-		"per_consumer", tr.callers != nil)
+		"per_consumer", tr.callers != nil, "tproxy", tr.cfg.TProxy)
 	if tr.callers != nil {
 		tr.callers.OnInvalidate = func(id string) { d.forgetCaller(tr, id) }
 		d.wg.Go(func() { tr.callers.Run(d.ctx) })
@@ -151,7 +155,15 @@ func (d *daemon) serveTransparent(tr *transparentRun) error {
 // hands c to its listener, or refuses it.
 func (d *daemon) routeTransparent(tr *transparentRun, c *net.TCPConn) {
 	local := c.LocalAddr()
-	dst, err := transparent.OriginalDst(c, local)
+	var (
+		dst netip.AddrPort
+		err error
+	)
+	if tr.cfg.TProxy {
+		dst, err = transparent.TProxyDst(local)
+	} else {
+		dst, err = transparent.OriginalDst(c, local)
+	}
 	switch {
 	case errors.Is(err, transparent.ErrNotTracked):
 		tr.refuse(c, &tr.notRedirected, resultNotRedirected, "none")

@@ -29,7 +29,18 @@ import (
 // service behind it, and a connection straight to the transparent
 // listener, are refused and counted; stopping `attache iptables`
 // removes every rule it installed.
-func TestTransparentNetns(t *testing.T) {
+func TestTransparentNetns(t *testing.T) { transparentNetns(t, false) }
+
+// TestTransparentTProxyNetns is TestTransparentNetns with TPROXY: attache
+// runs with transparent.tproxy (an IP_TRANSPARENT listener) and `attache
+// iptables --tproxy` installs mangle-table TPROXY rules and the ip rule
+// and local route they need; the packets keep their destination, and
+// the original destination is the accepted connection's local address.
+// The kernel must have TPROXY (xt_TPROXY, nf_tproxy): without it the
+// rules fail to install, and the test fails saying so.
+func TestTransparentTProxyNetns(t *testing.T) { transparentNetns(t, true) }
+
+func transparentNetns(t *testing.T, tproxy bool) {
 	if why := testenv.NetnsAvailable(); why != "" {
 		t.Fatalf("network namespaces: %s", why)
 	}
@@ -39,6 +50,14 @@ func TestTransparentNetns(t *testing.T) {
 		c.Run(t, "ip", "route", "add", "default", "via", hub.IP)
 	}
 	hub.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil && tproxy {
+		// The consumers reach the hub through a bridge, as containers do:
+		// where br_netfilter hands bridged frames to iptables (Docker
+		// loads it), PREROUTING runs on the bridge, and the IP layer
+		// then drops the socket TPROXY assigned. The hub turns that off
+		// for its own namespace, as a TPROXY host must (README).
+		hub.Run(t, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+	}
 
 	// Two backends in the hub, each naming itself before echoing.
 	for _, b := range []struct{ name, addr string }{{"redis-backend", "127.0.0.1:7001"}, {"pg-backend", "127.0.0.1:7002"}} {
@@ -52,9 +71,10 @@ func TestTransparentNetns(t *testing.T) {
 		})
 	}
 	cfg := filepath.Join(t.TempDir(), "attache.yaml")
-	if err := os.WriteFile(cfg, []byte(`
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, `
 transparent:
   listen: ":10000"
+  tproxy: %t
 services:
   - name: redis
     listen: 127.0.0.1:6379
@@ -62,20 +82,33 @@ services:
   - name: pg
     listen: 127.0.0.1:5432
     backends: [127.0.0.1:7002]
-`), 0o600); err != nil {
+`, tproxy), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := startAttacheIn(t, hub, cfg, "--admin", "127.0.0.1:9901")
 	a.waitLog(t, regexp.MustCompile(`msg="transparent listener"`), startTimeout)
 
 	subnet := hub.IP[:strings.LastIndex(hub.IP, ".")] + ".0/24"
-	rules := startAttache(t, []string{"PATH=" + os.Getenv("PATH")}, "iptables", "--netns", hub.NS, "--source", subnet, "--ports", "6379,5432,11211", "--apply")
+	args := []string{"iptables", "--netns", hub.NS, "--source", subnet, "--ports", "6379,5432,11211", "--apply"}
+	table, target := "nat", "-A ATTACHE -p tcp -m tcp --dport 6379 -j REDIRECT --to-ports 10000"
+	if tproxy {
+		args = append(args, "--tproxy")
+		table, target = "mangle", "-A ATTACHE -p tcp -m tcp --dport 6379 -j TPROXY --on-port 10000 --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1"
+	}
+	rules := startAttache(t, []string{"PATH=" + os.Getenv("PATH")}, args...)
 	waitOutput(t, rules, "# installed")
-	installed := hub.Run(t, "iptables", "-w", "-t", "nat", "-S")
-	for _, want := range []string{"-A PREROUTING -s " + subnet + " -p tcp -j ATTACHE",
-		"-A ATTACHE -p tcp -m tcp --dport 6379 -j REDIRECT --to-ports 10000"} {
+	installed := hub.Run(t, "iptables", "-w", "-t", table, "-S")
+	for _, want := range []string{"-A PREROUTING -s " + subnet + " -p tcp -j ATTACHE", target} {
 		if !strings.Contains(installed, want) {
-			t.Fatalf("iptables -S in the hub lacks %q:\n%s", want, installed)
+			t.Fatalf("iptables -t %s -S in the hub lacks %q:\n%s", table, want, installed)
+		}
+	}
+	if tproxy {
+		if r := hub.Run(t, "ip", "rule", "show"); !strings.Contains(r, "fwmark 0x1/0x1 lookup 100") {
+			t.Fatalf("ip rule in the hub lacks the TPROXY mark's rule:\n%s", r)
+		}
+		if r := hub.Run(t, "ip", "route", "show", "table", "100"); !strings.Contains(r, "local default dev lo") {
+			t.Fatalf("routing table 100 in the hub lacks the local default route:\n%s", r)
 		}
 	}
 
@@ -125,11 +158,14 @@ services:
 	if code := rules.wait(t, exitTimeout); code != 0 {
 		t.Fatalf("attache iptables exited %d", code)
 	}
-	if after := hub.Run(t, "iptables", "-w", "-t", "nat", "-S"); strings.Contains(after, "ATTACHE") {
+	if after := hub.Run(t, "iptables", "-w", "-t", table, "-S"); strings.Contains(after, "ATTACHE") {
 		t.Errorf("rules left after attache iptables exited:\n%s", after)
 	}
-	if after := hub.Run(t, "ip6tables", "-w", "-t", "nat", "-S"); strings.Contains(after, "ATTACHE") {
+	if after := hub.Run(t, "ip6tables", "-w", "-t", table, "-S"); strings.Contains(after, "ATTACHE") {
 		t.Errorf("ip6tables rules left after attache iptables exited:\n%s", after)
+	}
+	if after := hub.Run(t, "ip", "rule", "show"); strings.Contains(after, "fwmark") {
+		t.Errorf("ip rule left after attache iptables exited:\n%s", after)
 	}
 }
 

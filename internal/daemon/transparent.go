@@ -282,6 +282,10 @@ func (d *daemon) reloadTransparent(cfg *config.Config) {
 		d.log.Warn("reload: the transparent listener's address takes effect on restart",
 			"running", cur.Listen, "configured", cfg.Transparent.Listen)
 	}
+	if cur.TProxy != cfg.Transparent.TProxy {
+		d.log.Warn("reload: the transparent listener's tproxy setting takes effect on restart",
+			"running", cur.TProxy, "configured", cfg.Transparent.TProxy)
+	}
 	if d.transp != nil {
 		// Consumers' routes took the settings of the services and the
 		// discovery section: the next connection builds them anew.

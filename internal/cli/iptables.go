@@ -35,11 +35,15 @@ func runIptables(ctx context.Context, e Env, args []string) int {
 	fs.StringVar(&ports, "ports", "", "destination `PORTS` to redirect, comma-separated (e.g. 6379,5432)")
 	fs.StringVar(&spec.Netns, "netns", "", "run the rules inside network namespace `NAME` (ip netns exec), where attache listens")
 	fs.StringVar(&spec.Chain, "chain", "", "nat `CHAIN` to put the rules in (default ATTACHE)")
+	fs.BoolVar(&spec.TProxy, "tproxy", false, "make mangle-table TPROXY rules (for attache --transparent --tproxy) instead of nat REDIRECT ones, with the ip rule and local route they need")
+	mark := fs.Uint("mark", 0, "with --tproxy: the firewall `MARK` of TPROXY'd packets, matched as MARK/MARK (default 1)")
+	fs.IntVar(&spec.Table, "table", 0, "with --tproxy: the routing `TABLE` of the local route marked packets take (default 100)")
 	apply := fs.Bool("apply", false, "install the rules, wait for SIGINT or SIGTERM, then remove them")
 	fs.Usage = func() {
-		fmt.Fprint(e.Stderr, "Usage: attache iptables [--transparent PORT] (--source CIDR | --uid N)... --ports P[,P...] [--netns NAME] [--apply]\n\n"+
+		fmt.Fprint(e.Stderr, "Usage: attache iptables [--transparent PORT] (--source CIDR | --uid N)... --ports P[,P...] [--netns NAME] [--tproxy [--mark M] [--table T]] [--apply]\n\n"+
 			"Prints the iptables/ip6tables nat rules that redirect the source's connections to the given\n"+
-			"ports to attache's transparent listener. With --apply, installs them and removes them on exit.\n\n")
+			"ports to attache's transparent listener (with --tproxy: mangle TPROXY rules, plus the ip rule\n"+
+			"and route they need). With --apply, installs them and removes them on exit.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -83,6 +87,10 @@ func runIptables(ctx context.Context, e Env, args []string) int {
 			spec.Ports = append(spec.Ports, n)
 		}
 	}
+	if *mark > 0xffffffff {
+		errs = append(errs, fmt.Errorf("--mark: want a 32-bit mark, got %d", *mark))
+	}
+	spec.Mark = uint32(*mark)
 	if len(errs) == 0 {
 		errs = append(errs, spec.Validate())
 	}

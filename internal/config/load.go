@@ -31,6 +31,9 @@ type Sources struct {
 	// PerConsumer is --per-consumer: per-consumer backends in transparent
 	// mode (see Transparent.PerConsumer).
 	PerConsumer bool
+	// TProxy is --tproxy: the transparent listener takes TPROXY'd
+	// connections (see Transparent.TProxy).
+	TProxy bool
 	// Flags are per-service defaults set explicitly on the command line; a
 	// zero field was not set. They beat the file's defaults block, and a
 	// service's own setting beats them.
@@ -84,7 +87,7 @@ func Load(src Sources) (*Config, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--transparent: %w", err))
 		} else {
-			cfg.Transparent = Transparent{Listen: addr, Origin: "--transparent", PerConsumer: cfg.Transparent.PerConsumer}
+			cfg.Transparent = Transparent{Listen: addr, Origin: "--transparent", PerConsumer: cfg.Transparent.PerConsumer, TProxy: cfg.Transparent.TProxy}
 		}
 	}
 	if src.PerConsumer {
@@ -92,6 +95,12 @@ func Load(src Sources) (*Config, error) {
 			errs = append(errs, errors.New("--per-consumer: needs --transparent [HOST:]PORT (or a transparent block in the file)"))
 		}
 		cfg.Transparent.PerConsumer = true
+	}
+	if src.TProxy {
+		if src.Transparent == "" && !cfg.Transparent.Enabled() {
+			errs = append(errs, errors.New("--tproxy: needs --transparent [HOST:]PORT (or a transparent block in the file)"))
+		}
+		cfg.Transparent.TProxy = true
 	}
 	addGenerated := func(s Service) {
 		generated[len(cfg.Services)] = true

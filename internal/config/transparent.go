@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -16,6 +17,7 @@ import (
 //	transparent:
 //	  listen: ":10000"
 //	  per_consumer: true   # BACKEND_<port> of the calling container first
+//	  tproxy: true         # TPROXY rules (attache iptables --tproxy), not REDIRECT
 //
 // Selection: a TCP service whose listen port is the original destination
 // port serves the connection; if several services share that port (on
@@ -29,9 +31,15 @@ type Transparent struct {
 	// PerConsumer, when set, asks the Docker engine (discovery.docker.host)
 	// which container each redirected connection comes from: its
 	// BACKEND_<port> variable, or its attache.connect.<port> label, names
-	// the backends (host:port, comma-separated) for that port, before the
-	// port's service is considered.
+	// the backends for that port (any form a service's backends take,
+	// comma-separated: see ConsumerService), before the port's service is
+	// considered.
 	PerConsumer bool
+	// TProxy, when set, takes connections that iptables TPROXY rules
+	// (`attache iptables --tproxy`) delivered instead of REDIRECT ones: the
+	// listener sets IP_TRANSPARENT (which needs CAP_NET_ADMIN) and a
+	// connection's original destination is its own local address.
+	TProxy bool
 	// Origin is "attache.yaml:3" or "--transparent".
 	Origin string
 }
@@ -70,6 +78,7 @@ func (p *fileParser) transparent(n *yaml.Node) Transparent {
 			t.Listen = addr
 		},
 		"per_consumer": func(v *yaml.Node) { t.PerConsumer = p.boolean(v, "per_consumer") },
+		"tproxy":       func(v *yaml.Node) { t.TProxy = p.boolean(v, "tproxy") },
 	})
 	if n = deref(n); n.Kind == yaml.MappingNode && !hasKey(n, "listen") {
 		p.errorf(n, "transparent", "want listen: [host:]port")
@@ -128,4 +137,45 @@ func SelectTransparent(services []Service, addr string, port int) int {
 		return wildcard
 	}
 	return first
+}
+
+// ConsumerForms are the backend forms a consumer's value may use, as its
+// error messages list them.
+const ConsumerForms = "a comma-separated list of host:port, srv://name (or a bare SRV name), dns://name:port, " +
+	"etcd://host:port/key, consul://[host:port]/key, consul-service://[host:port]/name, docker://label-value " +
+	"or attache://host:port/service"
+
+// ConsumerService is the service that serves a consumer's own choice of
+// backends in transparent mode: value, its BACKEND_<port> variable or
+// attache.connect.<port> label, lists backends in any form ParseBackend
+// reads, separated by commas, and they are checked as a file's backends
+// are (no backend twice, etcd:// needs its server, links need the link
+// section of cfg). The service takes the settings of base, the service of
+// the port (balancing, health checks, retries, timeouts, PROXY protocol),
+// or the built-in defaults when base is nil; its name is name and it
+// listens nowhere: the transparent listener hands it its connections.
+// cfg gives the discovery and link sections.
+func ConsumerService(name, value string, base *Service, cfg *Config) (Service, error) {
+	var s Service
+	if base != nil {
+		s = *base
+	} else {
+		BuiltinDefaults.apply(&s)
+		s.RetryTimeout = s.ConnectTimeout
+		s.Balance = "round_robin"
+	}
+	s.Name, s.Listen, s.Origin, s.Backends = name, "", "consumer", nil
+	for v := range strings.SplitSeq(value, ",") {
+		b, err := ParseBackend(strings.TrimSpace(v))
+		if err != nil {
+			return Service{}, fmt.Errorf("want %s: %w", ConsumerForms, err)
+		}
+		s.Backends = append(s.Backends, b)
+	}
+	errs := checkService(&s, cfg.Discovery.Etcd.Endpoints)
+	errs = append(errs, checkLinkBackends(s, cfg.Link)...)
+	if len(errs) > 0 {
+		return Service{}, errs
+	}
+	return s, nil
 }

@@ -103,3 +103,52 @@ func TestTransparentPerConsumer(t *testing.T) {
 		t.Errorf("per_consumer: maybe: %v", err)
 	}
 }
+
+// TestConsumerService: a consumer's value takes every backend form, with
+// the settings of the port's service or the built-in defaults.
+func TestConsumerService(t *testing.T) {
+	cfg := &Config{Discovery: Discovery{Etcd: EtcdDiscovery{Endpoints: []string{"10.0.0.3:2379"}}}}
+	_, err := ConsumerService("web:6379", "10.0.0.5:6379,{etcd: k}", nil, cfg)
+	if err == nil || !strings.Contains(err.Error(), "want a comma-separated list of host:port") {
+		t.Fatalf("a value with a file-only form: %v", err)
+	}
+	s, err := ConsumerService("web:6379", "10.0.0.5:6379, srv://_redis._tcp.example,redis.example,dns://r.example:6379,etcd://10.0.0.3:2379/k,consul:///kv,consul-service:///pg?tag=a,docker://db", nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, b := range s.Backends {
+		got = append(got, b.String())
+	}
+	want := "10.0.0.5:6379 srv://_redis._tcp.example srv://redis.example dns://r.example:6379 etcd://10.0.0.3:2379/k consul:///kv consul-service:///pg?tag=a docker://db"
+	if strings.Join(got, " ") != want {
+		t.Errorf("backends %q, want %q", strings.Join(got, " "), want)
+	}
+	if s.Name != "web:6379" || s.Listen != "" || s.Balance != "round_robin" || s.Retries != BuiltinDefaults.Retries ||
+		s.ConnectTimeout != BuiltinDefaults.ConnectTimeout || s.RetryTimeout != s.ConnectTimeout {
+		t.Errorf("without a service on the port: %+v, want the built-in defaults", s)
+	}
+	base := &Service{Name: "redis", Listen: ":6379", Balance: "first", Retries: 9, HealthCheck: &HealthCheck{Send: "PING"},
+		Backends: []Backend{{Addr: "10.9.9.9:1"}}}
+	s, err = ConsumerService("web:6379", "attache://10.0.0.9:7443/redis", base, &Config{Link: Link{Cert: "c", Key: "k", CA: "a", Origin: "f:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Balance != "first" || s.Retries != 9 || s.HealthCheck == nil || len(s.Backends) != 1 || s.Backends[0].Link != "redis" || s.Name != "web:6379" {
+		t.Errorf("with the port's service: %+v", s)
+	}
+}
+
+func TestTransparentTProxy(t *testing.T) {
+	cfg, err := Load(Sources{FileData: []byte("transparent: {listen: \":10000\", tproxy: true}\nservices: [{name: r, listen: \":6379\", backends: [\"a:1\"]}]\n"), File: "f.yaml"})
+	if err != nil || !cfg.Transparent.TProxy {
+		t.Fatalf("tproxy: true: %+v, %v", cfg.Transparent, err)
+	}
+	cfg, err = Load(Sources{Transparent: "10000", TProxy: true, Forwards: []string{"1=h:1"}})
+	if err != nil || !cfg.Transparent.TProxy {
+		t.Fatalf("--tproxy: %+v, %v", cfg.Transparent, err)
+	}
+	if _, err := Load(Sources{TProxy: true, Forwards: []string{"1=h:1"}}); err == nil || !strings.Contains(err.Error(), "--tproxy: needs --transparent") {
+		t.Errorf("--tproxy without --transparent: %v", err)
+	}
+}

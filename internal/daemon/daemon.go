@@ -206,6 +206,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	d.startDiscovery(disc)
 	d.startLink(lr)
 	d.startTransparent(tr)
+	if testHookDaemon != nil {
+		testHookDaemon(d)
+	}
 	d.open.Store(true)
 	// The admin API outlives serveCtx so /readyz can say 503 while the
 	// connections drain; it stops last.

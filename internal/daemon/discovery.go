@@ -196,16 +196,24 @@ func (d *daemon) startDiscovery(next *discoveryRun) {
 		return
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
-	next.cancel = cancel
+	d.runDiscovery(ctx, cancel, next, &discovery.Merger{Apply: d.applyDiscovered, Logger: d.log, Seed: seed})
+	d.log.Info("discovery started", "providers", len(next.providers))
+}
+
+// runDiscovery starts r's providers and m, which merges what they report,
+// on r's goroutines until ctx is done (cancel ends it, and r.stop waits).
+// The daemon's services and each per-consumer route (consumer.go) run
+// their providers this way.
+func (d *daemon) runDiscovery(ctx context.Context, cancel context.CancelFunc, r *discoveryRun, m *discovery.Merger) {
+	r.cancel = cancel
 	snaps := make(chan discovery.Snapshot)
-	m := &discovery.Merger{Apply: d.applyDiscovered, Logger: d.log, Seed: seed}
 	if d.discoveryUpdates != nil {
 		m.OnSnapshot = func(provider string) { d.discoveryUpdates.WithLabelValues(provider).Inc() }
 	}
-	next.merger = m
-	next.wg.Go(func() { m.Run(ctx, snaps) })
-	for _, p := range next.providers {
-		next.wg.Go(func() {
+	r.merger = m
+	r.wg.Go(func() { m.Run(ctx, snaps) })
+	for _, p := range r.providers {
+		r.wg.Go(func() {
 			if err := p.Run(ctx, snaps); err != nil && ctx.Err() == nil {
 				// The last good set stays in force: better stale backends
 				// than none.
@@ -213,7 +221,6 @@ func (d *daemon) startDiscovery(next *discoveryRun) {
 			}
 		})
 	}
-	d.log.Info("discovery started", "providers", len(next.providers))
 }
 
 func (r *discoveryRun) stop() {

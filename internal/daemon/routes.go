@@ -31,6 +31,10 @@ type served struct {
 	// draining are the backends rebuild left out because they are
 	// drained, for the admin view.
 	draining []*backend.Backend
+	// consumer is set on the route of a consumer's own choice of
+	// backends in transparent mode (consumer.go): it has its own
+	// discovery, and its goroutines stop with it.
+	consumer *consumerRoute
 }
 
 // configure (re)applies a service's configuration to its listener: policy,
@@ -107,9 +111,13 @@ func (d *daemon) startMonitor(sv *served) {
 			}
 		}
 	}
-	ctx, cancel := context.WithCancel(d.ctx)
+	parent, wg := d.ctx, &d.wg
+	if cr := sv.consumer; cr != nil {
+		parent, wg = cr.ctx, &cr.wg
+	}
+	ctx, cancel := context.WithCancel(parent)
 	sv.monitor, sv.stopMonitor = m, cancel
-	d.wg.Go(func() { _ = m.Run(ctx) })
+	wg.Go(func() { _ = m.Run(ctx) })
 }
 
 // unconfigure releases what a removed service held. d.mu is held.
@@ -146,7 +154,11 @@ func (d *daemon) rebuild(sv *served) {
 			eps = append(eps, ep)
 		}
 	}
-	eps = append(eps, d.discovered[s.Name]...)
+	discovered := d.discovered[s.Name]
+	if sv.consumer != nil {
+		discovered = sv.consumer.discovered
+	}
+	eps = append(eps, discovered...)
 	eps, sv.draining = d.withoutDrained(s.Name, eps)
 	set := d.registry.Resolve(s.Name, eps)
 	prev := sv.set
@@ -189,10 +201,11 @@ func (d *daemon) rebuild(sv *served) {
 }
 
 // Test hooks, set by tests before Run: every route rebuild, every health
-// verdict change.
+// verdict change, the running daemon once everything started.
 var (
 	testHookRebuilt func(service string, addrs []string)
 	testHookHealth  func(service, addr string, healthy bool)
+	testHookDaemon  func(d *daemon)
 )
 
 func removedAddrs(prev, cur *backend.Set) []string {

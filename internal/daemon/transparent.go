@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,28 +45,21 @@ type transparentRun struct {
 
 	// callers finds the calling container for per-consumer backends; nil
 	// when off. consumers holds the routes their variables asked for, by
-	// caller, port and value.
+	// caller, port and value (consumer.go).
 	callers   *docker.Callers
 	consumed  atomic.Int64 // connections routed by a consumer's own choice
+	badValues atomic.Int64 // consumers' values found malformed
+	badValue  atomic.Int64 // connections refused for one
 	consMu    sync.Mutex
-	consumers map[consumerKey]*proxy.Listener
+	consumers map[consumerKey]*consumerRoute
 }
-
-type consumerKey struct {
-	caller string
-	port   uint16
-	value  string
-}
-
-// maxConsumerRoutes bounds the per-consumer route cache; past it the cache
-// starts over (routes in use are kept by their connections).
-const maxConsumerRoutes = 4096
 
 // Refusal reasons, the metric's result label.
 const (
 	resultRouted        = "routed"
 	resultConsumer      = "consumer"
 	resultNoService     = "no_service"
+	resultBadValue      = "bad_value"
 	resultNotRedirected = "not_redirected"
 	resultLoop          = "loop"
 	resultError         = "error"
@@ -80,12 +72,16 @@ func openTransparent(ctx context.Context, cfg *config.Config, in *listen.Inherit
 	if !t.Enabled() {
 		return nil, nil
 	}
-	ln, err := in.Listen(ctx, proxy.ListenConfig(0), kindTransparent, listenNetwork(t.Listen), t.Listen)
+	lc := proxy.ListenConfig(0)
+	if t.TProxy {
+		lc.Control = transparent.TProxyControl(lc.Control)
+	}
+	ln, err := in.Listen(ctx, lc, kindTransparent, listenNetwork(t.Listen), t.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("transparent listener: listen %s (%s): %w", t.Listen, t.Origin, unwrapOp(err))
 	}
 	tr := &transparentRun{cfg: t, ln: ln, log: log.With("component", "transparent"),
-		port: ln.Addr().(*net.TCPAddr).Port, consumers: map[consumerKey]*proxy.Listener{}}
+		port: ln.Addr().(*net.TCPAddr).Port, consumers: map[consumerKey]*consumerRoute{}}
 	if t.PerConsumer {
 		if tr.callers, err = docker.NewCallers(cfg.Discovery.Docker.Host, log); err != nil {
 			ln.Close()
@@ -108,8 +104,9 @@ func (d *daemon) startTransparent(tr *transparentRun) {
 		return
 	}
 	d.log.Info("transparent listener", "addr", tr.ln.Addr().String(), "from", tr.cfg.Origin,
-		"per_consumer", tr.callers != nil)
+		"per_consumer", tr.callers != nil, "tproxy", tr.cfg.TProxy)
 	if tr.callers != nil {
+		tr.callers.OnInvalidate = func(id string) { d.forgetCaller(tr, id) }
 		d.wg.Go(func() { tr.callers.Run(d.ctx) })
 	}
 	d.accepting.Add(1)
@@ -158,7 +155,15 @@ func (d *daemon) serveTransparent(tr *transparentRun) error {
 // hands c to its listener, or refuses it.
 func (d *daemon) routeTransparent(tr *transparentRun, c *net.TCPConn) {
 	local := c.LocalAddr()
-	dst, err := transparent.OriginalDst(c, local)
+	var (
+		dst netip.AddrPort
+		err error
+	)
+	if tr.cfg.TProxy {
+		dst, err = transparent.TProxyDst(local)
+	} else {
+		dst, err = transparent.OriginalDst(c, local)
+	}
 	switch {
 	case errors.Is(err, transparent.ErrNotTracked):
 		tr.refuse(c, &tr.notRedirected, resultNotRedirected, "none")
@@ -178,6 +183,10 @@ func (d *daemon) routeTransparent(tr *transparentRun, c *net.TCPConn) {
 	}
 	if tr.callers != nil {
 		l, err := d.consumerListener(tr, c, dst)
+		if isBadConsumerValue(err) {
+			tr.refuse(c, &tr.badValue, resultBadValue, dst.String())
+			return
+		}
 		if err != nil {
 			tr.refuse(c, &tr.failed, resultError, err.Error())
 			return
@@ -195,55 +204,6 @@ func (d *daemon) routeTransparent(tr *transparentRun, c *net.TCPConn) {
 	}
 	tr.routed.Add(1)
 	d.proxy.Handle(d.ctx, l, c, func(error) error { return nil })
-}
-
-// consumerListener is the route c's caller chose for dst's port (its
-// BACKEND_<port> variable or attache.connect.<port> label), or nil when
-// the caller is no container or chose nothing for that port: the port's
-// service serves it then. The route takes the timeouts of the port's
-// service when there is one.
-func (d *daemon) consumerListener(tr *transparentRun, c *net.TCPConn, dst netip.AddrPort) (*proxy.Listener, error) {
-	src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
-	caller, err := tr.callers.Lookup(d.ctx, src)
-	if err != nil {
-		return nil, err
-	}
-	if caller == nil {
-		return nil, nil
-	}
-	value, ok := caller.Connect[int(dst.Port())]
-	if !ok {
-		return nil, nil
-	}
-	key := consumerKey{caller.ID, dst.Port(), value}
-	tr.consMu.Lock()
-	defer tr.consMu.Unlock()
-	if l, ok := tr.consumers[key]; ok {
-		return l, nil
-	}
-	var addrs []string
-	for v := range strings.SplitSeq(value, ",") {
-		b, err := config.ParseBackend(strings.TrimSpace(v))
-		if err != nil {
-			return nil, fmt.Errorf("container %s: backend for port %d %q: %w", caller.Name, dst.Port(), value, err)
-		}
-		if b.Discover != nil || b.Link != "" {
-			return nil, fmt.Errorf("container %s: backend for port %d %q: per-consumer backends take host:port lists only so far", caller.Name, dst.Port(), value)
-		}
-		addrs = append(addrs, b.Addr)
-	}
-	r := proxy.NewRoute(fmt.Sprintf("%s:%d", caller.Name, dst.Port()), addrs...)
-	if sl := d.transparentListener(dst); sl != nil {
-		sr := sl.Route()
-		r.ConnectTimeout, r.IdleTimeout, r.KeepAlive, r.RetryTimeout = sr.ConnectTimeout, sr.IdleTimeout, sr.KeepAlive, sr.RetryTimeout
-	}
-	if len(tr.consumers) >= maxConsumerRoutes {
-		clear(tr.consumers)
-	}
-	l := proxy.NewListener(tr.ln, r, 0) // never served nor closed: Handle only
-	tr.consumers[key] = l
-	tr.log.Info("per-consumer route", "container", caller.Name, "port", dst.Port(), "backends", addrs)
-	return l, nil
 }
 
 // ownAddr reports whether a is an address the transparent listener
@@ -273,6 +233,15 @@ func (tr *transparentRun) ownAddr(a netip.Addr) bool {
 // transparentListener is the served listener of the TCP service that dst
 // selects (config.SelectTransparent's rule), or nil.
 func (d *daemon) transparentListener(dst netip.AddrPort) *proxy.Listener {
+	if sv := d.transparentServed(dst); sv != nil {
+		return sv.l
+	}
+	return nil
+}
+
+// transparentServed is the TCP service that dst selects, or nil; the
+// copy's svc is a snapshot taken under d.mu.
+func (d *daemon) transparentServed(dst netip.AddrPort) *served {
 	addr, port := dst.Addr().Unmap().String(), strconv.Itoa(int(dst.Port()))
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -299,7 +268,7 @@ func (d *daemon) transparentListener(dst netip.AddrPort) *proxy.Listener {
 	if best == nil {
 		return nil
 	}
-	return best.l
+	return &served{svc: best.svc, l: best.l}
 }
 
 // reloadTransparent warns that the transparent listener itself changes
@@ -312,6 +281,15 @@ func (d *daemon) reloadTransparent(cfg *config.Config) {
 	if cur.Listen != cfg.Transparent.Listen {
 		d.log.Warn("reload: the transparent listener's address takes effect on restart",
 			"running", cur.Listen, "configured", cfg.Transparent.Listen)
+	}
+	if cur.TProxy != cfg.Transparent.TProxy {
+		d.log.Warn("reload: the transparent listener's tproxy setting takes effect on restart",
+			"running", cur.TProxy, "configured", cfg.Transparent.TProxy)
+	}
+	if d.transp != nil {
+		// Consumers' routes took the settings of the services and the
+		// discovery section: the next connection builds them anew.
+		d.dropConsumers(d.transp, "reload", func(consumerKey) bool { return true })
 	}
 }
 
@@ -332,7 +310,7 @@ func (tr *transparentRun) warn(msg string, args ...any) {
 }
 
 var descTransparent = prometheus.NewDesc("attache_transparent_connections_total",
-	"Connections accepted by the transparent listener, by result: routed to a service, routed to the backends the calling container chose (consumer), or refused because no service has the original destination's port (no_service), they were not redirected (not_redirected), their original destination is the transparent listener itself (loop), or the original destination could not be read (error).",
+	"Connections accepted by the transparent listener, by result: routed to a service, routed to the backends the calling container chose (consumer), or refused because no service has the original destination's port (no_service), the calling container's choice of backends is malformed (bad_value), they were not redirected (not_redirected), their original destination is the transparent listener itself (loop), or the original destination could not be read (error).",
 	[]string{"result"}, nil)
 
 type transparentCollector struct{ tr *transparentRun }
@@ -341,13 +319,15 @@ func (transparentCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descTransparent
 	ch <- descCallerLookups
 	ch <- descCallerHits
+	ch <- descConsumerRoutes
+	ch <- descConsumerBadValues
 }
 
 func (c transparentCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range []struct {
 		result string
 		n      *atomic.Int64
-	}{{resultRouted, &c.tr.routed}, {resultConsumer, &c.tr.consumed}, {resultNoService, &c.tr.noService}, {resultNotRedirected, &c.tr.notRedirected},
+	}{{resultRouted, &c.tr.routed}, {resultConsumer, &c.tr.consumed}, {resultNoService, &c.tr.noService}, {resultBadValue, &c.tr.badValue}, {resultNotRedirected, &c.tr.notRedirected},
 		{resultLoop, &c.tr.loop}, {resultError, &c.tr.failed}} {
 		ch <- prometheus.MustNewConstMetric(descTransparent, prometheus.CounterValue, float64(r.n.Load()), r.result)
 	}
@@ -355,6 +335,8 @@ func (c transparentCollector) Collect(ch chan<- prometheus.Metric) {
 		lookups, hits := c.tr.callers.Stats()
 		ch <- prometheus.MustNewConstMetric(descCallerLookups, prometheus.CounterValue, float64(lookups))
 		ch <- prometheus.MustNewConstMetric(descCallerHits, prometheus.CounterValue, float64(hits))
+		ch <- prometheus.MustNewConstMetric(descConsumerRoutes, prometheus.GaugeValue, float64(c.tr.consumerRoutes()))
+		ch <- prometheus.MustNewConstMetric(descConsumerBadValues, prometheus.CounterValue, float64(c.tr.badValues.Load()))
 	}
 }
 
@@ -363,4 +345,8 @@ var (
 		"Per-consumer backends: lookups of the container a redirected connection comes from.", nil, nil)
 	descCallerHits = prometheus.NewDesc("attache_transparent_caller_cache_hits_total",
 		"Per-consumer backends: lookups answered from the cache (kept until a Docker event about the container).", nil, nil)
+	descConsumerRoutes = prometheus.NewDesc("attache_transparent_consumer_routes",
+		"Per-consumer backends: routes built from containers' choices and cached (with their discovery providers) until a Docker event about the container, a reload or shutdown.", nil, nil)
+	descConsumerBadValues = prometheus.NewDesc("attache_transparent_consumer_bad_values_total",
+		"Per-consumer backends: BACKEND_<port> variables or attache.connect.<port> labels found malformed (each logged once with the container, port, value and the forms expected).", nil, nil)
 )

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -35,6 +36,48 @@ type Spec struct {
 	// Netns, when set, runs every command inside that named network
 	// namespace (ip netns exec), where attache's listener is.
 	Netns string
+	// TProxy makes mangle-table TPROXY rules instead of nat REDIRECT
+	// ones: the packets keep their destination and are delivered to the
+	// transparent listener (which must be opened with IP_TRANSPARENT:
+	// transparent.tproxy in the file), marked with Mark; the policy
+	// routing that delivers marked packets locally (an ip rule for Mark
+	// to Table, and a local default route in Table) is installed with
+	// them. Sources only: TPROXY works in PREROUTING.
+	TProxy bool
+	// Mark is the firewall mark of TPROXY'd packets (default 1), matched
+	// as Mark/Mark; Table the routing table of its local route (default
+	// 100). Both must be free on the host.
+	Mark  uint32
+	Table int
+}
+
+// Defaults of Spec.Mark and Spec.Table.
+const (
+	DefaultMark  = 0x1
+	DefaultTable = 100
+)
+
+func (s Spec) mark() string {
+	m := s.Mark
+	if m == 0 {
+		m = DefaultMark
+	}
+	return fmt.Sprintf("0x%x/0x%x", m, m)
+}
+
+func (s Spec) table() string {
+	if s.Table == 0 {
+		return strconv.Itoa(DefaultTable)
+	}
+	return strconv.Itoa(s.Table)
+}
+
+// iptTable is the iptables table the rules live in.
+func (s Spec) iptTable() string {
+	if s.TProxy {
+		return "mangle"
+	}
+	return "nat"
 }
 
 // Command is one iptables invocation, with the one that undoes it (nil
@@ -74,6 +117,15 @@ func (s Spec) Validate() error {
 			errs = append(errs, fmt.Errorf("--uid: want a user id >= 0, got %d", u))
 		}
 	}
+	if s.TProxy && len(s.UIDs) > 0 {
+		errs = append(errs, errors.New("--uid: TPROXY takes routed traffic only (PREROUTING); redirect local users without --tproxy"))
+	}
+	if !s.TProxy && (s.Mark != 0 || s.Table != 0) {
+		errs = append(errs, errors.New("--mark, --table: only with --tproxy"))
+	}
+	if s.Table < 0 || s.Table > 0xfffffff0 || s.Table >= 253 && s.Table <= 255 {
+		errs = append(errs, fmt.Errorf("--table: want a free routing table number (1-252, or above 255), got %d", s.Table))
+	}
 	if s.Chain != "" && !chainName.MatchString(s.Chain) {
 		errs = append(errs, fmt.Errorf("--chain: want 1-28 letters, digits, _ or -, got %q", s.Chain))
 	}
@@ -88,16 +140,19 @@ func (s Spec) chain() string {
 }
 
 // Rules are the commands that install s, in order: per family, the chain,
-// its REDIRECT rules, then the jumps from PREROUTING (sources) and OUTPUT
-// (uids). Removing is the jumps' undo, then flushing and deleting the
+// its REDIRECT (or TPROXY) rules, then the jumps from PREROUTING (sources)
+// and OUTPUT (uids), and for TPROXY the ip rule and local route. Removing is the jumps' undo, then flushing and deleting the
 // chain (Removal).
 func (s Spec) Rules() []Command {
 	var out []Command
 	for _, tool := range s.tools() {
 		out = append(out, s.cmd(tool, []string{"-N", s.chain()}, nil))
 		for _, p := range s.Ports {
-			out = append(out, s.cmd(tool, []string{"-A", s.chain(), "-p", "tcp", "--dport", strconv.Itoa(p),
-				"-j", "REDIRECT", "--to-ports", strconv.Itoa(s.ToPort)}, nil))
+			target := []string{"-j", "REDIRECT", "--to-ports", strconv.Itoa(s.ToPort)}
+			if s.TProxy {
+				target = []string{"-j", "TPROXY", "--on-port", strconv.Itoa(s.ToPort), "--tproxy-mark", s.mark()}
+			}
+			out = append(out, s.cmd(tool, append([]string{"-A", s.chain(), "-p", "tcp", "--dport", strconv.Itoa(p)}, target...), nil))
 		}
 		for _, src := range s.Sources {
 			if (tool == "ip6tables") != src.Addr().Is6() {
@@ -110,8 +165,38 @@ func (s Spec) Rules() []Command {
 			m := []string{"OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", strconv.Itoa(u), "-j", s.chain()}
 			out = append(out, s.cmd(tool, append([]string{"-A"}, m...), append([]string{"-D"}, m...)))
 		}
+		if s.TProxy {
+			out = append(out, s.policyRouting(tool)...)
+		}
 	}
 	return out
+}
+
+// policyRouting are the TPROXY rules' companions: marked packets are
+// routed by Table, whose default route is local, so the kernel delivers
+// them to the transparent socket whatever their destination.
+func (s Spec) policyRouting(tool string) []Command {
+	fam, all := "-4", "0.0.0.0/0"
+	if tool == "ip6tables" {
+		fam, all = "-6", "::/0"
+	}
+	rule := []string{"rule", "%s", "fwmark", s.mark(), "lookup", s.table()}
+	route := []string{"route", "%s", "local", all, "dev", "lo", "table", s.table()}
+	var out []Command
+	for _, args := range [][]string{rule, route} {
+		add, del := slices.Clone(args), slices.Clone(args)
+		add[1], del[1] = "add", "del"
+		out = append(out, Command{Args: s.in(append([]string{"ip", fam}, add...)), Undo: s.in(append([]string{"ip", fam}, del...))})
+	}
+	return out
+}
+
+// in prefixes args to run in s's network namespace.
+func (s Spec) in(args []string) []string {
+	if s.Netns == "" {
+		return args
+	}
+	return append([]string{"ip", "netns", "exec", s.Netns}, args...)
 }
 
 // Removal are the commands that remove what Rules installed, in order.
@@ -154,10 +239,7 @@ func (s Spec) tools() []string {
 }
 
 func (s Spec) cmd(tool string, args, undo []string) Command {
-	prefix := []string{tool, "-w", "-t", "nat"}
-	if s.Netns != "" {
-		prefix = append([]string{"ip", "netns", "exec", s.Netns}, prefix...)
-	}
+	prefix := s.in([]string{tool, "-w", "-t", s.iptTable()})
 	c := Command{Args: append(append([]string{}, prefix...), args...)}
 	if undo != nil {
 		c.Undo = append(append([]string{}, prefix...), undo...)

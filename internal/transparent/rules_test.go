@@ -9,11 +9,7 @@ import (
 
 func TestRulesText(t *testing.T) {
 	s := Spec{ToPort: 10000, Ports: []int{6379, 5432}, Sources: []netip.Prefix{netip.MustParsePrefix("172.18.0.7/16")}, UIDs: []int{1000}}
-	var got []string
-	for _, c := range s.Rules() {
-		got = append(got, c.String())
-	}
-	want := []string{
+	checkCommands(t, "rules", s.Rules(), []string{
 		"iptables -w -t nat -N ATTACHE",
 		"iptables -w -t nat -A ATTACHE -p tcp --dport 6379 -j REDIRECT --to-ports 10000",
 		"iptables -w -t nat -A ATTACHE -p tcp --dport 5432 -j REDIRECT --to-ports 10000",
@@ -23,24 +19,14 @@ func TestRulesText(t *testing.T) {
 		"ip6tables -w -t nat -A ATTACHE -p tcp --dport 6379 -j REDIRECT --to-ports 10000",
 		"ip6tables -w -t nat -A ATTACHE -p tcp --dport 5432 -j REDIRECT --to-ports 10000",
 		"ip6tables -w -t nat -A OUTPUT -p tcp -m owner --uid-owner 1000 -j ATTACHE",
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
-	var rm []string
-	for _, c := range s.Removal() {
-		rm = append(rm, c.String())
-	}
-	wantRm := []string{
+	})
+	checkCommands(t, "removal", s.Removal(), []string{
 		"ip6tables -w -t nat -D OUTPUT -p tcp -m owner --uid-owner 1000 -j ATTACHE",
 		"iptables -w -t nat -D OUTPUT -p tcp -m owner --uid-owner 1000 -j ATTACHE",
 		"iptables -w -t nat -D PREROUTING -s 172.18.0.0/16 -p tcp -j ATTACHE",
 		"iptables -w -t nat -F ATTACHE", "iptables -w -t nat -X ATTACHE",
 		"ip6tables -w -t nat -F ATTACHE", "ip6tables -w -t nat -X ATTACHE",
-	}
-	if strings.Join(rm, "\n") != strings.Join(wantRm, "\n") {
-		t.Errorf("removal:\n%s\nwant:\n%s", strings.Join(rm, "\n"), strings.Join(wantRm, "\n"))
-	}
+	})
 }
 
 func TestValidate(t *testing.T) {
@@ -54,6 +40,9 @@ func TestValidate(t *testing.T) {
 		{Spec{ToPort: 10000, Ports: []int{10000}, UIDs: []int{1}}, "would loop"},
 		{Spec{ToPort: 10000, Ports: []int{70000}, UIDs: []int{1}}, "1-65535, got 70000"},
 		{Spec{ToPort: 10000, Ports: []int{1}, UIDs: []int{1}, Chain: "A B"}, "--chain"},
+		{Spec{ToPort: 10000, Ports: []int{1}, UIDs: []int{1}, TProxy: true}, "TPROXY takes routed traffic only"},
+		{Spec{ToPort: 10000, Ports: []int{1}, UIDs: []int{1}, Table: 7}, "only with --tproxy"},
+		{Spec{ToPort: 10000, Ports: []int{1}, Sources: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, TProxy: true, Table: 254}, "--table: want a free routing table"},
 	} {
 		err := tc.s.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -98,5 +87,44 @@ func TestApplyRemove(t *testing.T) {
 	}
 	if after := h.Run(t, "ip6tables", "-w", "-t", "nat", "-S"); after != before6 {
 		t.Errorf("after Remove (ip6tables):\n%s\nwant as before:\n%s", after, before6)
+	}
+}
+
+func TestTProxyRulesText(t *testing.T) {
+	s := Spec{ToPort: 10000, Ports: []int{6379}, TProxy: true, Mark: 0x40, Table: 42, Netns: "hub",
+		Sources: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("fd00::/64")}}
+	checkCommands(t, "rules", s.Rules(), []string{
+		"ip netns exec hub iptables -w -t mangle -N ATTACHE",
+		"ip netns exec hub iptables -w -t mangle -A ATTACHE -p tcp --dport 6379 -j TPROXY --on-port 10000 --tproxy-mark 0x40/0x40",
+		"ip netns exec hub iptables -w -t mangle -A PREROUTING -s 10.1.0.0/16 -p tcp -j ATTACHE",
+		"ip netns exec hub ip -4 rule add fwmark 0x40/0x40 lookup 42",
+		"ip netns exec hub ip -4 route add local 0.0.0.0/0 dev lo table 42",
+		"ip netns exec hub ip6tables -w -t mangle -N ATTACHE",
+		"ip netns exec hub ip6tables -w -t mangle -A ATTACHE -p tcp --dport 6379 -j TPROXY --on-port 10000 --tproxy-mark 0x40/0x40",
+		"ip netns exec hub ip6tables -w -t mangle -A PREROUTING -s fd00::/64 -p tcp -j ATTACHE",
+		"ip netns exec hub ip -6 rule add fwmark 0x40/0x40 lookup 42",
+		"ip netns exec hub ip -6 route add local ::/0 dev lo table 42",
+	})
+	checkCommands(t, "removal", s.Removal(), []string{
+		"ip netns exec hub ip -6 route del local ::/0 dev lo table 42",
+		"ip netns exec hub ip -6 rule del fwmark 0x40/0x40 lookup 42",
+		"ip netns exec hub ip6tables -w -t mangle -D PREROUTING -s fd00::/64 -p tcp -j ATTACHE",
+		"ip netns exec hub ip -4 route del local 0.0.0.0/0 dev lo table 42",
+		"ip netns exec hub ip -4 rule del fwmark 0x40/0x40 lookup 42",
+		"ip netns exec hub iptables -w -t mangle -D PREROUTING -s 10.1.0.0/16 -p tcp -j ATTACHE",
+		"ip netns exec hub iptables -w -t mangle -F ATTACHE", "ip netns exec hub iptables -w -t mangle -X ATTACHE",
+		"ip netns exec hub ip6tables -w -t mangle -F ATTACHE", "ip netns exec hub ip6tables -w -t mangle -X ATTACHE",
+	})
+}
+
+// checkCommands compares commands with their wanted shell lines.
+func checkCommands(t *testing.T, what string, cmds []Command, want []string) {
+	t.Helper()
+	var got []string
+	for _, c := range cmds {
+		got = append(got, c.String())
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("%s:\n%s\nwant:\n%s", what, strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

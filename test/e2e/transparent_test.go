@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,7 +29,18 @@ import (
 // service behind it, and a connection straight to the transparent
 // listener, are refused and counted; stopping `attache iptables`
 // removes every rule it installed.
-func TestTransparentNetns(t *testing.T) {
+func TestTransparentNetns(t *testing.T) { transparentNetns(t, false) }
+
+// TestTransparentTProxyNetns is TestTransparentNetns with TPROXY: attache
+// runs with transparent.tproxy (an IP_TRANSPARENT listener) and `attache
+// iptables --tproxy` installs mangle-table TPROXY rules and the ip rule
+// and local route they need; the packets keep their destination, and
+// the original destination is the accepted connection's local address.
+// The kernel must have TPROXY (xt_TPROXY, nf_tproxy): without it the
+// rules fail to install, and the test fails saying so.
+func TestTransparentTProxyNetns(t *testing.T) { transparentNetns(t, true) }
+
+func transparentNetns(t *testing.T, tproxy bool) {
 	if why := testenv.NetnsAvailable(); why != "" {
 		t.Fatalf("network namespaces: %s", why)
 	}
@@ -38,6 +50,14 @@ func TestTransparentNetns(t *testing.T) {
 		c.Run(t, "ip", "route", "add", "default", "via", hub.IP)
 	}
 	hub.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil && tproxy {
+		// The consumers reach the hub through a bridge, as containers do:
+		// where br_netfilter hands bridged frames to iptables (Docker
+		// loads it), PREROUTING runs on the bridge, and the IP layer
+		// then drops the socket TPROXY assigned. The hub turns that off
+		// for its own namespace, as a TPROXY host must (README).
+		hub.Run(t, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+	}
 
 	// Two backends in the hub, each naming itself before echoing.
 	for _, b := range []struct{ name, addr string }{{"redis-backend", "127.0.0.1:7001"}, {"pg-backend", "127.0.0.1:7002"}} {
@@ -51,9 +71,10 @@ func TestTransparentNetns(t *testing.T) {
 		})
 	}
 	cfg := filepath.Join(t.TempDir(), "attache.yaml")
-	if err := os.WriteFile(cfg, []byte(`
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, `
 transparent:
   listen: ":10000"
+  tproxy: %t
 services:
   - name: redis
     listen: 127.0.0.1:6379
@@ -61,20 +82,33 @@ services:
   - name: pg
     listen: 127.0.0.1:5432
     backends: [127.0.0.1:7002]
-`), 0o600); err != nil {
+`, tproxy), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := startAttacheIn(t, hub, cfg, "--admin", "127.0.0.1:9901")
 	a.waitLog(t, regexp.MustCompile(`msg="transparent listener"`), startTimeout)
 
 	subnet := hub.IP[:strings.LastIndex(hub.IP, ".")] + ".0/24"
-	rules := startAttache(t, []string{"PATH=" + os.Getenv("PATH")}, "iptables", "--netns", hub.NS, "--source", subnet, "--ports", "6379,5432,11211", "--apply")
+	args := []string{"iptables", "--netns", hub.NS, "--source", subnet, "--ports", "6379,5432,11211", "--apply"}
+	table, target := "nat", "-A ATTACHE -p tcp -m tcp --dport 6379 -j REDIRECT --to-ports 10000"
+	if tproxy {
+		args = append(args, "--tproxy")
+		table, target = "mangle", "-A ATTACHE -p tcp -m tcp --dport 6379 -j TPROXY --on-port 10000 --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1"
+	}
+	rules := startAttache(t, []string{"PATH=" + os.Getenv("PATH")}, args...)
 	waitOutput(t, rules, "# installed")
-	installed := hub.Run(t, "iptables", "-w", "-t", "nat", "-S")
-	for _, want := range []string{"-A PREROUTING -s " + subnet + " -p tcp -j ATTACHE",
-		"-A ATTACHE -p tcp -m tcp --dport 6379 -j REDIRECT --to-ports 10000"} {
+	installed := hub.Run(t, "iptables", "-w", "-t", table, "-S")
+	for _, want := range []string{"-A PREROUTING -s " + subnet + " -p tcp -j ATTACHE", target} {
 		if !strings.Contains(installed, want) {
-			t.Fatalf("iptables -S in the hub lacks %q:\n%s", want, installed)
+			t.Fatalf("iptables -t %s -S in the hub lacks %q:\n%s", table, want, installed)
+		}
+	}
+	if tproxy {
+		if r := hub.Run(t, "ip", "rule", "show"); !strings.Contains(r, "fwmark 0x1/0x1 lookup 100") {
+			t.Fatalf("ip rule in the hub lacks the TPROXY mark's rule:\n%s", r)
+		}
+		if r := hub.Run(t, "ip", "route", "show", "table", "100"); !strings.Contains(r, "local default dev lo") {
+			t.Fatalf("routing table 100 in the hub lacks the local default route:\n%s", r)
 		}
 	}
 
@@ -124,11 +158,14 @@ services:
 	if code := rules.wait(t, exitTimeout); code != 0 {
 		t.Fatalf("attache iptables exited %d", code)
 	}
-	if after := hub.Run(t, "iptables", "-w", "-t", "nat", "-S"); strings.Contains(after, "ATTACHE") {
+	if after := hub.Run(t, "iptables", "-w", "-t", table, "-S"); strings.Contains(after, "ATTACHE") {
 		t.Errorf("rules left after attache iptables exited:\n%s", after)
 	}
-	if after := hub.Run(t, "ip6tables", "-w", "-t", "nat", "-S"); strings.Contains(after, "ATTACHE") {
+	if after := hub.Run(t, "ip6tables", "-w", "-t", table, "-S"); strings.Contains(after, "ATTACHE") {
 		t.Errorf("ip6tables rules left after attache iptables exited:\n%s", after)
+	}
+	if after := hub.Run(t, "ip", "rule", "show"); strings.Contains(after, "fwmark") {
+		t.Errorf("ip rule left after attache iptables exited:\n%s", after)
 	}
 }
 
@@ -226,12 +263,23 @@ func TestTransparentPerConsumerDocker(t *testing.T) {
 		return ln.Addr().String()
 	}
 	backendA, backendB, static, pg := named("backend-a"), named("backend-b"), named("static-redis"), named("pg-backend")
+	// Discovered choices: an SRV name on a real DNS server, an etcd key
+	// on a real etcd.
+	srvBackend, etcdA, etcdB := named("srv-backend"), named("etcd-a"), named("etcd-b")
+	dns := testenv.StartDNS(t)
+	dns.SetA("redis-host.test", "127.0.0.1")
+	_, srvPort, _ := net.SplitHostPort(srvBackend)
+	dns.SetSRV("_redis._tcp.test", testenv.SRV{Weight: 1, Port: uint16(mustAtoi(t, srvPort)), Target: "redis-host.test."})
+	etcd := testenv.StartEtcd(t)
+	etcd.Put(t, "/consumers/c5/a", etcdA)
 
 	// The services listen on this host, on the ports the consumers ask
 	// for, at a loopback address nothing else uses.
 	port, adminPort := freePort(t), freePort(t)
 	cfg := filepath.Join(t.TempDir(), "attache.yaml")
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, `
+discovery:
+  dns: {server: %q, min_ttl: 10ms, max_ttl: 100ms}
 transparent:
   listen: ":%d"
   per_consumer: true
@@ -242,7 +290,7 @@ services:
   - name: pg
     listen: 127.36.79.1:5432
     backends: [%s]
-`, port, static, pg), 0o600); err != nil {
+`, dns.Addr, port, static, pg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	env := []string{"PATH=" + os.Getenv("PATH")}
@@ -314,6 +362,41 @@ services:
 		t.Errorf("no caller lookup was answered from the cache:\n%s", grepLines(metrics, "attache_transparent"))
 	}
 
+	// Every backend form a service takes: an SRV name, an etcd key
+	// (followed live: a change moves the next connections), and a
+	// malformed value, refused, logged and counted.
+	c4 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID, Env: []string{"BACKEND_6379=srv://_redis._tcp.test"}})
+	c5 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID,
+		Labels: map[string]string{"attache.connect.6379": "etcd://" + etcd.Endpoint() + "/consumers/c5"}})
+	c6 := testenv.RunContainer(t, testenv.ContainerSpec{Network: network.ID, Env: []string{"BACKEND_6379=10.1.2.3"}})
+	if got := hello(c4, "203.0.113.7:6379"); got != "srv-backend" {
+		t.Errorf("container %s (SRV) answered by %q, want srv-backend", c4.Name, got)
+	}
+	if got := hello(c5, "203.0.113.7:6379"); got != "etcd-a" {
+		t.Errorf("container %s (etcd) answered by %q, want etcd-a", c5.Name, got)
+	}
+	etcd.Put(t, "/consumers/c5/b", etcdB)
+	etcd.Delete(t, "/consumers/c5/a")
+	a.waitLog(t, regexp.MustCompile(`msg="per-consumer backends changed" .*container=`+c5.Name+` .*backends=\[`+regexp.QuoteMeta(etcdB)+`\]`), startTimeout)
+	if got := hello(c5, "203.0.113.7:6379"); got != "etcd-b" {
+		t.Errorf("container %s after the etcd change: answered by %q, want etcd-b", c5.Name, got)
+	}
+	if conn, err := testenv.DialIn(fmt.Sprintf("/proc/%d/ns/net", c6.PID(t)), "tcp", "203.0.113.7:6379", ioTimeout); err == nil {
+		_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+		if n, err := conn.Read(make([]byte, 1)); err == nil {
+			t.Errorf("container %s with a malformed BACKEND_6379: read %d bytes, want the connection refused", c6.Name, n)
+		}
+		conn.Close()
+	}
+	a.waitLog(t, regexp.MustCompile(`msg="per-consumer backends: malformed value.*container=`+c6.Name+` port=6379 value=10\.1\.2\.3 .*an IP address without a port`), startTimeout)
+	metrics = httpGet(t, "http://127.0.0.1:"+itoa(adminPort)+"/metrics")
+	for _, want := range []string{`attache_transparent_connections_total{result="bad_value"} 1`,
+		`attache_transparent_consumer_bad_values_total 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(metrics, "attache_transparent"))
+		}
+	}
+
 	rules.signal(t, syscall.SIGTERM)
 	if code := rules.wait(t, exitTimeout); code != 0 {
 		t.Fatalf("attache iptables exited %d", code)
@@ -325,6 +408,15 @@ services:
 	if strings.Contains(out, chain) {
 		t.Errorf("chain %s left after attache iptables exited:\n%s", chain, grepLines(out, chain))
 	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func httpGet(t *testing.T, url string) string {

@@ -29,6 +29,12 @@ import (
 type Callers struct {
 	eng *engine
 	log *slog.Logger
+	// OnInvalidate, when set before Run, hears of every invalidation: the
+	// container whose answers were dropped, or "" when the whole cache
+	// was (the events stream opened or broke). What the caller built on
+	// an answer about that container is stale from then on. It is called
+	// from Run's goroutine, without Callers' lock held.
+	OnInvalidate func(id string)
 
 	mu            sync.Mutex
 	prefix        string // the API path prefix, once known
@@ -78,6 +84,7 @@ func (c *Callers) Run(ctx context.Context) {
 	for {
 		opened, err := c.follow(ctx)
 		c.setLive(false)
+		c.notify("")
 		if ctx.Err() != nil {
 			return
 		}
@@ -119,6 +126,9 @@ func (c *Callers) follow(ctx context.Context) (bool, error) {
 	c.mu.Lock()
 	c.prefix = prefix
 	c.mu.Unlock()
+	// Routes built before the stream opened may have missed an event:
+	// drop them, then trust what is built from here on.
+	c.notify("")
 	c.setLive(true)
 	for {
 		ev, err := stream.next()
@@ -133,6 +143,13 @@ func (c *Callers) follow(ctx context.Context) (bool, error) {
 			id = ev.Actor.Attributes["container"]
 		}
 		c.invalidate(id)
+		c.notify(id)
+	}
+}
+
+func (c *Callers) notify(id string) {
+	if c.OnInvalidate != nil {
+		c.OnInvalidate(id)
 	}
 }
 
@@ -188,6 +205,14 @@ func (c *Callers) Lookup(ctx context.Context, ip netip.Addr) (*Caller, error) {
 	}
 	c.mu.Unlock()
 	return cl, nil
+}
+
+// Live reports whether the engine's events stream is open, so answers
+// are cached and invalidations reported.
+func (c *Callers) Live() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live
 }
 
 // Stats are the lookups asked and those the cache answered.

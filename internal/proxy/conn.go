@@ -38,6 +38,11 @@ type conn struct {
 	// ready, for a stream the link server handed over, hears the dial's
 	// outcome before the copy starts (see Handle).
 	ready func(error) error
+	// early holds bytes a loop read from the client before it handed the
+	// connection to handle ((*early)[:earlyN]): handle sends them first.
+	early      *[]byte
+	earlyN     int
+	bytesEarly int64 // of those, written to the backend (in bytesIn too)
 
 	mu      sync.Mutex
 	reason  string // why it was aborted; "" when it ended by itself
@@ -151,6 +156,19 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 		return // finish closes both
 	}
 	c.backendAddr = target.Addr
+	if c.early != nil {
+		n, err := bc.Write((*c.early)[:c.earlyN])
+		c.movedIn.Add(int64(n))
+		c.bytesEarly = int64(n)
+		bufPool.Put(c.early)
+		c.early = nil
+		if err != nil {
+			c.upErr, c.bytesIn = err, c.bytesEarly
+			p.logger().Info("connection ended with an error", "service", r.Service,
+				"client", c.clientName(), "backend", c.backendAddr, "error", err)
+			return
+		}
+	}
 	if r.IdleTimeout > 0 {
 		c.stopIdle = c.watchIdle(r.IdleTimeout)
 	}
@@ -425,7 +443,7 @@ func unwrapOpError(err error) error {
 func (p *Proxy) clientToBackend(c *conn) {
 	defer p.copyDone(c)
 	n, err := copyConn(asSock(c.backend), asSock(c.client), &c.movedIn)
-	c.bytesIn, c.upErr = n, err
+	c.bytesIn, c.upErr = n+c.bytesEarly, err
 	if err != nil {
 		c.abort("")
 		return

@@ -16,6 +16,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/attache/attache/internal/backend"
 )
 
 // The event loop engine carries plain TCP connections (a socket on both
@@ -67,8 +69,13 @@ type loop struct {
 	// Owned by the loop's goroutine.
 	scratch []byte
 	again   []*dir
-	done    chan struct{}
-	log     func(msg string, args ...any)
+	// waiting are the pairs whose connect is in progress, checked for
+	// their timeout every checkEvery; the loop keeps these itself, since
+	// a Go timer per connection would wake the runtime's poller each time.
+	waiting   []*pair
+	lastCheck time.Time
+	done      chan struct{}
+	log       func(msg string, args ...any)
 }
 
 // slot maps a registered descriptor to its side; gen tells a live
@@ -87,10 +94,16 @@ type side struct {
 
 	// Set by the loop's goroutine only.
 	readable, writable bool
+	hup                bool // the peer shut its side (or the socket failed)
 	pr                 *pair
 	rd, wr             *dir // the direction reading this socket, and writing it
-	// connected hears the connect's completion while the dial waits.
+	// connected hears the connect's completion while a handler
+	// goroutine's dial waits (rawDial).
 	connected chan struct{}
+	// connecting is set while the loop's own dial waits (loopaccept.go).
+	connecting bool
+	// ll is set when the side is a listener the loop accepts on.
+	ll *loopListener
 }
 
 // pair is one proxied connection on the loop: both sides, both directions.
@@ -101,6 +114,23 @@ type pair struct {
 	client, backend *side
 	up, down        dir // client to backend, backend to client
 	started, closed bool
+
+	// While the loop dials (loopaccept.go): the socket connecting, the
+	// backend picked for it (counted against it until the connection
+	// holds it), and the retry budget's state.
+	ctx        context.Context
+	connecting *side
+	target     *backend.Backend
+	dialStart  time.Time
+	deadline   time.Time
+	attempts   int
+	errs       []error
+	// early holds what the client sent before the backend was dialled
+	// ((*early)[:earlyN]); earlyOff of it went out already.
+	early            *[]byte
+	earlyN, earlyOff int
+	connectBy        time.Time // when the connect in progress times out
+	waitIdx          int       // its index in lp.waiting
 }
 
 // dir is one direction of a pair.
@@ -145,6 +175,17 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 // register adds s to the loop's epoll set, edge-triggered, for input and
 // output.
 func (lp *loop) register(s *side) error {
+	return lp.registerEvents(s, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
+}
+
+// live reports whether s is still registered.
+func (lp *loop) live(s *side) bool {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	return s.fd < len(lp.table) && lp.table[s.fd].gen == s.gen
+}
+
+func (lp *loop) registerEvents(s *side, events uint32) error {
 	lp.mu.Lock()
 	if lp.stopped {
 		lp.mu.Unlock()
@@ -161,7 +202,7 @@ func (lp *loop) register(s *side) error {
 	}
 	lp.table[s.fd] = slot{s, s.gen}
 	lp.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(s.fd), Pad: int32(s.gen)}
+	ev := unix.EpollEvent{Events: events, Fd: int32(s.fd), Pad: int32(s.gen)}
 	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
 		lp.unregister(s)
 		return os.NewSyscallError("epoll_ctl", err)
@@ -205,63 +246,134 @@ func (lp *loop) stop() {
 	<-lp.done
 }
 
+// serve runs the loop on a thread of its own. It waits in epoll_wait as a
+// raw system call, which the scheduler does not see: a goroutine in an
+// ordinary blocking call makes the runtime's sysmon thread wake every 20µs
+// to take its P back, and each return then competes for a P again; parking
+// the loop in Go's own poller instead costs a scheduler wake-up whenever it
+// idles (both were measured, at up to four context switches per proxied
+// connection). The loop's thread keeps its P while it waits, so the wait is
+// bounded (blockFor), and the runtime's preemption signal interrupts it
+// (EINTR) when a garbage collection needs every P stopped.
 func (lp *loop) serve() {
 	defer close(lp.done)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer unix.Close(lp.epfd)
 	events := make([]unix.EpollEvent, loopEvents)
 	sides := make([]*side, loopEvents)
-	busy := false
 	for {
-		var n int
-		var err error
-		if busy || len(lp.again) > 0 {
-			// Events came last time: look again without blocking, and
-			// without the scheduler's bookkeeping for a blocking call.
-			n, err = epollPoll(lp.epfd, events)
+		timeout := lp.blockFor()
+		if len(lp.again) > 0 {
+			timeout = 0
 		}
-		if n == 0 && err == nil && len(lp.again) == 0 {
-			n, err = unix.EpollWait(lp.epfd, events, -1)
+		n, err := epollWait(lp.epfd, events, timeout)
+		if err == unix.EINTR {
+			continue
 		}
 		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
 			lp.log("event loop failed; connections on it are stuck", "error", err)
 			return
 		}
-		busy = n > 0
-		wake := false
-		lp.mu.Lock()
-		for i := range n {
-			ev := &events[i]
-			fd := int(ev.Fd)
-			sides[i] = nil
-			if fd == lp.wakefd && ev.Pad == 0 {
-				wake = true
-				continue
-			}
-			if fd < len(lp.table) && lp.table[fd].gen == uint32(ev.Pad) {
-				sides[i] = lp.table[fd].s
-			}
-		}
-		lp.mu.Unlock()
-		for i := range n {
-			if s := sides[i]; s != nil {
-				lp.event(s, events[i].Events)
-				sides[i] = nil
-			}
-		}
-		if len(lp.again) > 0 {
-			again := lp.again
-			lp.again = nil
-			for _, d := range again {
-				d.queued = false
-				lp.turn(d)
-			}
-		}
-		if wake && lp.runQueue() {
-			lp.close()
+		if lp.batch(events[:n], sides) {
+			lp.closeWake()
 			return
 		}
+	}
+}
+
+// blockFor is how long, in milliseconds, epoll_wait may block: until the
+// next timeout check when connects are in progress.
+func (lp *loop) blockFor() int {
+	if len(lp.waiting) > 0 {
+		return int(checkEvery / time.Millisecond)
+	}
+	return 100
+}
+
+// epollWait waits up to msec milliseconds for events, as a raw system call
+// (see serve).
+func epollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// batch serves one epoll_wait's events, then the directions that used up
+// their budget, then what was posted. It reports whether the loop stops.
+func (lp *loop) batch(events []unix.EpollEvent, sides []*side) bool {
+	wake := false
+	lp.mu.Lock()
+	for i := range events {
+		ev := &events[i]
+		fd := int(ev.Fd)
+		sides[i] = nil
+		if fd == lp.wakefd && ev.Pad == 0 {
+			wake = true
+			continue
+		}
+		if fd < len(lp.table) && lp.table[fd].gen == uint32(ev.Pad) {
+			sides[i] = lp.table[fd].s
+		}
+	}
+	lp.mu.Unlock()
+	for i := range events {
+		if s := sides[i]; s != nil {
+			lp.event(s, events[i].Events)
+			sides[i] = nil
+		}
+	}
+	if len(lp.again) > 0 {
+		again := lp.again
+		lp.again = nil
+		for _, d := range again {
+			d.queued = false
+			lp.turn(d)
+		}
+	}
+	if len(lp.waiting) > 0 {
+		if now := time.Now(); now.Sub(lp.lastCheck) >= checkEvery {
+			lp.lastCheck = now
+			lp.expire(now)
+		}
+	}
+	return wake && lp.runQueue()
+}
+
+// checkEvery is how often the loop looks for connects that timed out;
+// while some wait, epoll_wait blocks no longer than this.
+const checkEvery = 50 * time.Millisecond
+
+func (lp *loop) wait(pr *pair, by time.Time) {
+	pr.connectBy, pr.waitIdx = by, len(lp.waiting)
+	lp.waiting = append(lp.waiting, pr)
+}
+
+func (lp *loop) unwait(pr *pair) {
+	i := pr.waitIdx
+	if i < 0 || i >= len(lp.waiting) || lp.waiting[i] != pr {
+		return
+	}
+	last := len(lp.waiting) - 1
+	lp.waiting[i] = lp.waiting[last]
+	lp.waiting[i].waitIdx = i
+	lp.waiting[last] = nil
+	lp.waiting = lp.waiting[:last]
+	pr.waitIdx = -1
+}
+
+// expire fails the connects whose time is up.
+func (lp *loop) expire(now time.Time) {
+	for i := 0; i < len(lp.waiting); {
+		pr := lp.waiting[i]
+		if now.Before(pr.connectBy) {
+			i++
+			continue
+		}
+		lp.unwait(pr) // moves the last one to i
+		lp.safely(pr, func() { pr.connectTimedOut(pr.connecting) })
 	}
 }
 
@@ -285,10 +397,12 @@ func (lp *loop) runQueue() bool {
 	return stopped
 }
 
-func (lp *loop) close() {
+// closeWake closes the wake-up descriptor once the loop stopped (post
+// writes it under the same lock, and not after stopped is set).
+func (lp *loop) closeWake() {
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
-	unix.Close(lp.epfd)
+	lp.stopped = true
 	unix.Close(lp.wakefd)
 }
 
@@ -309,8 +423,15 @@ func (lp *loop) safely(pr *pair, f func()) {
 
 // event handles the readiness epoll reported for s.
 func (lp *loop) event(s *side, ev uint32) {
+	if s.ll != nil {
+		lp.accept(s)
+		return
+	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.readable = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.hup = true
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
@@ -325,6 +446,16 @@ func (lp *loop) event(s *side, ev uint32) {
 			}
 		}
 		return
+	}
+	if pr.closed {
+		return
+	}
+	if s == pr.connecting {
+		lp.safely(pr, func() { pr.connectDone(s, ev) })
+		return
+	}
+	if !pr.started {
+		return // the flags wait for start
 	}
 	lp.safely(pr, func() {
 		if s.writable && s.wr.pending() {
@@ -392,6 +523,12 @@ func (lp *loop) move(d *dir) bool {
 	case n == 0:
 		d.pr.eof(d)
 		return false
+	}
+	if n < len(lp.scratch) && !d.src.hup {
+		// A short read emptied the socket: the next bytes bring a new
+		// edge, so no read is spent just to see EAGAIN. After a hang-up
+		// there is no new edge to come: read on to the EOF.
+		d.src.readable = false
 	}
 	if !lp.write(d, lp.scratch[:n]) {
 		return false
@@ -483,6 +620,9 @@ func (lp *loop) moveSplice(d *dir) bool {
 	}
 	pp.buffered = n
 	d.pipe = pp
+	if n < pipeSize && !d.src.hup {
+		d.src.readable = false // as in move: a short splice emptied it
+	}
 	if n < smallSplice {
 		if d.small++; d.small >= smallRun {
 			d.splice, d.small = false, 0
@@ -556,7 +696,16 @@ func (pr *pair) start() {
 	// Fresh sockets have room to write; what has come in shows in the
 	// flags epoll already set.
 	pr.client.writable, pr.backend.writable = true, true
-	if pr.client.readable {
+	if pr.early != nil {
+		pr.up.count(pr.earlyOff)
+		if pr.earlyOff < pr.earlyN {
+			pr.up.buf, pr.up.off, pr.up.end = pr.early, pr.earlyOff, pr.earlyN
+		} else {
+			bufPool.Put(pr.early)
+		}
+		pr.early = nil
+	}
+	if pr.client.readable || pr.up.pending() {
 		pr.lp.turn(&pr.up)
 	}
 	if pr.backend.readable {
@@ -571,7 +720,23 @@ func (pr *pair) close() {
 		return
 	}
 	pr.closed = true
+	if pr.connecting != nil {
+		pr.lp.unwait(pr)
+		pr.dropSide(pr.connecting)
+		pr.connecting = nil
+	}
+	if pr.target != nil {
+		pr.target.Release()
+		pr.target = nil
+	}
+	if pr.early != nil {
+		bufPool.Put(pr.early)
+		pr.early = nil
+	}
 	for _, s := range []*side{pr.client, pr.backend} {
+		if s == nil {
+			continue
+		}
 		pr.lp.unregister(s)
 		s.sock.closedByLoop() // first: LocalAddr must not read a reused descriptor
 		unix.Close(s.fd)
@@ -588,7 +753,7 @@ func (pr *pair) close() {
 		}
 	}
 	c := pr.c
-	c.bytesIn, c.upErr = pr.up.total, pr.up.err
+	c.bytesIn, c.upErr = c.bytesEarly+pr.up.total, pr.up.err
 	c.bytesOut, c.downErr = pr.down.total, pr.down.err
 	pr.p.finish(c)
 }
@@ -623,30 +788,9 @@ func (lp *loop) connect(ctx context.Context, ap netip.AddrPort, keepAlive time.D
 	fail := func(call string, err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError(call, err)}
 	}
-	a := ap.Addr().Unmap()
-	var (
-		sa  unix.Sockaddr
-		fam = unix.AF_INET
-	)
-	if a.Is4() {
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
-	} else {
-		fam = unix.AF_INET6
-		sa6 := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-		if z := a.Zone(); z != "" {
-			if ifc, err := net.InterfaceByName(z); err == nil {
-				sa6.ZoneId = uint32(ifc.Index)
-			}
-		}
-		sa = sa6
-	}
-	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, sa, err := openSocket(ap, keepAlive)
 	if err != nil {
-		return nil, fail("socket", err)
-	}
-	if err := backendSockopts(fd, keepAlive); err != nil {
-		unix.Close(fd)
-		return nil, fail("setsockopt", err)
+		return nil, err
 	}
 	s := &side{fd: fd, connected: make(chan struct{}, 1)}
 	if err := lp.register(s); err != nil {
@@ -702,16 +846,6 @@ func backendSockopts(fd int, keepAlive time.Duration) error {
 		return err
 	}
 	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
-}
-
-// epollPoll returns the events ready now, without blocking. It is a raw
-// system call: it cannot block, so the scheduler need not know of it.
-func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
 }
 
 // loops is the Proxy's set of event loops, started on first use.

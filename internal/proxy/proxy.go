@@ -169,12 +169,14 @@ type Listener struct {
 	// acceptFile is a duplicate of a TCP listener's descriptor that the
 	// event loop engine accepts on (see Serve); Close closes it too, or
 	// the socket would go on listening through it.
-	mu         sync.Mutex
-	acceptFile *os.File
-	closed     bool
-	route      atomic.Pointer[Route]
-	maxConns   int
-	Stats      Stats
+	mu          sync.Mutex
+	acceptFile  *os.File
+	closed      bool
+	closedCh    chan struct{} // closed by Close
+	beforeClose []func()      // run by Close before it closes acceptFile
+	route       atomic.Pointer[Route]
+	maxConns    int
+	Stats       Stats
 }
 
 // NewListener wraps ln. maxConns caps the connections open at once (0: no
@@ -198,13 +200,40 @@ func (l *Listener) SetRoute(r *Route) { l.route.Store(r) }
 // Close stops accepting.
 func (l *Listener) Close() error {
 	l.mu.Lock()
-	l.closed = true
+	if !l.closed {
+		l.closed = true
+		for _, f := range l.beforeClose {
+			f()
+		}
+		if l.closedCh != nil {
+			close(l.closedCh)
+		}
+	}
 	if l.acceptFile != nil {
 		l.acceptFile.Close()
 		l.acceptFile = nil
 	}
 	l.mu.Unlock()
 	return l.ln.Close()
+}
+
+// onClose registers f to run when l closes, before its descriptors do,
+// and returns a channel closed then.
+func (l *Listener) onClose(f func()) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closedCh == nil {
+		l.closedCh = make(chan struct{})
+		if l.closed {
+			close(l.closedCh)
+		}
+	}
+	if l.closed {
+		f()
+	} else {
+		l.beforeClose = append(l.beforeClose, f)
+	}
+	return l.closedCh
 }
 
 func (l *Listener) isClosed() bool {
@@ -266,7 +295,14 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 		rawLn  syscall.RawConn
 		accept *acceptCall
 	)
-	if len(p.eventLoops()) > 0 {
+	if loops := p.eventLoops(); len(loops) > 0 {
+		// With no connection cap to wait on, the loops accept
+		// themselves; else this goroutine does, on a raw socket.
+		if l.maxConns == 0 {
+			if ok, err := p.serveOnLoops(ctx, l, loops); ok {
+				return err
+			}
+		}
 		if rawLn = l.rawAcceptConn(); rawLn != nil {
 			accept = newAcceptCall()
 		}

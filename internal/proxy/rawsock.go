@@ -70,8 +70,9 @@ func (s *rawSock) Read(b []byte) (int, error) {
 }
 
 // Write writes b whole to a socket no loop owns yet (a PROXY protocol
-// header to a fresh backend connection, which its send buffer always
-// takes at once); a full buffer is an error, not a wait.
+// header, or bytes a loop read early, to a fresh backend connection),
+// waiting in poll(2) on the rare full send buffer: only a handler
+// goroutine writes this way.
 func (s *rawSock) Write(b []byte) (int, error) {
 	if c := s.netConn(); c != nil {
 		return c.Write(b)
@@ -86,6 +87,16 @@ func (s *rawSock) Write(b []byte) (int, error) {
 		n, err := unix.Write(s.fd, b[done:])
 		if err == unix.EINTR {
 			continue
+		}
+		if err == unix.EAGAIN {
+			pfd := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLOUT}}
+			var ready int
+			if ready, err = unix.Poll(pfd, 5000); (err == nil && ready > 0) || err == unix.EINTR {
+				continue
+			}
+			if err == nil {
+				err = unix.ETIMEDOUT
+			}
 		}
 		if err != nil {
 			return done, &net.OpError{Op: "write", Net: "tcp", Addr: s.remote, Err: os.NewSyscallError("write", err)}

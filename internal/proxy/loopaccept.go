@@ -1,0 +1,464 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The loops also accept and dial, for the common case: a listener with no
+// connection cap, a route to IP addresses with no PROXY protocol and no
+// link. Then a new connection costs no goroutine at all: the loop accepts
+// it, picks a backend, starts a non-blocking connect, and when epoll says
+// the connect is done, starts moving bytes; a failed or timed-out connect
+// moves on to the next pick within the route's retry budget, as dial does.
+// Anything outside that case (no backend to pick right now, a hostname to
+// resolve, a Unix socket) goes to a handler goroutine, which has every
+// feature (waiting for a backend to appear, resolution, headers).
+
+const (
+	// acceptPause is how long a listener rests after an accept error such
+	// as EMFILE, which would otherwise wake the loop again at once.
+	acceptPause = 50 * time.Millisecond
+)
+
+// loopListener is a listener the loops accept on.
+type loopListener struct {
+	p     *Proxy
+	l     *Listener
+	ctx   context.Context
+	fd    int // the listener's duplicate (Listener.acceptFile)
+	sides []*side
+	fatal chan error
+	// lastErrLog rate-limits the accept error log line.
+	lastErrLog time.Time
+}
+
+// loopDialable reports whether the loops can dial r's backends themselves:
+// no link dialer, no PROXY header to send or read.
+func (r *Route) loopDialable() bool {
+	return r.Dial == nil && r.AcceptProxy == nil && r.SendProxy == 0 && len(r.SendProxyFor) == 0
+}
+
+// serveOnLoops registers l with every loop and waits until ctx is done or
+// l is closed. It reports false, having done nothing, when l cannot be
+// served that way (Serve then runs its own accept loop).
+func (p *Proxy) serveOnLoops(ctx context.Context, l *Listener, loops []*loop) (bool, error) {
+	rc := l.rawAcceptConn()
+	if rc == nil {
+		return false, nil
+	}
+	var fd int
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return false, nil
+	}
+	ll := &loopListener{p: p, l: l, ctx: ctx, fd: fd, fatal: make(chan error, 1)}
+	for _, lp := range loops {
+		s := &side{fd: fd, ll: ll}
+		// Level-triggered, and exclusive: one loop wakes per connection
+		// waiting, not all of them.
+		if err := lp.registerEvents(s, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+			ll.detach(loops)
+			l.Close()
+			return true, fmt.Errorf("listening on %s: %w", l.Addr(), err)
+		}
+		ll.sides = append(ll.sides, s)
+	}
+	closed := l.onClose(func() { ll.detach(loops) })
+	select {
+	case <-ctx.Done():
+		l.Close()
+		return true, nil
+	case <-closed:
+		return true, nil
+	case err := <-ll.fatal:
+		l.Close()
+		return true, err
+	}
+}
+
+// detach takes the listener out of every loop, on each loop's goroutine,
+// and returns once none of them can touch its descriptor again: the caller
+// closes it next.
+func (ll *loopListener) detach(loops []*loop) {
+	for i, s := range ll.sides {
+		lp := loops[i]
+		done := make(chan struct{})
+		lp.post(func() {
+			lp.unregister(s)
+			_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+			close(done)
+		})
+		select {
+		case <-done:
+		case <-lp.done: // the loop is over: it touches nothing any more
+		}
+	}
+	ll.sides = nil
+}
+
+// accept takes the connections waiting on s's listener.
+func (lp *loop) accept(s *side) {
+	ll := s.ll
+	for {
+		fd, sa, err := accept4(s.fd)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return
+		case err != nil:
+			lp.acceptFailed(s, err)
+			return
+		}
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		ll.p.acceptOnLoop(lp, ll, newRawSock(fd, sa))
+		// Level-triggered: epoll reports the listener again while
+		// connections wait, so one accept per event saves the accept4
+		// that would only say EAGAIN.
+		return
+	}
+}
+
+// accept4 accepts a connection on the listening socket fd. It calls the
+// system call itself: x/sys/unix.Accept4 adds a getsockopt per connection
+// (to tell L2TP sockets apart), which a TCP listener never needs.
+func accept4(fd int) (int, *net.TCPAddr, error) {
+	var rsa unix.RawSockaddrAny
+	l := uint32(unix.SizeofSockaddrAny)
+	r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, nil, e
+	}
+	return int(r), rawSockaddrTCP(&rsa), nil
+}
+
+// rawSockaddrTCP decodes an IPv4 or IPv6 socket address.
+func rawSockaddrTCP(rsa *unix.RawSockaddrAny) *net.TCPAddr {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&a.Port))
+		return sockaddrTCP(&unix.SockaddrInet4{Port: int(p[0])<<8 | int(p[1]), Addr: a.Addr})
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&a.Port))
+		return sockaddrTCP(&unix.SockaddrInet6{Port: int(p[0])<<8 | int(p[1]), ZoneId: a.Scope_id, Addr: a.Addr})
+	}
+	return &net.TCPAddr{}
+}
+
+// acceptFailed rests the listener after a passing error (out of
+// descriptors), or stops it after another.
+func (lp *loop) acceptFailed(s *side, err error) {
+	ll := s.ll
+	opErr := &net.OpError{Op: "accept", Net: "tcp", Addr: ll.l.Addr(), Err: os.NewSyscallError("accept4", err)}
+	if !isTemporaryAcceptError(opErr) {
+		select {
+		case ll.fatal <- opErr:
+		default:
+		}
+		return
+	}
+	if time.Since(ll.lastErrLog) > time.Second {
+		ll.lastErrLog = time.Now()
+		ll.p.logger().Warn("accept failed; backing off", "listen", ll.l.Addr().String(), "error", opErr, "backoff", acceptPause)
+	}
+	// Level-triggered, the pending connection would wake the loop again
+	// at once: stop listening for a moment.
+	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Fd: int32(s.fd), Pad: int32(s.gen)})
+	time.AfterFunc(acceptPause, func() {
+		lp.post(func() {
+			if lp.live(s) {
+				ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.fd), Pad: int32(s.gen)}
+				_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
+			}
+		})
+	})
+}
+
+// acceptOnLoop starts a connection the loop accepted.
+func (p *Proxy) acceptOnLoop(lp *loop, ll *loopListener, cs *rawSock) {
+	l := ll.l
+	l.Stats.Accepted.Add(1)
+	c := &conn{client: cs, listener: l, route: l.route.Load(), start: time.Now()}
+	if !p.track(c) {
+		cs.Close()
+		return
+	}
+	if !c.route.loopDialable() {
+		go p.handle(ll.ctx, c)
+		return
+	}
+	l.Stats.Active.Add(1)
+	pr := &pair{lp: lp, p: p, c: c, client: &side{fd: cs.fd, sock: cs}, ctx: ll.ctx}
+	pr.client.pr = pr
+	if err := lp.register(pr.client); err != nil {
+		l.Stats.Active.Add(-1)
+		go p.handle(ll.ctx, c)
+		return
+	}
+	cs.mu.Lock()
+	cs.state, cs.lp, cs.pr = rawOwned, lp, pr
+	cs.mu.Unlock()
+	pr.deadline = c.start.Add(c.route.retryTimeout())
+	pr.readEarly()
+	pr.dialNext()
+}
+
+// readEarly reads what the client sent with its handshake (most clients
+// speak first), before the backend is even dialled, as HAProxy does: the
+// bytes then go out with the first write on the backend socket, which
+// also tells that its connect is done, often without waiting for epoll.
+func (pr *pair) readEarly() {
+	lp, cs := pr.lp, pr.client
+	var n int
+	var err error
+	for {
+		n, err = unix.Read(cs.fd, lp.scratch)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch {
+	case err == unix.EAGAIN:
+	case err != nil || n == 0:
+		// Gone or reset already: the normal path will read it again.
+		cs.readable = true
+	default:
+		buf := bufPool.Get().(*[]byte)
+		pr.early, pr.earlyN = buf, copy(*buf, lp.scratch[:n])
+		cs.readable = n == len(lp.scratch)
+	}
+}
+
+// writeEarly writes the client's early bytes to s, a socket whose connect
+// is in progress. It reports whether s is connected (a write went through),
+// and an error when the connect failed.
+func (pr *pair) writeEarly(s *side) (bool, error) {
+	for pr.earlyOff < pr.earlyN {
+		m, err := unix.Write(s.fd, (*pr.early)[pr.earlyOff:pr.earlyN])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return pr.earlyOff > 0, nil // still connecting, or full
+		case err != nil:
+			return false, err
+		}
+		pr.earlyOff += m
+	}
+	return true, nil
+}
+
+// dialNext picks a backend and starts connecting to it, or hands the
+// connection to a handler goroutine when the pick needs one.
+func (pr *pair) dialNext() {
+	c, r := pr.c, pr.c.route
+	b := r.policy().Pick(r.Backends, c.clientAddr())
+	var ap netip.AddrPort
+	if b != nil {
+		var err error
+		if ap, err = netip.ParseAddrPort(b.Addr); err != nil {
+			b = nil // a hostname or a Unix socket
+		}
+	}
+	if b == nil {
+		pr.toGoroutine()
+		return
+	}
+	b.Acquire()
+	pr.target, pr.dialStart = b, time.Now()
+	s, err := pr.lp.startConnect(ap, defaultKeepAlive(r.KeepAlive))
+	if err != nil {
+		pr.dialFailed(err)
+		return
+	}
+	s.pr, s.sock.pr, s.sock.lp = pr, pr, pr.lp
+	s.sock.state = rawOwned
+	if pr.early != nil {
+		// On loopback and fast links the connect is often done by now.
+		ok, err := pr.writeEarly(s)
+		if err != nil {
+			pr.dropSide(s)
+			pr.earlyOff = 0
+			pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)})
+			return
+		}
+		if ok {
+			pr.connected(s)
+			return
+		}
+	}
+	pr.connecting = s
+	pr.lp.wait(pr, time.Now().Add(r.connectTimeout()))
+}
+
+// toGoroutine gives the connection to a handler goroutine, which dials
+// with every feature: waiting for a backend, resolving names.
+func (pr *pair) toGoroutine() {
+	pr.lp.unregister(pr.client)
+	_ = unix.EpollCtl(pr.lp.epfd, unix.EPOLL_CTL_DEL, pr.client.fd, nil)
+	cs := pr.client.sock
+	cs.mu.Lock()
+	cs.state, cs.lp, cs.pr = rawOpen, nil, nil
+	cs.mu.Unlock()
+	pr.closed = true // the pair is done; the connection goes on
+	c := pr.c
+	// The bytes read early go first, from the handler (see handle).
+	c.early, pr.early = pr.early, nil
+	c.earlyN = pr.earlyN
+	c.listener.Stats.Active.Add(-1) // handle counts it again
+	go pr.p.handle(pr.ctx, c)
+}
+
+// startConnect opens a socket to ap and starts a non-blocking connect;
+// epoll reports its end on the returned side.
+func (lp *loop) startConnect(ap netip.AddrPort, keepAlive time.Duration) (*side, error) {
+	fd, sa, err := openSocket(ap, keepAlive)
+	if err != nil {
+		return nil, err
+	}
+	s := &side{fd: fd, connecting: true}
+	s.sock = newRawSock(fd, net.TCPAddrFromAddrPort(ap))
+	if err := lp.register(s); err != nil {
+		unix.Close(fd)
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err}
+	}
+	switch err := unix.Connect(fd, sa); err {
+	case nil, unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
+		return s, nil
+	default:
+		lp.unregister(s)
+		unix.Close(fd)
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)}
+	}
+}
+
+// connectDone handles the event that ends a connect.
+func (pr *pair) connectDone(s *side, ev uint32) {
+	pr.lp.unwait(pr)
+	pr.connecting = nil
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		e, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil {
+			err = unix.ECONNREFUSED
+			if e != 0 {
+				err = unix.Errno(e)
+			}
+		}
+		pr.dropSide(s)
+		pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)})
+		return
+	}
+	pr.connected(s)
+}
+
+// connected makes s, whose connect succeeded, the pair's backend, and
+// starts moving bytes.
+func (pr *pair) connected(s *side) {
+	s.connecting = false
+	c, r, b := pr.c, pr.c.route, pr.target
+	b.CountDial(true)
+	c.listener.Stats.DialDuration.Observe(time.Since(pr.dialStart))
+	if r.Passive {
+		b.ReportSuccess()
+	}
+	if pr.attempts > 0 {
+		c.listener.Stats.Retried.Add(1)
+	}
+	if !c.setBackend(s.sock, b) {
+		b.Release()
+		pr.target = nil
+		pr.dropSide(s)
+		pr.close()
+		return
+	}
+	pr.target = nil // c holds it now, and finish releases it
+	c.backendAddr = b.Addr
+	if r.IdleTimeout > 0 {
+		c.stopIdle = c.watchIdle(r.IdleTimeout)
+	}
+	pr.backend = s
+	pr.start()
+}
+
+func (pr *pair) connectTimedOut(s *side) {
+	if pr.closed || s == nil || pr.connecting != s {
+		return
+	}
+	pr.connecting = nil
+	pr.dropSide(s)
+	pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.ErrDeadlineExceeded})
+}
+
+// dropSide closes a backend socket that never joined the pair.
+func (pr *pair) dropSide(s *side) {
+	pr.lp.unregister(s)
+	s.sock.closedByLoop()
+	unix.Close(s.fd)
+}
+
+// dialFailed counts a failed dial and tries the next pick, or gives up.
+func (pr *pair) dialFailed(err error) {
+	c, r, b := pr.c, pr.c.route, pr.target
+	pr.target = nil
+	b.Release()
+	b.CountDial(false)
+	pr.attempts++
+	c.listener.Stats.DialErrors.Add(1)
+	if r.Passive && pr.ctx.Err() == nil {
+		b.ReportFailure(time.Now())
+	}
+	pr.errs = append(pr.errs, fmt.Errorf("%s: %w", b.Addr, unwrapOpError(err)))
+	log := pr.p.logger()
+	log.Debug("dial failed", "service", r.Service, "backend", b.Addr, "attempt", pr.attempts, "error", err)
+	if pr.ctx.Err() != nil || pr.attempts > r.Retries || !time.Now().Before(pr.deadline) {
+		c.listener.Stats.Failed.Add(1)
+		log.Warn("no backend reachable; closing client connection",
+			"service", r.Service, "client", c.clientName(), "error", errors.Join(pr.errs...))
+		pr.close()
+		return
+	}
+	pr.dialNext()
+}
+
+// openSocket makes a non-blocking TCP socket for ap with the backend
+// options set, and the address to connect it to.
+func openSocket(ap netip.AddrPort, keepAlive time.Duration) (int, unix.Sockaddr, error) {
+	remote := net.TCPAddrFromAddrPort(ap)
+	a := ap.Addr().Unmap()
+	var (
+		sa  unix.Sockaddr
+		fam = unix.AF_INET
+	)
+	if a.Is4() {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
+	} else {
+		fam = unix.AF_INET6
+		sa6 := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+		if z := a.Zone(); z != "" {
+			if ifc, err := net.InterfaceByName(z); err == nil {
+				sa6.ZoneId = uint32(ifc.Index)
+			}
+		}
+		sa = sa6
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return -1, nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("socket", err)}
+	}
+	if err := backendSockopts(fd, keepAlive); err != nil {
+		unix.Close(fd)
+		return -1, nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("setsockopt", err)}
+	}
+	return fd, sa, nil
+}

@@ -74,6 +74,7 @@ type loop struct {
 	// a Go timer per connection would wake the runtime's poller each time.
 	waiting   []*pair
 	lastCheck time.Time
+	spec      specScore
 	done      chan struct{}
 	log       func(msg string, args ...any)
 }
@@ -95,6 +96,7 @@ type side struct {
 	// Set by the loop's goroutine only.
 	readable, writable bool
 	hup                bool // the peer shut its side (or the socket failed)
+	spec               bool // readable is a guess (see speculate)
 	pr                 *pair
 	rd, wr             *dir // the direction reading this socket, and writing it
 	// connected hears the connect's completion while a handler
@@ -470,6 +472,55 @@ func (lp *loop) event(s *side, ev uint32) {
 // turn moves d's bytes until its source has no more for now, its
 // destination takes no more, or its budget is spent.
 func (lp *loop) turn(d *dir) {
+	before := d.total
+	lp.turnDir(d)
+	if d.total != before {
+		lp.speculate(d)
+	}
+}
+
+// speculate reads the other direction's source on the next pass, without
+// waiting for epoll, after d wrote to its destination: a request just went
+// to a backend that answers within microseconds, or a reply to a client
+// that hangs up or asks again at once (HAProxy's speculative reads). A hit
+// saves a trip through epoll_wait, often a sleep and a wake-up; a miss
+// costs one read, so the loop keeps a score and stops guessing while
+// guesses miss.
+func (lp *loop) speculate(d *dir) {
+	o := &d.pr.up
+	if d == o {
+		o = &d.pr.down
+	}
+	if d.pr.closed || o.done || o.queued || o.src.readable || o.pending() || !lp.spec.want() {
+		return
+	}
+	o.src.readable, o.src.spec = true, true
+	o.queued = true
+	lp.again = append(lp.again, o)
+}
+
+// specScore says whether speculative reads have been paying off lately.
+type specScore struct {
+	score int
+	n     uint
+}
+
+// want reports whether to guess now: while guesses hit, and once in a
+// while after they stopped, to notice when they would hit again.
+func (s *specScore) want() bool {
+	s.n++
+	return s.score >= 0 || s.n%32 == 0
+}
+
+func (s *specScore) record(hit bool) {
+	if hit {
+		s.score = min(s.score+1, 8)
+	} else {
+		s.score = max(s.score-2, -16)
+	}
+}
+
+func (lp *loop) turnDir(d *dir) {
 	pr := d.pr
 	for range dirBudget {
 		if pr.closed || d.done {
@@ -508,10 +559,14 @@ func (lp *loop) move(d *dir) bool {
 	var n int
 	var err error
 	for {
-		n, err = unix.Read(d.src.fd, lp.scratch)
+		n, err = rawRead(d.src.fd, lp.scratch)
 		if err != unix.EINTR {
 			break
 		}
+	}
+	if d.src.spec {
+		d.src.spec = false
+		lp.spec.record(err != unix.EAGAIN)
 	}
 	switch {
 	case err == unix.EAGAIN:
@@ -571,7 +626,7 @@ func (lp *loop) flush(d *dir) bool {
 // -1 when the write failed and the pair is closed.
 func (lp *loop) writeOut(d *dir, b []byte) (n int, ok bool) {
 	for n < len(b) {
-		m, err := unix.Write(d.dst.fd, b[n:])
+		m, err := rawWrite(d.dst.fd, b[n:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -599,10 +654,14 @@ func (lp *loop) moveSplice(d *dir) bool {
 	}
 	var n int
 	for {
-		n, err = spliceNB(d.src.fd, pp.w, pipeSize)
+		n, err = rawSplice(d.src.fd, pp.w, pipeSize)
 		if err != unix.EINTR {
 			break
 		}
+	}
+	if d.src.spec {
+		d.src.spec = false
+		lp.spec.record(err != unix.EAGAIN)
 	}
 	switch {
 	case err == unix.EAGAIN:
@@ -636,7 +695,7 @@ func (lp *loop) moveSplice(d *dir) bool {
 func (lp *loop) flushPipe(d *dir) bool {
 	pp := d.pipe
 	for pp.buffered > 0 {
-		m, err := spliceNB(pp.r, d.dst.fd, pp.buffered)
+		m, err := rawSplice(pp.r, d.dst.fd, pp.buffered)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -671,7 +730,7 @@ func (pr *pair) eof(d *dir) {
 		pr.close()
 		return
 	}
-	_ = unix.Shutdown(d.dst.fd, unix.SHUT_WR)
+	rawShutdownWrite(d.dst.fd)
 }
 
 // fail ends the pair after an error in d: a reset stream cannot be
@@ -739,7 +798,7 @@ func (pr *pair) close() {
 		}
 		pr.lp.unregister(s)
 		s.sock.closedByLoop() // first: LocalAddr must not read a reused descriptor
-		unix.Close(s.fd)
+		rawClose(s.fd)
 		s.pr, s.rd, s.wr = nil, nil, nil
 	}
 	for _, d := range []*dir{&pr.up, &pr.down} {

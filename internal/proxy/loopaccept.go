@@ -133,7 +133,7 @@ func (lp *loop) accept(s *side) {
 func accept4(fd int) (int, *net.TCPAddr, error) {
 	var rsa unix.RawSockaddrAny
 	l := uint32(unix.SizeofSockaddrAny)
-	r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)),
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)),
 		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, nil, e
@@ -223,7 +223,7 @@ func (pr *pair) readEarly() {
 	var n int
 	var err error
 	for {
-		n, err = unix.Read(cs.fd, lp.scratch)
+		n, err = rawRead(cs.fd, lp.scratch)
 		if err != unix.EINTR {
 			break
 		}
@@ -245,7 +245,7 @@ func (pr *pair) readEarly() {
 // and an error when the connect failed.
 func (pr *pair) writeEarly(s *side) (bool, error) {
 	for pr.earlyOff < pr.earlyN {
-		m, err := unix.Write(s.fd, (*pr.early)[pr.earlyOff:pr.earlyN])
+		m, err := rawWrite(s.fd, (*pr.early)[pr.earlyOff:pr.earlyN])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -404,7 +404,7 @@ func (pr *pair) connectTimedOut(s *side) {
 func (pr *pair) dropSide(s *side) {
 	pr.lp.unregister(s)
 	s.sock.closedByLoop()
-	unix.Close(s.fd)
+	rawClose(s.fd)
 }
 
 // dialFailed counts a failed dial and tries the next pick, or gives up.

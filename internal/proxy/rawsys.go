@@ -1,0 +1,44 @@
+package proxy
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The loop's own system calls, made raw: the loop's goroutine holds its
+// thread and P the whole time (see loop.serve), every call it makes is
+// non-blocking, and the scheduler's bookkeeping for a call that might block
+// (entersyscall, exitsyscall, and sysmon waking every 20µs to look at a P
+// "in a system call") would only cost. Blocking calls (connect's wait,
+// Poll) never come through here.
+
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
+func rawRead(fd int, b []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(r), errnoErr(e)
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(r), errnoErr(e)
+}
+
+func rawClose(fd int) {
+	_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+func rawShutdownWrite(fd int) {
+	_, _, _ = unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
+}
+
+func rawSplice(in, out, max int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(max), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	return int(r), errnoErr(e)
+}

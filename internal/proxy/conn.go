@@ -43,6 +43,10 @@ type conn struct {
 	early      *[]byte
 	earlyN     int
 	bytesEarly int64 // of those, written to the backend (in bytesIn too)
+	// attempts and dialErrs are the dials a loop made before it handed
+	// the connection over: dial counts them against the retry budget.
+	attempts int
+	dialErrs []error
 
 	mu      sync.Mutex
 	reason  string // why it was aborted; "" when it ended by itself
@@ -262,10 +266,7 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (halfConn, *backend
 	d := r.dialer(p.Resolver)
 	from := c.clientAddr()
 	deadline := c.start.Add(r.retryTimeout())
-	var (
-		errs     []error
-		attempts int
-	)
+	errs, attempts := c.dialErrs, c.attempts
 	for {
 		b := r.policy().Pick(r.Backends, from)
 		if b == nil && r.Passive {

@@ -104,8 +104,10 @@ type side struct {
 	connected chan struct{}
 	// connecting is set while the loop's own dial waits (loopaccept.go).
 	connecting bool
-	// ll is set when the side is a listener the loop accepts on.
-	ll *loopListener
+	// ll is set when the side is a listener the loop accepts on;
+	// detached once it closed.
+	ll       *loopListener
+	detached bool
 }
 
 // pair is one proxied connection on the loop: both sides, both directions.
@@ -180,13 +182,6 @@ func (lp *loop) register(s *side) error {
 	return lp.registerEvents(s, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
 }
 
-// live reports whether s is still registered.
-func (lp *loop) live(s *side) bool {
-	lp.mu.Lock()
-	defer lp.mu.Unlock()
-	return s.fd < len(lp.table) && lp.table[s.fd].gen == s.gen
-}
-
 func (lp *loop) registerEvents(s *side, events uint32) error {
 	lp.mu.Lock()
 	if lp.stopped {
@@ -248,28 +243,35 @@ func (lp *loop) stop() {
 	<-lp.done
 }
 
-// serve runs the loop on a thread of its own. It waits in epoll_wait as a
-// raw system call, which the scheduler does not see: a goroutine in an
-// ordinary blocking call makes the runtime's sysmon thread wake every 20µs
-// to take its P back, and each return then competes for a P again; parking
-// the loop in Go's own poller instead costs a scheduler wake-up whenever it
-// idles (both were measured, at up to four context switches per proxied
-// connection). The loop's thread keeps its P while it waits, so the wait is
-// bounded (blockFor), and the runtime's preemption signal interrupts it
-// (EINTR) when a garbage collection needs every P stopped.
+// serve runs the loop. While it is busy it waits for events in a raw
+// epoll_wait, which the scheduler never sees: an ordinary blocking call
+// makes the runtime's sysmon thread wake every 20µs to take the P back and
+// the return compete for one again, measurably slower on a busy loop (and
+// parking in Go's own poller costs a scheduler wake-up at every pause).
+// The raw wait keeps the loop's P, so it lasts at most hotWait; once a wait
+// finds nothing, the loop is idle and blocks in an ordinary system call
+// that gives its P back, so that the rest of the process (health checks,
+// discovery, the admin API, other loops) runs even on a single CPU.
 func (lp *loop) serve() {
 	defer close(lp.done)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer unix.Close(lp.epfd)
 	events := make([]unix.EpollEvent, loopEvents)
 	sides := make([]*side, loopEvents)
+	hot := false
 	for {
-		timeout := lp.blockFor()
-		if len(lp.again) > 0 {
-			timeout = 0
+		var n int
+		var err error
+		switch {
+		case len(lp.again) > 0:
+			n, err = epollWaitRaw(lp.epfd, events, 0)
+		case hot:
+			if n, err = epollWaitRaw(lp.epfd, events, hotWait); err == nil && n == 0 {
+				hot = false
+				continue
+			}
+		default:
+			n, err = unix.EpollWait(lp.epfd, events, lp.blockFor())
 		}
-		n, err := epollWait(lp.epfd, events, timeout)
 		if err == unix.EINTR {
 			continue
 		}
@@ -277,6 +279,7 @@ func (lp *loop) serve() {
 			lp.log("event loop failed; connections on it are stuck", "error", err)
 			return
 		}
+		hot = n > 0
 		if lp.batch(events[:n], sides) {
 			lp.closeWake()
 			return
@@ -284,24 +287,9 @@ func (lp *loop) serve() {
 	}
 }
 
-// blockFor is how long, in milliseconds, epoll_wait may block: until the
-// next timeout check when connects are in progress.
-func (lp *loop) blockFor() int {
-	if len(lp.waiting) > 0 {
-		return int(checkEvery / time.Millisecond)
-	}
-	return 100
-}
-
-// epollWait waits up to msec milliseconds for events, as a raw system call
-// (see serve).
-func epollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
+// hotWait is how long, in milliseconds, a busy loop waits for events in a
+// raw system call before it counts as idle (see serve).
+const hotWait = 1
 
 // batch serves one epoll_wait's events, then the directions that used up
 // their budget, then what was posted. It reports whether the loop stops.
@@ -426,7 +414,7 @@ func (lp *loop) safely(pr *pair, f func()) {
 // event handles the readiness epoll reported for s.
 func (lp *loop) event(s *side, ev uint32) {
 	if s.ll != nil {
-		lp.accept(s)
+		lp.safely(nil, func() { lp.accept(s) })
 		return
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -983,4 +971,20 @@ func (p *Proxy) stopLoops() {
 	for _, lp := range p.loops.all {
 		lp.stop()
 	}
+}
+
+// blockFor is how long, in milliseconds, epoll_wait may block: until the
+// next timeout check while connects are in progress, else indefinitely.
+func (lp *loop) blockFor() int {
+	if len(lp.waiting) > 0 {
+		return int(checkEvery / time.Millisecond)
+	}
+	return -1
+}
+
+// epollWaitRaw waits up to msec milliseconds for events in a raw system
+// call, which the scheduler does not see (see serve): msec is 0 or small.
+func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	return int(r), errnoErr(e)
 }

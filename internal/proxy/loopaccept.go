@@ -92,6 +92,7 @@ func (ll *loopListener) detach(loops []*loop) {
 		lp := loops[i]
 		done := make(chan struct{})
 		lp.post(func() {
+			s.detached = true
 			lp.unregister(s)
 			_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 			close(done)
@@ -173,13 +174,20 @@ func (lp *loop) acceptFailed(s *side, err error) {
 		ll.p.logger().Warn("accept failed; backing off", "listen", ll.l.Addr().String(), "error", opErr, "backoff", acceptPause)
 	}
 	// Level-triggered, the pending connection would wake the loop again
-	// at once: stop listening for a moment.
-	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Fd: int32(s.fd), Pad: int32(s.gen)})
+	// at once: stop listening for a moment. (An exclusive registration
+	// cannot be modified, only removed and added again.)
+	lp.unregister(s)
+	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	time.AfterFunc(acceptPause, func() {
 		lp.post(func() {
-			if lp.live(s) {
-				ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.fd), Pad: int32(s.gen)}
-				_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
+			if s.detached {
+				return // the listener closed meanwhile
+			}
+			if err := lp.registerEvents(s, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+				select {
+				case ll.fatal <- fmt.Errorf("listening on %s again after %v: %w", ll.l.Addr(), opErr, err):
+				default:
+				}
 			}
 		})
 	})
@@ -264,6 +272,9 @@ func (pr *pair) writeEarly(s *side) (bool, error) {
 func (pr *pair) dialNext() {
 	c, r := pr.c, pr.c.route
 	b := r.policy().Pick(r.Backends, c.clientAddr())
+	if b == nil && r.Passive {
+		b = benched(r.Backends, pr.attempts) // as dial does (panic mode)
+	}
 	var ap netip.AddrPort
 	if b != nil {
 		var err error
@@ -313,9 +324,11 @@ func (pr *pair) toGoroutine() {
 	cs.mu.Unlock()
 	pr.closed = true // the pair is done; the connection goes on
 	c := pr.c
-	// The bytes read early go first, from the handler (see handle).
+	// The bytes read early go first, from the handler (see handle), and
+	// its dial goes on with the retry budget where the loop left it.
 	c.early, pr.early = pr.early, nil
 	c.earlyN = pr.earlyN
+	c.attempts, c.dialErrs = pr.attempts, pr.errs
 	c.listener.Stats.Active.Add(-1) // handle counts it again
 	go pr.p.handle(pr.ctx, c)
 }

@@ -6,12 +6,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The loop's own system calls, made raw: the loop's goroutine holds its
-// thread and P the whole time (see loop.serve), every call it makes is
-// non-blocking, and the scheduler's bookkeeping for a call that might block
+// The loop's own system calls, made raw: every one of them is
+// non-blocking, so the scheduler's bookkeeping for a call that might block
 // (entersyscall, exitsyscall, and sysmon waking every 20µs to look at a P
-// "in a system call") would only cost. Blocking calls (connect's wait,
-// Poll) never come through here.
+// "in a system call") would only cost. The loop's one blocking call, its
+// idle epoll_wait, and the handler goroutines' waits never come through
+// here.
 
 func errnoErr(e unix.Errno) error {
 	if e == 0 {

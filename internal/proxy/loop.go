@@ -254,10 +254,6 @@ func (lp *loop) stop() {
 // discovery, the admin API, other loops) runs even on a single CPU.
 func (lp *loop) serve() {
 	defer close(lp.done)
-	// A thread of its own: the loop stays on one thread (and mostly one
-	// CPU, with its cache) instead of whichever the runtime picks next.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer unix.Close(lp.epfd)
 	events := make([]unix.EpollEvent, loopEvents)
 	sides := make([]*side, loopEvents)

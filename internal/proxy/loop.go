@@ -500,6 +500,15 @@ func (s *specScore) want() bool {
 	return s.score >= 0 || s.n%32 == 0
 }
 
+// scoreGuess records whether a read of s that speculate asked for found
+// bytes (or an end) rather than EAGAIN.
+func (lp *loop) scoreGuess(s *side, err error) {
+	if s.spec {
+		s.spec = false
+		lp.spec.record(err != unix.EAGAIN)
+	}
+}
+
 func (s *specScore) record(hit bool) {
 	if hit {
 		s.score = min(s.score+1, 8)
@@ -544,18 +553,8 @@ func (lp *loop) move(d *dir) bool {
 	if d.splice {
 		return lp.moveSplice(d)
 	}
-	var n int
-	var err error
-	for {
-		n, err = rawRead(d.src.fd, lp.scratch)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if d.src.spec {
-		d.src.spec = false
-		lp.spec.record(err != unix.EAGAIN)
-	}
+	n, err := rawRead(d.src.fd, lp.scratch)
+	lp.scoreGuess(d.src, err)
 	switch {
 	case err == unix.EAGAIN:
 		d.src.readable = false
@@ -640,17 +639,8 @@ func (lp *loop) moveSplice(d *dir) bool {
 		d.splice = false // out of descriptors for pipes: copy instead
 		return true
 	}
-	var n int
-	for {
-		n, err = rawSplice(d.src.fd, pp.w, pipeSize)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if d.src.spec {
-		d.src.spec = false
-		lp.spec.record(err != unix.EAGAIN)
-	}
+	n, err := rawSplice(d.src.fd, pp.w, pipeSize)
+	lp.scoreGuess(d.src, err)
 	switch {
 	case err == unix.EAGAIN:
 		pipePool.put(pp)

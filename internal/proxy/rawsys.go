@@ -20,14 +20,24 @@ func errnoErr(e unix.Errno) error {
 	return e
 }
 
+// rawRead, rawWrite and rawSplice retry when a signal interrupts them.
+
 func rawRead(fd int, b []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	return int(r), errnoErr(e)
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != unix.EINTR {
+			return int(r), errnoErr(e)
+		}
+	}
 }
 
 func rawWrite(fd int, b []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	return int(r), errnoErr(e)
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != unix.EINTR {
+			return int(r), errnoErr(e)
+		}
+	}
 }
 
 func rawClose(fd int) {
@@ -39,6 +49,10 @@ func rawShutdownWrite(fd int) {
 }
 
 func rawSplice(in, out, max int) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(max), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-	return int(r), errnoErr(e)
+	for {
+		r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(max), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if e != unix.EINTR {
+			return int(r), errnoErr(e)
+		}
+	}
 }

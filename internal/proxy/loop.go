@@ -97,6 +97,7 @@ type side struct {
 	readable, writable bool
 	hup                bool // the peer shut its side (or the socket failed)
 	spec               bool // readable is a guess (see speculate)
+	outArmed           bool // epoll reports output for it (armOut)
 	pr                 *pair
 	rd, wr             *dir // the direction reading this socket, and writing it
 	// connected hears the connect's completion while a handler
@@ -178,8 +179,44 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 
 // register adds s to the loop's epoll set, edge-triggered, for input and
 // output.
+// Sockets are watched for input only, edge-triggered; output is watched
+// (armOut) only once a write could not go through, or while a connect is
+// in progress. Watched for output all along, every ACK that frees send
+// buffer space would wake the loop for nothing.
+const (
+	evIn    = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+	evInOut = evIn | unix.EPOLLOUT
+)
+
+// register adds s to the loop's epoll set for input.
 func (lp *loop) register(s *side) error {
-	return lp.registerEvents(s, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
+	return lp.registerEvents(s, evIn)
+}
+
+// registerOut adds s for input and output (a connect in progress).
+func (lp *loop) registerOut(s *side) error {
+	s.outArmed = true
+	return lp.registerEvents(s, evInOut)
+}
+
+// armOut makes epoll report when s can take more bytes; it stays armed.
+func (lp *loop) armOut(s *side) {
+	if s.outArmed {
+		return
+	}
+	s.outArmed = true
+	ev := unix.EpollEvent{Events: evInOut, Fd: int32(s.fd), Pad: int32(s.gen)}
+	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
+}
+
+// disarmOut stops output events for s (its connect completed).
+func (lp *loop) disarmOut(s *side) {
+	if !s.outArmed {
+		return
+	}
+	s.outArmed = false
+	ev := unix.EpollEvent{Events: evIn, Fd: int32(s.fd), Pad: int32(s.gen)}
+	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
 }
 
 func (lp *loop) registerEvents(s *side, events uint32) error {
@@ -619,6 +656,7 @@ func (lp *loop) writeOut(d *dir, b []byte) (n int, ok bool) {
 			continue
 		case err == unix.EAGAIN:
 			d.dst.writable = false
+			lp.armOut(d.dst)
 			return n, false
 		case err != nil:
 			d.pr.fail(d, "write", err)
@@ -679,6 +717,7 @@ func (lp *loop) flushPipe(d *dir) bool {
 			continue
 		case err == unix.EAGAIN:
 			d.dst.writable = false
+			lp.armOut(d.dst)
 			return false
 		case err != nil:
 			d.pr.fail(d, "splice", err)
@@ -731,8 +770,10 @@ func (pr *pair) start() {
 	pr.client.pr, pr.client.rd, pr.client.wr = pr, &pr.up, &pr.down
 	pr.backend.pr, pr.backend.rd, pr.backend.wr = pr, &pr.down, &pr.up
 	// Fresh sockets have room to write; what has come in shows in the
-	// flags epoll already set.
+	// flags epoll already set. Output is watched only when a write blocks
+	// (a handler's dial watched it for the connect).
 	pr.client.writable, pr.backend.writable = true, true
+	pr.lp.disarmOut(pr.backend)
 	if pr.early != nil {
 		pr.up.count(pr.earlyOff)
 		if pr.earlyOff < pr.earlyN {
@@ -830,7 +871,7 @@ func (lp *loop) connect(ctx context.Context, ap netip.AddrPort, keepAlive time.D
 		return nil, err
 	}
 	s := &side{fd: fd, connected: make(chan struct{}, 1)}
-	if err := lp.register(s); err != nil {
+	if err := lp.registerOut(s); err != nil {
 		unix.Close(fd)
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: err}
 	}

@@ -305,9 +305,20 @@ func (pr *pair) dialNext() {
 			return
 		}
 		if ok {
+			if err := pr.lp.register(s); err != nil {
+				pr.dropSide(s)
+				pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err})
+				return
+			}
 			pr.connected(s)
 			return
 		}
+	}
+	// Epoll tells when the connect is over (output, or an error).
+	if err := pr.lp.registerOut(s); err != nil {
+		pr.dropSide(s)
+		pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err})
+		return
 	}
 	pr.connecting = s
 	pr.lp.wait(pr, time.Now().Add(r.connectTimeout()))
@@ -342,15 +353,10 @@ func (lp *loop) startConnect(ap netip.AddrPort, keepAlive time.Duration) (*side,
 	}
 	s := &side{fd: fd, connecting: true}
 	s.sock = newRawSock(fd, net.TCPAddrFromAddrPort(ap))
-	if err := lp.register(s); err != nil {
-		unix.Close(fd)
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err}
-	}
 	switch err := unix.Connect(fd, sa); err {
 	case nil, unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
-		return s, nil
+		return s, nil // registered by the caller, once it knows for what
 	default:
-		lp.unregister(s)
 		unix.Close(fd)
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)}
 	}
@@ -379,6 +385,7 @@ func (pr *pair) connectDone(s *side, ev uint32) {
 // starts moving bytes.
 func (pr *pair) connected(s *side) {
 	s.connecting = false
+	pr.lp.disarmOut(s)
 	c, r, b := pr.c, pr.c.route, pr.target
 	b.CountDial(true)
 	c.listener.Stats.DialDuration.Observe(time.Since(pr.dialStart))

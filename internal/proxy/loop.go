@@ -996,6 +996,19 @@ func (p *Proxy) eventLoops() []*loop {
 	return p.loops.all
 }
 
+// syncLoops returns once every loop has run what was posted to it before
+// the call. It must not be called from a loop's goroutine.
+func (p *Proxy) syncLoops() {
+	for _, lp := range p.eventLoops() {
+		done := make(chan struct{})
+		lp.post(func() { close(done) })
+		select {
+		case <-done:
+		case <-lp.done:
+		}
+	}
+}
+
 // stopLoops ends the event loops after the last connection finished.
 func (p *Proxy) stopLoops() {
 	p.loops.once.Do(func() {}) // none started later

@@ -431,6 +431,12 @@ func (p *Proxy) CloseBackend(l *Listener, addr, reason string) int {
 	for _, c := range victims {
 		c.abort(reason)
 	}
+	if len(victims) > 0 {
+		// An event loop closes its sockets when it gets to the close
+		// posted to it: wait for that, so they are closed on return, as
+		// the goroutine engine's are.
+		p.syncLoops()
+	}
 	return len(victims)
 }
 

@@ -103,8 +103,6 @@ type side struct {
 	// connected hears the connect's completion while a handler
 	// goroutine's dial waits (rawDial).
 	connected chan struct{}
-	// connecting is set while the loop's own dial waits (loopaccept.go).
-	connecting bool
 	// ll is set when the side is a listener the loop accepts on;
 	// detached once it closed.
 	ll       *loopListener
@@ -652,8 +650,6 @@ func (lp *loop) writeOut(d *dir, b []byte) (n int, ok bool) {
 	for n < len(b) {
 		m, err := rawWrite(d.dst.fd, b[n:])
 		switch {
-		case err == unix.EINTR:
-			continue
 		case err == unix.EAGAIN:
 			d.dst.writable = false
 			lp.armOut(d.dst)
@@ -713,8 +709,6 @@ func (lp *loop) flushPipe(d *dir) bool {
 	for pp.buffered > 0 {
 		m, err := rawSplice(pp.r, d.dst.fd, pp.buffered)
 		switch {
-		case err == unix.EINTR:
-			continue
 		case err == unix.EAGAIN:
 			d.dst.writable = false
 			lp.armOut(d.dst)
@@ -862,28 +856,20 @@ func (p *Proxy) adopt(c *conn, lp *loop, cs, bs *rawSock) bool {
 // connect opens a socket to ap and waits, until ctx is done, for the loop
 // to report the connect's outcome.
 func (lp *loop) connect(ctx context.Context, ap netip.AddrPort, keepAlive time.Duration) (*rawSock, error) {
-	remote := net.TCPAddrFromAddrPort(ap)
-	fail := func(call string, err error) error {
-		return &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError(call, err)}
-	}
-	fd, sa, err := openSocket(ap, keepAlive)
+	s, err := lp.startConnect(ap, keepAlive)
 	if err != nil {
 		return nil, err
 	}
-	s := &side{fd: fd, connected: make(chan struct{}, 1)}
+	rs := s.sock
+	s.connected = make(chan struct{}, 1)
 	if err := lp.registerOut(s); err != nil {
-		unix.Close(fd)
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: err}
+		rawClose(s.fd)
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: rs.remote, Err: err}
 	}
 	drop := func(err error) (*rawSock, error) {
 		lp.unregister(s)
-		unix.Close(fd)
-		return nil, err
-	}
-	switch err := unix.Connect(fd, sa); err {
-	case nil, unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
-	default:
-		return drop(fail("connect", err))
+		rawClose(s.fd)
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: rs.remote, Err: err}
 	}
 	select {
 	case <-s.connected:
@@ -892,19 +878,22 @@ func (lp *loop) connect(ctx context.Context, ap netip.AddrPort, keepAlive time.D
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = os.ErrDeadlineExceeded
 		}
-		return drop(&net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: err})
+		return drop(err)
 	}
+	if err := soError(s.fd); err != nil {
+		return drop(os.NewSyscallError("connect", err))
+	}
+	rs.side, rs.lp = s, lp
+	return rs, nil
+}
+
+// soError is the outcome of a finished non-blocking connect on fd.
+func soError(fd int) error {
 	e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && e != 0 {
 		err = unix.Errno(e)
 	}
-	if err != nil {
-		return drop(fail("connect", err))
-	}
-	rs := newRawSock(fd, remote)
-	rs.side, rs.lp = s, lp
-	s.sock = rs
-	return rs, nil
+	return err
 }
 
 // backendSockopts sets TCP_NODELAY and, when keepAlive is positive, TCP

@@ -101,11 +101,17 @@ func TestLoopSlowReader(t *testing.T) {
 				c.(*net.TCPConn).CloseWrite()
 			}
 		})
-		l := start(t, loopProxy(1), &Route{Service: "slow", Backends: Addrs(ln.Addr().String())}, 0)
+		p := loopProxy(1)
+		l := start(t, p, &Route{Service: "slow", Backends: Addrs(ln.Addr().String())}, 0)
 		c := dial(t, l.Addr().String())
 		c.SetDeadline(time.Now().Add(deadlineFor))
-		// Let socket buffers on both sides of the proxy fill up.
-		time.Sleep(200 * time.Millisecond)
+		// Read nothing until the proxy has written to the client: the
+		// bytes then wait in socket buffers (and, for the big payload, in
+		// the proxy, blocked on a full client socket).
+		testenv.WaitFor(t, "bytes on their way to the client", func() bool {
+			cs := p.Connections()
+			return len(cs) == 1 && cs[0].BytesOut > 0
+		})
 		got := make([]byte, 0, size)
 		buf := make([]byte, 4096)
 		for len(got) < size {

@@ -282,45 +282,30 @@ func zoneName(id uint32) string {
 func rawAccept(raw interface {
 	Read(func(uintptr) bool) error
 }, accept *acceptCall) (*rawSock, error) {
-	accept.fd, accept.sa, accept.err = -1, nil, nil
+	accept.fd, accept.addr, accept.err = -1, nil, nil
 	if err := raw.Read(accept.fn); err != nil {
 		return nil, err
 	}
 	if accept.err != nil {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", accept.err)}
 	}
-	return newRawSock(accept.fd, sockaddrTCP(accept.sa)), nil
+	return newRawSock(accept.fd, accept.addr), nil
 }
 
 // acceptCall is the RawConn.Read callback of one accept loop, bound once so
 // that accepting allocates no closure per connection.
 type acceptCall struct {
-	fd  int
-	sa  unix.Sockaddr
-	err error
-	fn  func(uintptr) bool
+	fd   int
+	addr *net.TCPAddr
+	err  error
+	fn   func(uintptr) bool
 }
 
 func newAcceptCall() *acceptCall {
 	a := &acceptCall{}
 	a.fn = func(lfd uintptr) bool {
-		for {
-			fd, sa, err := unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			switch err {
-			case nil:
-				// Not inherited from the listener, unlike keepalive: the
-				// net package sets it on every accepted socket too.
-				_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-				a.fd, a.sa = fd, sa
-				return true
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			a.err = err
-			return true
-		}
+		a.fd, a.addr, a.err = acceptTCP(int(lfd))
+		return a.err != unix.EAGAIN // EAGAIN: park until readable
 	}
 	return a
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/attache/attache/internal/discovery/docker"
 	"github.com/attache/attache/internal/discovery/etcd"
 	"github.com/attache/attache/internal/health"
+	"github.com/attache/attache/internal/proxy"
 )
 
 // adminState lets the admin API and the metrics collector read the daemon
@@ -76,6 +77,11 @@ func (d *daemon) services() []admin.Service {
 	}
 	d.mu.Unlock()
 
+	ls := make([]*proxy.Listener, len(items))
+	for i, it := range items {
+		ls[i] = it.sv.l
+	}
+	moved := d.proxy.ListenersBytes(ls) // open connections' bytes so far too, in one pass
 	out := make([]admin.Service, 0, len(items))
 	for _, it := range items {
 		var checks map[string]health.Status
@@ -86,7 +92,7 @@ func (d *daemon) services() []admin.Service {
 			}
 		}
 		st := &it.sv.l.Stats
-		bytesIn, bytesOut := d.proxy.ListenerBytes(it.sv.l) // open connections' bytes so far too
+		bytesIn, bytesOut := moved[it.sv.l].In, moved[it.sv.l].Out
 		it.svc.Connections = admin.Counters{
 			Accepted: st.Accepted.Load(), Active: st.Active.Load(), Failed: st.Failed.Load(),
 			NoBackend: st.NoBackend.Load(), Retried: st.Retried.Load(), DialErrors: st.DialErrors.Load(),

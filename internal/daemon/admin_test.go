@@ -336,6 +336,7 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 	waitUntil(t, "the held connection to be counted", func() bool {
 		f := d.scrape(t)
 		return value(f, "attache_proxy_connections_active", svc) == 0 &&
+			value(f, "attache_backend_active_connections", map[string]string{"service": "web", "backend": echo}) == 0 &&
 			value(f, "attache_proxy_bytes_total", map[string]string{"service": "web", "direction": "out"}) == n*size+5
 	})
 

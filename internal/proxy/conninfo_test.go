@@ -9,13 +9,15 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
-// TestLiveBytes: an open connection's bytes show in ListenerBytes and
-// Connections as they flow, in both the buffer and the splice path, and
-// the listener's totals never go down when the connection closes.
+// TestLiveBytes: an open connection's bytes show in ListenerBytes,
+// ListenersBytes and Connections as they flow, in both the buffer and the
+// splice path, only under its own listener, and the listener's totals
+// never go down when the connection closes.
 func TestLiveBytes(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
 	p := &Proxy{}
 	l := start(t, p, &Route{Service: "echo", Backends: Addrs(echo)}, 0)
+	quiet := start(t, p, &Route{Service: "quiet", Backends: Addrs(echo)}, 0)
 	c := dial(t, l.Addr().String())
 	c.SetDeadline(time.Now().Add(deadlineFor))
 
@@ -42,6 +44,9 @@ func TestLiveBytes(t *testing.T) {
 				t.Fatalf("after %d bytes each way: ListenerBytes = %d, %d", sent, in, out)
 			}
 			time.Sleep(time.Millisecond)
+		}
+		if got := p.ListenersBytes([]*Listener{l, quiet}); len(got) != 2 || got[l] != (Bytes{sent, sent}) || got[quiet] != (Bytes{}) {
+			t.Fatalf("after %d bytes each way: ListenersBytes = %v", sent, got)
 		}
 		cs := p.Connections()
 		if len(cs) != 1 || cs[0].BytesIn != sent || cs[0].BytesOut != sent || cs[0].Backend != echo ||

@@ -444,17 +444,30 @@ func (p *Proxy) CloseBackend(l *Listener, addr, reason string) int {
 // connections' bytes so far: a long-lived connection shows its traffic as
 // it flows, not only when it closes.
 func (p *Proxy) ListenerBytes(l *Listener) (in, out int64) {
+	b := p.ListenersBytes([]*Listener{l})[l]
+	return b.In, b.Out
+}
+
+// Bytes is what a listener has moved: In is client to backend, Out back.
+type Bytes struct{ In, Out int64 }
+
+// ListenersBytes is ListenerBytes for each of ls, in one pass over the open
+// connections: a scrape holds the lock that every accept and close takes
+// for one walk of the connections, however many services there are.
+func (p *Proxy) ListenersBytes(ls []*Listener) map[*Listener]Bytes {
+	out := make(map[*Listener]Bytes, len(ls))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	in, out = l.Stats.BytesIn.Load(), l.Stats.BytesOut.Load()
+	for _, l := range ls {
+		out[l] = Bytes{l.Stats.BytesIn.Load(), l.Stats.BytesOut.Load()}
+	}
 	for c := range p.conns {
-		if c.listener == l {
+		if b, ok := out[c.listener]; ok {
 			ci, co := c.moved()
-			in += ci
-			out += co
+			out[c.listener] = Bytes{b.In + ci, b.Out + co}
 		}
 	}
-	return in, out
+	return out
 }
 
 // Active reports the connections open across every listener.

@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -647,36 +646,105 @@ func TestLeastConnBurstSpreads(t *testing.T) {
 }
 
 // TestAccessLog: one info line per closed connection on the access logger,
-// with the client, backend, bytes each way and the close reason.
+// with the client, service, backend, duration, bytes each way and the
+// close reason, on either engine: "eof" for a connection that ends
+// normally, the daemon's reason for one it closes (CloseBackend).
 func TestAccessLog(t *testing.T) {
-	echo := testenv.Echo(t, "127.0.0.1:0")
-	var buf testenv.LogBuffer
-	p := &Proxy{AccessLog: slog.New(slog.NewJSONHandler(&buf, nil))}
-	l := start(t, p, NewRoute("acc", echo), 0)
-	c := dial(t, l.Addr().String())
-	c.SetDeadline(time.Now().Add(deadlineFor))
-	c.Write([]byte("hello"))
-	c.CloseWrite()
-	if got, _ := io.ReadAll(c); string(got) != "hello" {
-		t.Fatalf("echo: %q", got)
+	for _, engine := range []struct {
+		name  string
+		loops int
+	}{{"loops", 1}, {"goroutines", -1}} {
+		t.Run(engine.name, func(t *testing.T) {
+			echo := testenv.Echo(t, "127.0.0.1:0")
+			var buf testenv.LogBuffer
+			p := &Proxy{AccessLog: slog.New(slog.NewJSONHandler(&buf, nil)), Loops: engine.loops}
+			l := start(t, p, NewRoute("acc", echo), 0)
+
+			// One that ends normally, the client half-closing first.
+			c := dial(t, l.Addr().String())
+			c.SetDeadline(time.Now().Add(deadlineFor))
+			c.Write([]byte("hello"))
+			c.CloseWrite()
+			if got, _ := io.ReadAll(c); string(got) != "hello" {
+				t.Fatalf("echo: %q", got)
+			}
+			c.Close()
+			line := accessLine(t, &buf, 1)
+			checkAccessLine(t, line, c, echo, 5, 5, "eof")
+
+			// One the daemon closes while it is open, carried by the
+			// engine under test.
+			c = dial(t, l.Addr().String())
+			c.SetDeadline(time.Now().Add(deadlineFor))
+			roundTrip(t, c, []byte("hi there"))
+			if got := carriedByLoop(p); got != (engine.loops > 0) {
+				t.Fatalf("connection carried by an event loop: %v, want %v", got, engine.loops > 0)
+			}
+			if n := p.CloseBackend(l, echo, "backend removed"); n != 1 {
+				t.Fatalf("CloseBackend closed %d connections, want 1", n)
+			}
+			checkAccessLine(t, accessLine(t, &buf, 2), c, echo, 8, 8, "backend removed")
+		})
 	}
-	c.Close()
+}
+
+// accessLine waits for the n-th line of buf and returns it, decoded.
+func accessLine(t *testing.T, buf *testenv.LogBuffer, n int) map[string]any {
+	t.Helper()
 	deadline := time.Now().Add(deadlineFor)
-	for !strings.Contains(buf.String(), "connection closed") && time.Now().Before(deadline) {
+	for len(buf.Lines("connection closed")) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited for access line %d; log so far:\n%s", n, buf.String())
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	var line map[string]any
-	if err := json.Unmarshal([]byte(strings.TrimSpace(buf.String())), &line); err != nil {
-		t.Fatalf("want one JSON line, got %q: %v", buf.String(), err)
+	lines := buf.Lines("")
+	if len(lines) != n {
+		t.Fatalf("want %d log lines, got:\n%s", n, buf.String())
 	}
-	want := map[string]any{"level": "INFO", "msg": "connection closed", "service": "acc", "backend": echo,
-		"bytes_in": float64(5), "bytes_out": float64(5), "reason": "eof"}
+	var line map[string]any
+	if err := json.Unmarshal([]byte(lines[n-1]), &line); err != nil {
+		t.Fatalf("want a JSON line, got %q: %v", lines[n-1], err)
+	}
+	return line
+}
+
+func checkAccessLine(t *testing.T, line map[string]any, c *net.TCPConn, backend string, in, out int, reason string) {
+	t.Helper()
+	want := map[string]any{"level": "INFO", "msg": "connection closed", "service": "acc", "backend": backend,
+		"client": c.LocalAddr().String(), "bytes_in": float64(in), "bytes_out": float64(out), "reason": reason}
 	for k, v := range want {
 		if line[k] != v {
 			t.Errorf("%s = %v, want %v (line %v)", k, line[k], v, line)
 		}
 	}
-	if line["client"] != c.LocalAddr().String() {
-		t.Errorf("client = %v, want %s", line["client"], c.LocalAddr())
+	// slog's JSON handler writes a duration as nanoseconds.
+	if d, ok := line["duration"].(float64); !ok || d <= 0 {
+		t.Errorf("duration = %v, want a positive number of nanoseconds (line %v)", line["duration"], line)
 	}
+}
+
+// carriedByLoop reports whether p's open connections are all carried by
+// an event loop (and there is at least one).
+func carriedByLoop(p *Proxy) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) == 0 {
+		return false
+	}
+	for c := range p.conns {
+		c.mu.Lock()
+		cs, ok := c.client.(*rawSock)
+		c.mu.Unlock()
+		if !ok {
+			return false
+		}
+		cs.mu.Lock()
+		owned := cs.state == rawOwned
+		cs.mu.Unlock()
+		if !owned {
+			return false
+		}
+	}
+	return true
 }

@@ -279,6 +279,7 @@ func TestJSONLogs(t *testing.T) {
 	}
 
 	var sawForwarding, sawClosed, sawStopped bool
+	var service any
 	for _, line := range jsonLines(t, p.stderr.String()) {
 		for _, k := range []string{"time", "level", "msg"} {
 			if _, ok := line[k]; !ok {
@@ -288,9 +289,14 @@ func TestJSONLogs(t *testing.T) {
 		switch line["msg"] {
 		case "forwarding":
 			sawForwarding = line["listen"] == m[1] && line["service"] != nil
+			service = line["service"]
 		case "connection closed":
+			// The access line: client, service, backend, duration (in
+			// nanoseconds), bytes each way and the close reason.
+			d, _ := line["duration"].(float64)
 			sawClosed = line["level"] == "INFO" && line["log"] == "access" && line["bytes_in"] == float64(len(msg)) &&
-				line["bytes_out"] == float64(len(msg)) && line["reason"] == "eof"
+				line["bytes_out"] == float64(len(msg)) && line["reason"] == "eof" && line["service"] == service &&
+				line["client"] == c.LocalAddr().String() && line["backend"] == backend && d > 0
 		case "stopped":
 			sawStopped = true
 		}
@@ -298,6 +304,45 @@ func TestJSONLogs(t *testing.T) {
 	if !sawForwarding || !sawClosed || !sawStopped {
 		t.Fatalf("missing or wrong lines (forwarding %v, connection closed %v, stopped %v):\n%s",
 			sawForwarding, sawClosed, sawStopped, p.stderr)
+	}
+}
+
+// TestAccessLogOff: --access-log=false turns the per-connection line off
+// at the default level (it is then written at debug only, untagged).
+func TestAccessLogOff(t *testing.T) {
+	t.Parallel()
+	backend := echoServer(t)
+	for _, level := range []string{"info", "debug"} {
+		t.Run(level, func(t *testing.T) {
+			t.Parallel()
+			p := startAttache(t, nil, "--access-log=false", "--log-format", "json", "--log-level", level,
+				"--forward", "127.0.0.1:0="+backend)
+			m := p.waitLog(t, regexp.MustCompile(`"msg":"forwarding".*"listen":"([^"]+)"`), startTimeout)
+			c := dial(t, m[1])
+			roundTrip(t, c, "quiet please\n")
+			c.Close()
+			if level == "debug" {
+				p.waitLog(t, regexp.MustCompile(`"msg":"connection closed"`), startTimeout)
+			}
+			// Shutdown waits for the connection's handler, which logs
+			// before it returns: once attache has exited, the log is whole.
+			p.signal(t, syscall.SIGTERM)
+			if code := p.wait(t, exitTimeout); code != 0 {
+				t.Fatalf("exit code: got %d, want 0", code)
+			}
+			var closed []map[string]any
+			for _, line := range jsonLines(t, p.stderr.String()) {
+				if line["msg"] == "connection closed" {
+					closed = append(closed, line)
+				}
+			}
+			switch {
+			case level == "info" && len(closed) != 0:
+				t.Errorf("--access-log=false still wrote access lines at info: %v", closed)
+			case level == "debug" && (len(closed) != 1 || closed[0]["level"] != "DEBUG" || closed[0]["log"] != nil):
+				t.Errorf("--access-log=false --log-level debug: %v, want one untagged DEBUG line", closed)
+			}
+		})
 	}
 }
 

@@ -74,9 +74,13 @@ type loop struct {
 	// a Go timer per connection would wake the runtime's poller each time.
 	waiting   []*pair
 	lastCheck time.Time
-	spec      specScore
-	done      chan struct{}
-	log       func(msg string, args ...any)
+	// keepAlive are the dialled sockets whose keepalive is switched on
+	// once their connection lasts (loopkeepalive.go), from keepAliveHead.
+	keepAlive     []keepAliveDue
+	keepAliveHead int
+	spec          specScore
+	done          chan struct{}
+	log           func(msg string, args ...any)
 }
 
 // slot maps a registered descriptor to its side; gen tells a live
@@ -358,10 +362,11 @@ func (lp *loop) batch(events []unix.EpollEvent, sides []*side) bool {
 			lp.turn(d)
 		}
 	}
-	if len(lp.waiting) > 0 {
+	if len(lp.waiting) > 0 || lp.keepAlivePending() {
 		if now := time.Now(); now.Sub(lp.lastCheck) >= checkEvery {
 			lp.lastCheck = now
 			lp.expire(now)
+			lp.keepAlivesDue(now)
 		}
 	}
 	return wake && lp.runQueue()
@@ -905,14 +910,7 @@ func backendSockopts(fd int, keepAlive time.Duration) error {
 	if keepAlive <= 0 {
 		return nil
 	}
-	secs := max(int(keepAlive/time.Second), 1)
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1); err != nil {
-		return err
-	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs); err != nil {
-		return err
-	}
-	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
+	return setKeepAliveFD(fd, max(int(keepAlive/time.Second), 1))
 }
 
 // loops is the Proxy's set of event loops, started on first use.
@@ -1007,9 +1005,10 @@ func (p *Proxy) stopLoops() {
 }
 
 // blockFor is how long, in milliseconds, epoll_wait may block: until the
-// next timeout check while connects are in progress, else indefinitely.
+// next check while connects are in progress or sockets wait for their
+// keepalive, else indefinitely.
 func (lp *loop) blockFor() int {
-	if len(lp.waiting) > 0 {
+	if len(lp.waiting) > 0 || lp.keepAlivePending() {
 		return int(checkEvery / time.Millisecond)
 	}
 	return -1

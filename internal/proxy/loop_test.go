@@ -7,12 +7,16 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/attache/attache/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // The event loop engine (loop.go) carries plain TCP connections; the other
@@ -234,5 +238,102 @@ func roundTrip(t *testing.T, c net.Conn, b []byte) {
 	}
 	if !bytes.Equal(got, b) {
 		t.Fatalf("echoed %q, sent %q", got, b)
+	}
+}
+
+// proxySocket finds, among this process's descriptors, the TCP socket
+// whose local or remote address is addr, other than the test's own conn:
+// the proxy runs in the test process, so its sockets are here too.
+func proxySocket(t *testing.T, local bool, addr string, not net.Conn) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var sa unix.Sockaddr
+		if local {
+			sa, err = unix.Getsockname(fd)
+		} else {
+			sa, err = unix.Getpeername(fd)
+		}
+		in4, ok := sa.(*unix.SockaddrInet4)
+		if err != nil || !ok {
+			continue
+		}
+		if got := netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String(); got != addr {
+			continue
+		}
+		if not != nil {
+			mine, _ := unix.Getsockname(fd)
+			if m4, ok := mine.(*unix.SockaddrInet4); ok && netip.AddrPortFrom(netip.AddrFrom4(m4.Addr), uint16(m4.Port)).String() == not.LocalAddr().String() {
+				continue
+			}
+		}
+		return fd
+	}
+	t.Fatalf("no socket with %s address %s", map[bool]string{true: "local", false: "remote"}[local], addr)
+	return -1
+}
+
+// TestLoopSocketOptions: a connection the loop accepted has TCP_NODELAY
+// (inherited from the listening socket, not set per connection), and the
+// backend socket the loop dialled gets TCP keepalive once the connection
+// has lasted keepAliveAfter, with the route's period; a route with
+// keepalive off never gets it.
+func TestLoopSocketOptions(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		keepAlive time.Duration
+		want      int // TCP_KEEPIDLE; 0: off
+	}{{"period", 7 * time.Second, 7}, {"off", -1, 0}} {
+		t.Run(tt.name, func(t *testing.T) {
+			echo := testenv.Echo(t, "127.0.0.1:0")
+			p := loopProxy(1)
+			l := start(t, p, &Route{Service: "opts", Backends: Addrs(echo), KeepAlive: tt.keepAlive}, 0)
+			c := dial(t, l.Addr().String())
+			roundTrip(t, c, []byte("hello"))
+			if !carriedByLoop(p) {
+				t.Fatal("the connection is not on the loop")
+			}
+			client := proxySocket(t, false, c.LocalAddr().String(), nil)
+			if v, err := unix.GetsockoptInt(client, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+				t.Errorf("accepted socket: TCP_NODELAY = %d (%v), want on", v, err)
+			}
+			backend := proxySocket(t, false, echo, nil)
+			keepalive := func() int {
+				v, err := unix.GetsockoptInt(backend, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+			if v, err := unix.GetsockoptInt(backend, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+				t.Errorf("dialled socket: TCP_NODELAY = %d (%v), want on", v, err)
+			}
+			if keepalive() != 0 {
+				t.Fatal("keepalive on the dialled socket at once; want it once the connection lasts")
+			}
+			if tt.want == 0 {
+				// Past the time it would have come, it still has not.
+				time.Sleep(keepAliveAfter + 3*checkEvery)
+				roundTrip(t, c, []byte("still"))
+				if keepalive() != 0 {
+					t.Fatal("keepalive on with the route's keepalive off")
+				}
+				return
+			}
+			testenv.WaitFor(t, "keepalive on the dialled socket", func() bool { return keepalive() != 0 })
+			idle, _ := unix.GetsockoptInt(backend, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+			intvl, _ := unix.GetsockoptInt(backend, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+			if idle != tt.want || intvl != tt.want {
+				t.Errorf("TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, want %d", idle, intvl, tt.want)
+			}
+			roundTrip(t, c, []byte("after"))
+		})
 	}
 }

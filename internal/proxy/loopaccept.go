@@ -120,9 +120,10 @@ func (lp *loop) accept(s *side) {
 	}
 }
 
-// acceptTCP accepts a connection on the non-blocking listening socket fd
-// and sets TCP_NODELAY on it (not inherited from the listener, unlike
-// keepalive; the net package sets it on every accepted socket too). It calls
+// acceptTCP accepts a connection on the non-blocking listening socket fd.
+// TCP_NODELAY and keepalive come from the listening socket, which carries
+// them (see rawAcceptConn and ListenConfig): the net package sets
+// TCP_NODELAY on every accepted socket, a call saved here. It calls
 // accept4 itself: x/sys/unix.Accept4 adds a getsockopt per connection (to
 // tell L2TP sockets apart), which a TCP listener never needs.
 func acceptTCP(fd int) (int, *net.TCPAddr, error) {
@@ -137,7 +138,6 @@ func acceptTCP(fd int) (int, *net.TCPAddr, error) {
 		if e != 0 {
 			return -1, nil, e
 		}
-		_ = unix.SetsockoptInt(int(r), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		return int(r), rawSockaddrTCP(&rsa), nil
 	}
 }
@@ -279,7 +279,8 @@ func (pr *pair) dialNext() {
 	}
 	b.Acquire()
 	pr.target, pr.dialStart = b, time.Now()
-	s, err := pr.lp.startConnect(ap, defaultKeepAlive(r.KeepAlive))
+	// Keepalive comes later, if the connection lasts (keepAliveLater).
+	s, err := pr.lp.startConnect(ap, 0)
 	if err != nil {
 		pr.dialFailed(err)
 		return
@@ -374,6 +375,7 @@ func (pr *pair) connectDone(s *side, ev uint32) {
 func (pr *pair) connected(s *side) {
 	pr.lp.disarmOut(s)
 	c, r, b := pr.c, pr.c.route, pr.target
+	pr.lp.keepAliveLater(s, c.start, defaultKeepAlive(r.KeepAlive))
 	b.CountDial(true)
 	c.listener.Stats.DialDuration.Observe(time.Since(pr.dialStart))
 	if r.Passive {

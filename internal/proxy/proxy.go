@@ -183,6 +183,9 @@ type Listener struct {
 // cap); at the cap the accept loop waits, so new clients queue in the kernel's
 // listen backlog instead of being refused.
 func NewListener(ln net.Listener, r *Route, maxConns int) *Listener {
+	if tl, ok := ln.(*net.TCPListener); ok {
+		setNoDelay(tl)
+	}
 	l := &Listener{ln: ln, maxConns: maxConns}
 	l.route.Store(r)
 	return l

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -10,10 +11,25 @@ import (
 
 // Socket options are set once where the kernel lets them be inherited,
 // instead of on every connection: accepted sockets inherit TCP keepalive
-// (and TCP_NODELAY) from their listening socket, so the listener carries the
-// keepalive settings and Go's per-accept keepalive calls are turned off. On
-// the backend side they are set before connect. This halves the setsockopt
-// calls per proxied connection (10 with the net package's defaults).
+// and TCP_NODELAY from their listening socket, so the listener carries them
+// and Go's per-accept calls are turned off. On the backend side TCP_NODELAY
+// is set before connect; keepalive too on the goroutine engine, while the
+// event loops set it only on connections that last (loopkeepalive.go).
+// A short connection through a loop costs one setsockopt (10 with the net
+// package's defaults).
+
+// setNoDelay sets TCP_NODELAY on a listening socket, which the sockets it
+// accepts inherit: the accept paths then save the setsockopt the net
+// package makes per connection. ListenConfig sets it at bind time; this is
+// for listeners made elsewhere (handed over by an older process, or by a
+// caller), before they are served. Connections already in the backlog
+// were cloned without it and keep Nagle's algorithm: only their latency
+// differs.
+func setNoDelay(tl *net.TCPListener) {
+	if rc, err := tl.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
+	}
+}
 
 // keepAliveCount is the number of unanswered probes before a peer is
 // declared dead; with the interval equal to the idle period, a dead peer is
@@ -33,10 +49,18 @@ func defaultKeepAlive(d time.Duration) time.Duration {
 func ListenConfig(keepAlive time.Duration) net.ListenConfig {
 	keepAlive = defaultKeepAlive(keepAlive)
 	lc := net.ListenConfig{KeepAlive: -1}
-	if keepAlive > 0 {
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
+	lc.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }); err != nil {
+			return err
+		}
+		if serr != nil {
+			return &net.OpError{Op: "setsockopt", Net: "tcp", Err: os.NewSyscallError("setsockopt", serr)}
+		}
+		if keepAlive > 0 {
 			return setKeepAlive(c, keepAlive, true)
 		}
+		return nil
 	}
 	return lc
 }

@@ -51,10 +51,8 @@ type conn struct {
 	mu      sync.Mutex
 	reason  string // why it was aborted; "" when it ended by itself
 	aborted bool
-	// id numbers the connection for the admin API (set by track); label
-	// is the client as logs name it, set with the backend (under mu).
-	id    uint64
-	label string
+	// id numbers the connection for the admin API (set by track).
+	id uint64
 
 	// movedIn and movedOut are the bytes moved so far each way, added
 	// chunk by chunk by the copy loops: the admin API's live view, and
@@ -103,7 +101,6 @@ func (c *conn) setBackend(b halfConn, target *backend.Backend) bool {
 		return false
 	}
 	c.backend, c.target = b, target
-	c.label = c.clientName()
 	return true
 }
 

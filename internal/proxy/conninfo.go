@@ -40,7 +40,9 @@ func (p *Proxy) Connections() []ConnInfo {
 		c.mu.Lock()
 		ci.ID = c.id
 		if c.target != nil {
-			ci.Backend, ci.Client = c.target.Addr, c.label
+			// The client as logs name it (a PROXY header's source, once
+			// read, which happened before the backend was set).
+			ci.Backend, ci.Client = c.target.Addr, c.clientName()
 		}
 		c.mu.Unlock()
 		if ci.Client == "" {

@@ -78,9 +78,11 @@ type loop struct {
 	// once their connection lasts (loopkeepalive.go), from keepAliveHead.
 	keepAlive     []keepAliveDue
 	keepAliveHead int
-	spec          specScore
-	done          chan struct{}
-	log           func(msg string, args ...any)
+	// addrs are the backend addresses the loop dialled (tcpAddr).
+	addrs map[netip.AddrPort]*net.TCPAddr
+	spec  specScore
+	done  chan struct{}
+	log   func(msg string, args ...any)
 }
 
 // slot maps a registered descriptor to its side; gen tells a live
@@ -861,7 +863,7 @@ func (p *Proxy) adopt(c *conn, lp *loop, cs, bs *rawSock) bool {
 // connect opens a socket to ap and waits, until ctx is done, for the loop
 // to report the connect's outcome.
 func (lp *loop) connect(ctx context.Context, ap netip.AddrPort, keepAlive time.Duration) (*rawSock, error) {
-	s, err := lp.startConnect(ap, keepAlive)
+	s, err := lp.startConnect(ap, net.TCPAddrFromAddrPort(ap), keepAlive)
 	if err != nil {
 		return nil, err
 	}

@@ -337,3 +337,28 @@ func TestLoopSocketOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopIPv6: the loop accepts on and dials IPv6 addresses (its socket
+// addresses are built by hand), and the connection's addresses read back
+// as sent.
+func TestLoopIPv6(t *testing.T) {
+	echo := testenv.Echo(t, "[::1]:0")
+	p := loopProxy(1)
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewListener(ln, &Route{Service: "v6", Backends: Addrs(echo)}, 0)
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(t.Context(), l) }()
+	t.Cleanup(func() { l.Close(); <-done })
+	c := dial(t, l.Addr().String())
+	roundTrip(t, c, []byte("over IPv6"))
+	if !carriedByLoop(p) {
+		t.Fatal("the connection is not on the loop")
+	}
+	cs := p.Connections()
+	if len(cs) != 1 || cs[0].Client != c.LocalAddr().String() || cs[0].Backend != echo {
+		t.Fatalf("connections %+v, want one from %s to %s", cs, c.LocalAddr(), echo)
+	}
+}

@@ -142,13 +142,18 @@ func acceptTCP(fd int) (int, *net.TCPAddr, error) {
 	}
 }
 
-// rawSockaddrTCP decodes an IPv4 or IPv6 socket address.
+// rawSockaddrTCP decodes an IPv4 or IPv6 socket address, in one
+// allocation: the address and its IP's bytes live in one block.
 func rawSockaddrTCP(rsa *unix.RawSockaddrAny) *net.TCPAddr {
 	switch rsa.Addr.Family {
 	case unix.AF_INET:
 		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
 		p := (*[2]byte)(unsafe.Pointer(&a.Port))
-		return sockaddrTCP(&unix.SockaddrInet4{Port: int(p[0])<<8 | int(p[1]), Addr: a.Addr})
+		b := new(tcpAddrBlock)
+		copy(b.ip[:], v4InV6Prefix)
+		copy(b.ip[12:], a.Addr[:])
+		b.addr = net.TCPAddr{IP: b.ip[:], Port: int(p[0])<<8 | int(p[1])}
+		return &b.addr
 	case unix.AF_INET6:
 		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
 		p := (*[2]byte)(unsafe.Pointer(&a.Port))
@@ -156,6 +161,14 @@ func rawSockaddrTCP(rsa *unix.RawSockaddrAny) *net.TCPAddr {
 	}
 	return &net.TCPAddr{}
 }
+
+// tcpAddrBlock holds a TCP address and the bytes of its IP.
+type tcpAddrBlock struct {
+	addr net.TCPAddr
+	ip   [16]byte
+}
+
+var v4InV6Prefix = []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}
 
 // acceptFailed rests the listener after a passing error (out of
 // descriptors), or stops it after another.
@@ -280,7 +293,7 @@ func (pr *pair) dialNext() {
 	b.Acquire()
 	pr.target, pr.dialStart = b, time.Now()
 	// Keepalive comes later, if the connection lasts (keepAliveLater).
-	s, err := pr.lp.startConnect(ap, 0)
+	s, err := pr.lp.startConnect(ap, pr.lp.tcpAddr(ap), 0)
 	if err != nil {
 		pr.dialFailed(err)
 		return
@@ -336,21 +349,22 @@ func (pr *pair) toGoroutine() {
 	go pr.p.handle(pr.ctx, c)
 }
 
-// startConnect opens a socket to ap and starts a non-blocking connect;
-// epoll reports its end on the returned side.
-func (lp *loop) startConnect(ap netip.AddrPort, keepAlive time.Duration) (*side, error) {
-	fd, sa, err := openSocket(ap, keepAlive)
+// startConnect opens a socket to ap (remote is the same address as the
+// socket reports it) and starts a non-blocking connect; epoll reports its
+// end on the returned side.
+func (lp *loop) startConnect(ap netip.AddrPort, remote *net.TCPAddr, keepAlive time.Duration) (*side, error) {
+	fd, err := openSocket(ap, remote, keepAlive)
 	if err != nil {
 		return nil, err
 	}
-	s := &side{fd: fd}
-	s.sock = newRawSock(fd, net.TCPAddrFromAddrPort(ap))
-	switch err := unix.Connect(fd, sa); err {
+	switch err := rawConnect(fd, ap); err {
 	case nil, unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
+		s := &side{fd: fd}
+		s.sock = newRawSock(fd, remote)
 		return s, nil // registered by the caller, once it knows for what
 	default:
 		unix.Close(fd)
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)}
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("connect", err)}
 	}
 }
 
@@ -441,33 +455,69 @@ func (pr *pair) dialFailed(err error) {
 }
 
 // openSocket makes a non-blocking TCP socket for ap with the backend
-// options set, and the address to connect it to.
-func openSocket(ap netip.AddrPort, keepAlive time.Duration) (int, unix.Sockaddr, error) {
-	remote := net.TCPAddrFromAddrPort(ap)
-	a := ap.Addr().Unmap()
-	var (
-		sa  unix.Sockaddr
-		fam = unix.AF_INET
-	)
-	if a.Is4() {
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
-	} else {
+// options set.
+func openSocket(ap netip.AddrPort, remote *net.TCPAddr, keepAlive time.Duration) (int, error) {
+	fam := unix.AF_INET
+	if !ap.Addr().Unmap().Is4() {
 		fam = unix.AF_INET6
-		sa6 := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-		if z := a.Zone(); z != "" {
-			if ifc, err := net.InterfaceByName(z); err == nil {
-				sa6.ZoneId = uint32(ifc.Index)
-			}
-		}
-		sa = sa6
 	}
 	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
-		return -1, nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("socket", err)}
+		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("socket", err)}
 	}
 	if err := backendSockopts(fd, keepAlive); err != nil {
 		unix.Close(fd)
-		return -1, nil, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("setsockopt", err)}
+		return -1, &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: os.NewSyscallError("setsockopt", err)}
 	}
-	return fd, sa, nil
+	return fd, nil
 }
+
+// rawConnect starts connecting the non-blocking socket fd to ap. It builds
+// the socket address on the stack: x/sys/unix.Connect takes it as an
+// interface, which costs an allocation per connection.
+func rawConnect(fd int, ap netip.AddrPort) error {
+	a := ap.Addr().Unmap()
+	port := ap.Port()
+	var e unix.Errno
+	if a.Is4() {
+		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+	} else {
+		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		if z := a.Zone(); z != "" {
+			if ifc, err := net.InterfaceByName(z); err == nil {
+				sa.Scope_id = uint32(ifc.Index)
+			}
+		}
+		_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet6)
+	}
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// tcpAddr returns ap as a *net.TCPAddr, which a connection's backend
+// socket reports as its remote address. The loop keeps one per backend
+// address it dials, shared by all their connections (nobody changes a
+// net.Addr once made), instead of two allocations per connection; the
+// cache starts over when it grows past maxAddrs, for routes that dial
+// ever new addresses.
+func (lp *loop) tcpAddr(ap netip.AddrPort) *net.TCPAddr {
+	if a, ok := lp.addrs[ap]; ok {
+		return a
+	}
+	if lp.addrs == nil || len(lp.addrs) >= maxAddrs {
+		lp.addrs = make(map[netip.AddrPort]*net.TCPAddr)
+	}
+	a := net.TCPAddrFromAddrPort(ap)
+	lp.addrs[ap] = a
+	return a
+}
+
+// maxAddrs bounds the loop's cache of backend addresses.
+const maxAddrs = 1024

@@ -329,7 +329,7 @@ type daemon struct {
 	stopped   chan struct{}
 
 	mu         sync.Mutex
-	serving    map[string]*served // by configured listen address
+	serving    map[string]*served // by servingKey
 	discovered map[string][]backend.Endpoint
 	// drained is, by service and address, the backends taken out of
 	// rotation by the admin API, with the state their open connections
@@ -338,10 +338,21 @@ type daemon struct {
 	serveErr error
 }
 
+// servingKey names a service's listener across reloads (TCP and UDP
+// services keep separate tables): its configured listen address, and its
+// name too when the port is 0 (several services may ask for "any free
+// port" on one host; each keeps its own).
+func servingKey(s config.Service) string {
+	if _, port, err := net.SplitHostPort(s.Listen); err == nil && port == "0" {
+		return s.Listen + " " + s.Name
+	}
+	return s.Listen
+}
+
 func (d *daemon) serve(s config.Service, l *proxy.Listener) {
 	d.mu.Lock()
 	sv := &served{svc: s, l: l}
-	d.serving[s.Listen] = sv
+	d.serving[servingKey(s)] = sv
 	d.configure(sv, s)
 	d.mu.Unlock()
 	d.log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(),
@@ -390,8 +401,8 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 		if s.IsUDP() {
 			continue // prepareUDP (udp.go)
 		}
-		if sv, ok := d.serving[s.Listen]; ok {
-			keep[s.Listen] = s
+		if sv, ok := d.serving[servingKey(s)]; ok {
+			keep[servingKey(s)] = s
 			if sv.svc.MaxConnections != s.MaxConnections {
 				d.log.Warn("reload: a new max_connections takes effect on restart",
 					"service", s.Name, "listen", s.Listen)

@@ -225,3 +225,39 @@ func TestReloadIsATransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestServicesOnPortZero: several TCP services may each ask for a free
+// port (listen: 127.0.0.1:0, as a service reached only through the link
+// may); each is served, listed and reloaded as its own.
+func TestServicesOnPortZero(t *testing.T) {
+	one, two := whoServer(t, "one"), whoServer(t, "two")
+	yaml := func(aBackend string) string {
+		return fmt.Sprintf("services:\n  - {name: a, listen: \"127.0.0.1:0\", backends: [%s]}\n  - {name: b, listen: \"127.0.0.1:0\", backends: [%s]}\n",
+			aBackend, two)
+	}
+	d := startAdminDaemon(t, yaml(one))
+	addr := map[string]string{}
+	for _, b := range d.bound {
+		addr[b.Service] = b.Addr.String()
+	}
+	if len(addr) != 2 || addr["a"] == addr["b"] {
+		t.Fatalf("bound %v, want services a and b on two ports", d.bound)
+	}
+	sv := d.services(t)
+	if len(sv) != 2 || sv["a"].Name != "a" || sv["b"].Name != "b" {
+		t.Errorf("/v1/services lists %v, want a and b", sv)
+	}
+	if got, err := who(t, addr["a"]); got != "one" {
+		t.Errorf("a reached %q, %v; want one", got, err)
+	}
+	// A reload keeps each service on its own port and applies its own
+	// changes.
+	if err := d.reload(yaml(two)); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	for _, s := range []string{"a", "b"} {
+		if got, err := who(t, addr[s]); got != "two" {
+			t.Errorf("after the reload %s reached %q, %v; want two", s, got, err)
+		}
+	}
+}

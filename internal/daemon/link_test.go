@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -178,4 +179,183 @@ func TestLinkStartErrors(t *testing.T) {
 
 func loadYAML(y string) (*config.Config, error) {
 	return config.Load(config.Sources{FileData: []byte(y), File: "test.yaml"})
+}
+
+// speakFirst is a backend that writes a greeting, half-closes, and then
+// reads until EOF: it hands over what it read after its own EOF.
+func speakFirst(t *testing.T, greeting string) (string, <-chan string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 4)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+				_, _ = io.WriteString(c, greeting)
+				_ = c.(*net.TCPConn).CloseWrite()
+				b, err := io.ReadAll(c)
+				if err != nil {
+					b = append(b, "; error: "+err.Error()...)
+				}
+				got <- string(b)
+			})
+		}
+	})
+	return ln.Addr().String(), got
+}
+
+// TestLinkForwardingAcrossDaemons: the forwarding features a plain backend
+// has hold across a link, on the daemons' own data path: half-close from
+// the backend's side, the idle timeout of either ambassador, an active
+// health check that probes the remote service (not the link port), TLS
+// session resumption, and link servers found through DNS SRV.
+func TestLinkForwardingAcrossDaemons(t *testing.T) {
+	dir := fleet(t, "host-a", "host-b")
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	greeter, heard := speakFirst(t, "hello, then EOF\n")
+	dead := testenv.FreePort(t, "127.0.0.1")
+	linkPort := testenv.FreePort(t, "127.0.0.1")
+	b := startAdminDaemon(t, "link:\n"+linkFiles(dir, "host-b")+fmt.Sprintf(`  listen: 127.0.0.1:%d
+  offer: {greeter: [host-a], echo: [host-a], slow: [host-a], dead: [host-a]}
+services:
+  - {name: greeter, listen: "127.0.0.1:0", backends: [%s]}
+  - {name: echo, listen: "127.0.0.1:0", backends: [%s]}
+  - {name: slow, listen: "127.0.0.1:0", backends: [%s], idle_timeout: 300ms}
+  - {name: dead, listen: "127.0.0.1:0", backends: ["127.0.0.1:%d"]}
+`, linkPort, greeter, echo, echo, dead))
+
+	dnsSrv := testenv.StartDNS(t)
+	dnsSrv.SetTTL(0)
+	dnsSrv.SetA("linkhost.test", "127.0.0.1")
+	dnsSrv.SetSRV("_link._tcp.test", testenv.SRV{Weight: 1, Port: uint16(linkPort), Target: "linkhost.test."})
+	link := fmt.Sprintf("attache://127.0.0.1:%d/", linkPort)
+	tcpCheck := "{interval: 300ms, timeout: 300ms, rise: 1, fall: 1}"
+	a := startAdminDaemon(t, "link:\n"+linkFiles(dir, "host-a")+fmt.Sprintf(`discovery:
+  dns: {server: %q, min_ttl: 10ms, max_ttl: 50ms}
+services:
+  - {name: g, listen: "127.0.0.1:0", backends: [%sgreeter]}
+  - {name: e, listen: "127.0.0.1:0", backends: [%secho], idle_timeout: 300ms, health_check: %s}
+  - {name: s, listen: "127.0.0.1:0", backends: [%sslow]}
+  - {name: d, listen: "127.0.0.1:0", backends: [%sdead], retry_timeout: 1s, health_check: %s}
+  - {name: v, listen: "127.0.0.1:0", backends: [attache://_link._tcp.test/echo]}
+`, dnsSrv.Addr, link, link, tcpCheck, link, link, tcpCheck))
+	addr := map[string]string{}
+	for _, bd := range a.bound {
+		addr[bd.Service] = bd.Addr.String()
+	}
+	dial := func(t *testing.T, service string) net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", addr[service])
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c
+	}
+	roundTrip := func(t *testing.T, c net.Conn, msg string) {
+		t.Helper()
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+			t.Fatalf("echo across the link: %q, %v; want %q", got, err, msg)
+		}
+	}
+
+	t.Run("half-close from the backend", func(t *testing.T) {
+		c := dial(t, "g")
+		defer c.Close()
+		// The backend's EOF reaches the client while the client's side
+		// stays open...
+		first, err := io.ReadAll(c)
+		if err != nil || string(first) != "hello, then EOF\n" {
+			t.Fatalf("greeting then EOF: %q, %v", first, err)
+		}
+		// ...and what the client sends after it still reaches the
+		// backend, followed by the client's own EOF.
+		if _, err := io.WriteString(c, "still talking"); err != nil {
+			t.Fatalf("write after the backend's EOF: %v", err)
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+		select {
+		case got := <-heard:
+			if got != "still talking" {
+				t.Fatalf("the backend read %q after its EOF, want %q", got, "still talking")
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the backend never saw the client's bytes and EOF")
+		}
+	})
+
+	t.Run("idle timeout", func(t *testing.T) {
+		// e has the idle timeout on this side of the link, slow on the
+		// link server's side: either closes the client's connection.
+		for _, service := range []string{"e", "s"} {
+			c := dial(t, service)
+			roundTrip(t, c, "busy")
+			n, err := c.Read(make([]byte, 1))
+			c.Close()
+			if n != 0 || err != io.EOF {
+				t.Errorf("service %s: an idle connection read %d bytes, %v; want the ambassadors to close it (EOF)", service, n, err)
+			}
+		}
+	})
+
+	t.Run("health check probes the remote service", func(t *testing.T) {
+		// Both checks dial the same link port; only the one whose remote
+		// backend is up passes.
+		waitUntil(t, "e passing and d failing", func() bool {
+			sv := a.services(t)
+			e, d := sv["e"].Backends, sv["d"].Backends
+			return len(e) == 1 && e[0].Check == "passing" && len(d) == 1 && d[0].Check == "failing"
+		})
+		if v := value(b.scrape(t), "attache_link_refused_total", map[string]string{"reason": "no_backend"}); v < 1 {
+			t.Errorf("the link server counted %v no_backend refusals, want at least one (d's checks)", v)
+		}
+	})
+
+	t.Run("session resumption", func(t *testing.T) {
+		for range 3 {
+			c := dial(t, "s")
+			roundTrip(t, c, "resume")
+			c.Close()
+		}
+		if v := value(a.scrape(t), "attache_link_handshakes_total", map[string]string{"side": "client", "resumed": "true"}); v < 1 {
+			t.Errorf("client resumed handshakes %v, want at least 1", v)
+		}
+		if v := value(b.scrape(t), "attache_link_handshakes_total", map[string]string{"side": "server", "resumed": "true"}); v < 1 {
+			t.Errorf("server resumed handshakes %v, want at least 1", v)
+		}
+	})
+
+	t.Run("link server found through DNS SRV", func(t *testing.T) {
+		var c net.Conn
+		waitUntil(t, "v served through the SRV-discovered link server", func() bool {
+			cc := dial(t, "v")
+			if _, err := io.WriteString(cc, "srv"); err != nil {
+				cc.Close()
+				return false
+			}
+			got := make([]byte, 3)
+			if _, err := io.ReadFull(cc, got); err != nil || string(got) != "srv" {
+				cc.Close()
+				return false
+			}
+			c = cc
+			return true
+		})
+		roundTrip(t, c, "found by SRV")
+		c.Close()
+	})
 }

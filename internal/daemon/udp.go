@@ -39,17 +39,7 @@ import (
 
 // udpState is the daemon's UDP services, guarded by daemon.mu.
 type udpState struct {
-	udpServing map[string]*udpServed // by udpKey
-}
-
-// udpKey names a UDP service's socket across reloads: its configured
-// listen address, and its name too when the port is 0 (several services
-// may ask for "any free port" on one host; each keeps its own).
-func udpKey(s config.Service) string {
-	if _, port, err := net.SplitHostPort(s.Listen); err == nil && port == "0" {
-		return s.Listen + " " + s.Name
-	}
-	return s.Listen
+	udpServing map[string]*udpServed // by servingKey
 }
 
 // udpServed is one UDP listener and what its routes are built from, as
@@ -157,7 +147,7 @@ func (d *daemon) serveUDP(s config.Service, l *udp.Listener) {
 		d.udpServing = map[string]*udpServed{}
 	}
 	us := &udpServed{l: l}
-	d.udpServing[udpKey(s)] = us
+	d.udpServing[servingKey(s)] = us
 	d.configureUDP(us, s)
 	d.mu.Unlock()
 	d.log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(), "protocol", config.ProtoUDP,
@@ -277,7 +267,7 @@ func (d *daemon) closeUDPListeners() {
 // udpReload is the UDP half of a reload: what to keep, the sockets opened
 // for new services, and the new configuration of each.
 type udpReload struct {
-	keep   map[string]config.Service // by udpKey
+	keep   map[string]config.Service // by servingKey
 	added  []config.Service
 	opened []*udp.Listener
 }
@@ -289,8 +279,8 @@ func (d *daemon) prepareUDP(cfg *config.Config) (*udpReload, error) {
 	plan := &udpReload{keep: map[string]config.Service{}}
 	d.mu.Lock()
 	for _, s := range udps {
-		if _, ok := d.udpServing[udpKey(s)]; ok {
-			plan.keep[udpKey(s)] = s
+		if _, ok := d.udpServing[servingKey(s)]; ok {
+			plan.keep[servingKey(s)] = s
 			continue
 		}
 		plan.added = append(plan.added, s)

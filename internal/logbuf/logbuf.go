@@ -98,7 +98,7 @@ func (w *Writer) flusher() {
 		select {
 		case <-w.wake:
 		case <-w.stop:
-			spare = w.flushOnce(spare)
+			w.flushOnce(spare)
 			return
 		}
 		spare = w.flushOnce(spare)

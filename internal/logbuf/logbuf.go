@@ -17,6 +17,10 @@ import (
 // access lines of 200 bytes.
 const DefaultLimit = 4 << 20
 
+// initialCap is how much each of the two buffers (one filling, one being
+// written) holds before its first growth: a few hundred lines.
+const initialCap = 64 << 10
+
 // Writer buffers whole writes (each one a log line) and writes them out in
 // batches from its own goroutine. Its methods are safe for concurrent use.
 type Writer struct {
@@ -44,6 +48,7 @@ func New(out io.Writer, limit int) *Writer {
 	w := &Writer{
 		out:   out,
 		limit: limit,
+		buf:   make([]byte, 0, min(limit, initialCap)),
 		wake:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
@@ -93,7 +98,7 @@ func (w *Writer) WriteErrors() uint64 { return w.errs.Load() }
 // buffers so that Write never waits for the sink.
 func (w *Writer) flusher() {
 	defer close(w.done)
-	var spare []byte
+	spare := make([]byte, 0, min(w.limit, initialCap))
 	for {
 		select {
 		case <-w.wake:

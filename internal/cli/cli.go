@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -164,11 +165,15 @@ func Main(ctx context.Context, e Env) int {
 		fmt.Fprintln(e.Stdout, "attache", Version)
 		return ExitOK
 	}
-	log, err := newLogger(e.Stderr, f.logFormat, f.logLevel)
+	handler, err := logHandler(f.logFormat, f.logLevel)
 	if err != nil {
 		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
 		return ExitUsage
 	}
+	// The main logger and the access log's flusher write to stderr from
+	// different goroutines; one lock keeps their lines whole on any writer.
+	logOut := &lockedWriter{w: e.Stderr}
+	log := slog.New(handler(logOut))
 	src := config.Sources{File: f.file, Forwards: f.forwards, Args: positional, Flags: f.defaults, Transparent: f.transparent, PerConsumer: f.perConsumer, TProxy: f.tproxy}
 	if f.envLinks {
 		src.Env = e.Environ
@@ -197,6 +202,7 @@ func Main(ctx context.Context, e Env) int {
 	}
 	err = daemon.Run(ctx, cfg, daemon.Options{
 		Logger: log, Grace: f.grace, Ready: e.Ready, AccessLog: f.accessLog,
+		LogOutput: logOut, LogHandler: handler, // access lines: buffered, see daemon/accesslog.go
 		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
 		Upgrade: e.Upgrade, Inherited: inherited, PIDFile: f.pidFile,
 		Reload: e.Reload, Loops: f.loops,
@@ -295,7 +301,10 @@ func limitOr(n int) string {
 	return fmt.Sprint(n)
 }
 
-func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+// logHandler checks the log flags and returns what builds a handler in
+// their format and level over a writer: the main logger's over stderr, and
+// the access log's over a buffer in front of it.
+func logHandler(format, level string) (func(io.Writer) slog.Handler, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("flag -log-level: want debug, info, warn or error, got %q", level)
@@ -303,11 +312,23 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lvl}
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, opts) }, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return func(w io.Writer) slog.Handler { return slog.NewJSONHandler(w, opts) }, nil
 	}
 	return nil, fmt.Errorf("flag -log-format: want text or json, got %q", format)
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 type multiFlag []string

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -46,6 +47,14 @@ type Options struct {
 	// closed", with client, backend, duration, bytes and reason). Off, the
 	// line is logged at debug only.
 	AccessLog bool
+	// LogOutput and LogHandler, when both set, give access lines a handler
+	// of their own (LogHandler builds it in the main logger's format and
+	// level) over a buffer in memory that a goroutine of Run's writes to
+	// LogOutput in batches (see accesslog.go): a closing connection then
+	// costs no system call, and a slow sink drops lines rather than stall
+	// the event loops. Without them access lines go through Logger.
+	LogOutput  io.Writer
+	LogHandler func(io.Writer) slog.Handler
 	// Ready, when set, is called once every listener is open, with the
 	// bound addresses in service order (tests listen on port 0).
 	Ready func([]Bound)
@@ -172,9 +181,12 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
+	alog := newAccessLog(log, opts)
+	defer alog.close() // flushed below; this covers a panic's way out
 	d := &daemon{
 		log:        log,
-		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: accessLog(log, opts.AccessLog), Loops: opts.Loops},
+		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: alog.logger, Loops: opts.Loops},
+		access:     alog,
 		ctx:        serveCtx,
 		stop:       stopServing,
 		serving:    map[string]*served{},
@@ -284,17 +296,20 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	stopAdmin()
 	adminWG.Wait()
 	d.releasePIDFile(opts)
+	alog.close() // every connection has closed: its last lines go out now
 	log.Info("stopped")
 	return d.serveErr
 }
 
 // daemon is the running state: one served listener per listen address.
 type daemon struct {
-	log   *slog.Logger
-	proxy *proxy.Proxy
-	ctx   context.Context
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	log *slog.Logger
+	// access is the access log, its buffer and drop count (accesslog.go).
+	access *accessLog
+	proxy  *proxy.Proxy
+	ctx    context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 
 	// discoveryUpdates counts snapshots by provider (metrics); set by
 	// newRegistry before discovery starts.
@@ -553,14 +568,4 @@ func unwrapOp(err error) error {
 		return oe.Err
 	}
 	return err
-}
-
-// accessLog is the logger for per-connection lines, or nil when they are
-// off. It shares the main logger's handler, so --log-level warn silences it
-// too, and is tagged so the lines can be told apart.
-func accessLog(log *slog.Logger, on bool) *slog.Logger {
-	if !on {
-		return nil
-	}
-	return log.With("log", "access")
 }

@@ -49,6 +49,8 @@ var (
 		"1 once the discovery provider has sent its first snapshot.", []string{"provider"}, nil)
 	descDiscoveryUp = prometheus.NewDesc("attache_discovery_up",
 		"1 when the discovery provider's last contact with its source worked.", []string{"provider"}, nil)
+	descAccessLogDropped = prometheus.NewDesc("attache_access_log_dropped_total",
+		"Access-log lines dropped because the log sink was too slow and the buffer in memory was full.", nil, nil)
 	descDiscoveryErrors = prometheus.NewDesc("attache_discovery_errors_total",
 		"Failed contacts of the discovery provider with its source (queries, watches, connections).", []string{"provider"}, nil)
 )
@@ -62,7 +64,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAccepted, descActive, descFailed, descNoBackend, descRetried,
 		descLimited, descBytes, descDialErrors, descProxyRejected, descDialDuration, descBackendActive, descBackendConns,
 		descBackendDialErrors, descBackendEjections, descBackendHealthy, descDiscoveryReady, descDiscoveryUp,
-		descDiscoveryErrors} {
+		descDiscoveryErrors, descAccessLogDropped} {
 		ch <- d
 	}
 }
@@ -107,6 +109,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descDiscoveryErrors, e.Errors(), p.Name())
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(descAccessLogDropped, prometheus.CounterValue, float64(c.d.access.dropped()))
 }
 
 type serviceHistogram struct {

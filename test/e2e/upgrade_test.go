@@ -573,6 +573,9 @@ func TestUpgradeUnixListener(t *testing.T) {
 	if code := first.waitExit(t, exitTimeout); code != 0 {
 		t.Fatalf("old attache exited %d, want 0", code)
 	}
+	// The held connection's access line, buffered in the old process,
+	// was written out before it exited (no other connection has closed).
+	c.waitLog(regexp.MustCompile(`msg="connection closed" log=access `), exitTimeout)
 	// The socket file outlived the old process, and it is the new one's.
 	fresh := dialUnix(t, sock)
 	roundTrip(t, fresh, "new process\n")

@@ -37,7 +37,7 @@ services:
 	}
 	lintServed(t, cfg, "attache_proxy_connections_accepted_total", "attache_backend_healthy",
 		"attache_reload_total", "attache_discovery_up", "attache_proxy_dial_duration_seconds",
-		"attache_discovery_errors_total")
+		"attache_discovery_errors_total", "attache_access_log_dropped_total")
 }
 
 // lintServed runs a daemon with cfg, scrapes its /metrics, lints what it

@@ -107,7 +107,7 @@ func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.pidFile, "pid-file", "", "write the process id to `PATH` once serving (rewritten by the new process after an upgrade)")
 	fs.StringVar(&f.transparent, "transparent", "", "accept connections redirected by iptables on `[HOST:]PORT` and route each by its original destination port to the service listening on that port (see attache iptables)")
 	fs.BoolVar(&f.perConsumer, "per-consumer", false, "with --transparent: the calling container's BACKEND_<port> variable (or attache.connect.<port> label), read through the Docker API, chooses its backends")
-	fs.IntVar(&f.loops, "loops", 0, "event loops carrying TCP connections (`N`; 0: one per two CPUs, or $ATTACHE_LOOPS; -1: two goroutines per connection instead)")
+	fs.IntVar(&f.loops, "loops", 0, "event loops carrying TCP connections (`N`; 0: one per CPU, or $ATTACHE_LOOPS; -1: two goroutines per connection instead)")
 	fs.BoolVar(&f.tproxy, "tproxy", false, "with --transparent: take connections delivered by TPROXY rules (attache iptables --tproxy) rather than REDIRECT ones; needs CAP_NET_ADMIN")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // The link contenders measure the two-host path of issue 4 on one machine:
@@ -103,12 +106,26 @@ func pairRoutes(routes []route) (backends, mids []string, err error) {
 	return backends, mids, nil
 }
 
-// startPair starts the server side, then the client side; if the client
-// side fails the server side is stopped.
-func startPair(h *harness, server, client func() ([]*child, error)) ([]*child, error) {
+// startPair starts the server side, waits until it accepts connections on
+// every one of serverAddrs, then starts the client side; if the client side
+// fails the server side is stopped. Without the wait, the harness (which
+// probes the client side's routes only) could start measuring while the
+// client side's dials were still refused: a client-side relay that closes
+// a refused client connection passes an EOF probe.
+func startPair(h *harness, serverAddrs []string, server, client func() ([]*child, error)) ([]*child, error) {
 	s, err := server()
 	if err != nil {
 		return nil, err
+	}
+	for _, addr := range serverAddrs {
+		// A bare connect, closed at once: TLS servers log it as a failed
+		// handshake, which is all it is.
+		if err := waitReady(context.Background(), addr, func(net.Conn) error { return nil }, s, 10*time.Second); err != nil {
+			for _, p := range s {
+				h.sup.stop(p)
+			}
+			return nil, fmt.Errorf("server side: %w", err)
+		}
 	}
 	c, err := client()
 	if err != nil {
@@ -131,7 +148,7 @@ func startAttache2Hop(h *harness, logName string, routes []route) ([]*child, err
 		cliArgs = append(cliArgs, "--forward", r.listen+"="+mids[i])
 	}
 	common := []string{"--log-level", "warn", "--env-links=false"}
-	return startPair(h, func() ([]*child, error) {
+	return startPair(h, mids, func() ([]*child, error) {
 		c, err := h.sup.start(logName+"-server", exec.Command(h.cfg.attache, append(srvArgs, common...)...))
 		return []*child{c}, err
 	}, func() ([]*child, error) {
@@ -174,7 +191,7 @@ func startAttacheLink(h *harness, logName string, routes []route) ([]*child, err
 		c, err := h.sup.start(logName+"-"+side, exec.Command(h.cfg.attache, "-c", file, "--log-level", "warn", "--env-links=false"))
 		return []*child{c}, err
 	}
-	return startPair(h, func() ([]*child, error) { return start("server", srv.String()) },
+	return startPair(h, append([]string{linkAddr}, mids...), func() ([]*child, error) { return start("server", srv.String()) },
 		func() ([]*child, error) { return start("client", cli.String()) })
 }
 
@@ -191,7 +208,7 @@ func startSocatTLS(h *harness, logName string, routes []route) ([]*child, error)
 	for i, r := range routes {
 		_, mport, _ := strings.Cut(mids[i], ":")
 		_, lport, _ := strings.Cut(r.listen, ":")
-		pair, err := startPair(h, func() ([]*child, error) {
+		pair, err := startPair(h, []string{mids[i]}, func() ([]*child, error) {
 			c, err := h.sup.start(fmt.Sprintf("%s-server-%d", logName, i), exec.Command("socat", "-t", "100000000",
 				"OPENSSL-LISTEN:"+mport+",bind=127.0.0.1,fork,reuseaddr,cert="+p.serverPEM+",cafile="+p.ca+",verify=1",
 				"TCP4:"+backends[i]))
@@ -241,6 +258,6 @@ func startHAProxyTLS(h *harness, logName string, routes []route) ([]*child, erro
 		c, err := h.sup.start(logName+"-"+side, exec.Command("haproxy", "-db", "-f", file))
 		return []*child{c}, err
 	}
-	return startPair(h, func() ([]*child, error) { return start("server", srv.String()) },
+	return startPair(h, mids, func() ([]*child, error) { return start("server", srv.String()) },
 		func() ([]*child, error) { return start("client", cli.String()) })
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use (real servers, no mocks), if
-# missing. Needs root or sudo; does nothing when everything is present.
+# missing (procps for sysctl and git for the README test, which most images have
+# anyway). Needs root or sudo; does nothing when everything is present.
 set -euo pipefail
 need=()
-for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 "$@"; do
+for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 procps git "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/common/expfmt"
@@ -25,14 +24,7 @@ import (
 // connection closed during the shutdown is written out before Run returns.
 func TestAccessLogBuffered(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	cfg, err := config.Load(config.Sources{File: "test.yaml", FileData: []byte(`services:
-  - name: web
-    listen: 127.0.0.1:0
-    backends: ["` + echo + `"]
-`)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := &config.Config{Services: []config.Service{service("web", "127.0.0.1:0", echo)}}
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -136,17 +128,10 @@ func (s stuckWriter) Write(p []byte) (int, error) {
 // after accessLogFlushTimeout, saying the last lines were lost.
 func TestAccessLogStuckSinkDoesNotHangShutdown(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
-	cfg, err := config.Load(config.Sources{File: "test.yaml", FileData: []byte(`services:
-  - name: web
-    listen: 127.0.0.1:0
-    backends: ["` + echo + `"]
-`)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := &config.Config{Services: []config.Service{service("web", "127.0.0.1:0", echo)}}
 	sink := stuckWriter{make(chan struct{})}
 	defer close(sink.release)
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ready := make(chan []Bound, 1)
@@ -181,21 +166,4 @@ func TestAccessLogStuckSinkDoesNotHangShutdown(t *testing.T) {
 	if !strings.Contains(logs.String(), "access log: the log sink did not take the last lines in time") {
 		t.Fatalf("no warning about the lost lines in:\n%s", logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -270,7 +270,7 @@ func TestAdminDrain(t *testing.T) {
 	}
 	held := dial()
 	var drained, other string
-	waitUntil(t, "the held connection to count against a backend", func() bool {
+	testenv.WaitFor(t, "the held connection to count against a backend", func() bool {
 		bs := active()
 		switch {
 		case bs[a].Active == 1:
@@ -288,7 +288,7 @@ func TestAdminDrain(t *testing.T) {
 	for range n {
 		dial()
 	}
-	waitUntil(t, "the new connections to be counted", func() bool { return active()[other].Active == n })
+	testenv.WaitFor(t, "the new connections to be counted", func() bool { return active()[other].Active == n })
 	bs := active()
 	if be := bs[drained]; !be.Draining || be.Active != 1 {
 		t.Errorf("drained backend %+v, want draining with its 1 open connection", be)
@@ -310,7 +310,7 @@ func TestAdminDrain(t *testing.T) {
 	for range 2 { // round robin: one of two new connections goes to it
 		dial()
 	}
-	waitUntil(t, "the undrained backend to take a new connection", func() bool { return active()[drained].Active > before })
+	testenv.WaitFor(t, "the undrained backend to take a new connection", func() bool { return active()[drained].Active > before })
 	echoOnce(t, held, "and still")
 }
 

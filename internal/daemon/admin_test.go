@@ -197,18 +197,6 @@ next:
 	return -1
 }
 
-// waitUntil polls cond until it holds, failing after a generous deadline.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAdminEndpointsAndMetrics sends known traffic through a real daemon
 // and checks that the JSON state and the metrics count exactly that.
 func TestAdminEndpointsAndMetrics(t *testing.T) {
@@ -263,7 +251,7 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 	// The counters of finished connections land when they end; wait for
 	// them rather than guessing how long that takes.
 	var web admin.Service
-	waitUntil(t, "the finished connections to be counted and the health check to pass", func() bool {
+	testenv.WaitFor(t, "the finished connections to be counted and the health check to pass", func() bool {
 		web = d.services(t)["web"]
 		// The held connection's 5 bytes count while it is open.
 		return web.Connections.BytesIn == n*size+5 && web.Connections.BytesOut == n*size+5 && web.Connections.Accepted == n+1 &&
@@ -333,7 +321,7 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 	held.(*net.TCPConn).CloseWrite()
 	io.ReadAll(held)
 	held.Close()
-	waitUntil(t, "the held connection to be counted", func() bool {
+	testenv.WaitFor(t, "the held connection to be counted", func() bool {
 		f := d.scrape(t)
 		return value(f, "attache_proxy_connections_active", svc) == 0 &&
 			value(f, "attache_backend_active_connections", map[string]string{"service": "web", "backend": echo}) == 0 &&
@@ -434,11 +422,11 @@ services:
 	}
 
 	dnsSrv.Fail("", testenv.FailNone)
-	waitUntil(t, "/readyz to say 200", func() bool {
+	testenv.WaitFor(t, "/readyz to say 200", func() bool {
 		code, _ := d.get(t, "/readyz")
 		return code == http.StatusOK
 	})
-	waitUntil(t, "the discovered backend in /v1/services", func() bool {
+	testenv.WaitFor(t, "the discovered backend in /v1/services", func() bool {
 		s := d.services(t)["s"]
 		return len(s.Backends) == 1 && s.Backends[0].Addr == "127.0.0.1:"+fmt.Sprint(port)
 	})
@@ -446,7 +434,7 @@ services:
 	if len(s.Discovery) != 1 || !strings.Contains(s.Discovery[0], "_echo._tcp.test") {
 		t.Errorf("service discovery entries %q, want the srv entry", s.Discovery)
 	}
-	waitUntil(t, "the dns provider to be up", func() bool {
+	testenv.WaitFor(t, "the dns provider to be up", func() bool {
 		ps := discoveryOf(t, d)
 		return len(ps) == 1 && ps[0].Up && ps[0].Name == "dns"
 	})
@@ -552,7 +540,7 @@ func TestAdminFailureMetrics(t *testing.T) {
 
 	web, none := map[string]string{"service": "web"}, map[string]string{"service": "none"}
 	var fams map[string]*dto.MetricFamily
-	waitUntil(t, "the refused connection to be counted", func() bool {
+	testenv.WaitFor(t, "the refused connection to be counted", func() bool {
 		fams = d.scrape(t)
 		return value(fams, "attache_proxy_connections_failed_total", none) == 1
 	})
@@ -644,7 +632,7 @@ func TestAdminConnectionsQuery(t *testing.T) {
 		t.Errorf("web, limit 2: %d %s, want 2 of 3 web connections, truncated", code, body)
 	}
 	// The copy loops count a chunk just after writing it: poll for it.
-	waitUntil(t, "the other service's connection to show 2 bytes each way", func() bool {
+	testenv.WaitFor(t, "the other service's connection to show 2 bytes each way", func() bool {
 		code, l, _ := get("?service=other&limit=0")
 		return code == http.StatusOK && l.Total == 1 && len(l.Connections) == 1 &&
 			l.Connections[0].BytesIn == 2 && l.Connections[0].BytesOut == 2

@@ -37,7 +37,7 @@ func startConsumerDaemon(t *testing.T, yaml string) *daemon {
 	}
 	// Routes built before the events stream opens are dropped when it
 	// does; wait, so the test's routes live until the test drops them.
-	waitUntil(t, "the Docker events stream", d.transp.callers.Live)
+	testenv.WaitFor(t, "the Docker events stream", d.transp.callers.Live)
 	return d
 }
 

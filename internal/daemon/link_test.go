@@ -101,7 +101,7 @@ func TestLinkBetweenDaemons(t *testing.T) {
 	}
 
 	// The health check goes over the link and passes.
-	waitUntil(t, "health check over the link", func() bool {
+	testenv.WaitFor(t, "health check over the link", func() bool {
 		sv := a.services(t)["r"]
 		return len(sv.Backends) == 1 && sv.Backends[0].Check == "passing"
 	})
@@ -115,7 +115,7 @@ func TestLinkBetweenDaemons(t *testing.T) {
 	if got, err := redisCmd(t, x.bound[0].Addr.String(), "PING"); err == nil {
 		t.Errorf("host-x reached redis through the link: %q", got)
 	}
-	waitUntil(t, "not_allowed counted", func() bool {
+	testenv.WaitFor(t, "not_allowed counted", func() bool {
 		return value(b.scrape(t), "attache_link_refused_total", map[string]string{"reason": "not_allowed"}) >= 1
 	})
 	fb := b.scrape(t)
@@ -130,7 +130,7 @@ func TestLinkBetweenDaemons(t *testing.T) {
 	if err := b.reload(serverYAML("host-a, host-x")); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	waitUntil(t, "host-x allowed after the reload", func() bool {
+	testenv.WaitFor(t, "host-x allowed after the reload", func() bool {
 		got, err := redisCmd(t, x.bound[0].Addr.String(), "PING")
 		return err == nil && got == "+PONG"
 	})
@@ -315,7 +315,7 @@ services:
 	t.Run("health check probes the remote service", func(t *testing.T) {
 		// Both checks dial the same link port; only the one whose remote
 		// backend is up passes.
-		waitUntil(t, "e passing and d failing", func() bool {
+		testenv.WaitFor(t, "e passing and d failing", func() bool {
 			sv := a.services(t)
 			e, d := sv["e"].Backends, sv["d"].Backends
 			return len(e) == 1 && e[0].Check == "passing" && len(d) == 1 && d[0].Check == "failing"
@@ -341,7 +341,7 @@ services:
 
 	t.Run("link server found through DNS SRV", func(t *testing.T) {
 		var c net.Conn
-		waitUntil(t, "v served through the SRV-discovered link server", func() bool {
+		testenv.WaitFor(t, "v served through the SRV-discovered link server", func() bool {
 			cc := dial(t, "v")
 			if _, err := io.WriteString(cc, "srv"); err != nil {
 				cc.Close()

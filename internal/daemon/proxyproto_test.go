@@ -110,7 +110,7 @@ func TestSendProxyToHAProxy(t *testing.T) {
 	// Each check is a full HTTP exchange with HAProxy, so passing checks
 	// prove the LOCAL header was accepted; the plain service's checks are
 	// refused for want of a header.
-	waitUntil(t, "checks passing with a header and failing without", func() bool {
+	testenv.WaitFor(t, "checks passing with a header and failing without", func() bool {
 		svcs := d.services(t)
 		for _, name := range []string{"v1", "v2", "v6"} {
 			b := svcs[name].Backends[0]
@@ -175,7 +175,7 @@ listen lb-v2
 	if b, err := io.ReadAll(c); len(b) > 0 || err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("untrusted client read %q, %v; want the connection closed", b, err)
 	}
-	waitUntil(t, "the refusal counted", func() bool {
+	testenv.WaitFor(t, "the refusal counted", func() bool {
 		return value(d.scrape(t), "attache_proxy_protocol_rejected_total", map[string]string{"service": "from-v1"}) == 1 &&
 			d.services(t)["from-v1"].Connections.ProxyRejected == 1
 	})
@@ -229,7 +229,7 @@ func TestUnixSocketsRedis(t *testing.T) {
 		}
 		c.Close()
 	}
-	waitUntil(t, "a passing PING check over the Unix socket", func() bool {
+	testenv.WaitFor(t, "a passing PING check over the Unix socket", func() bool {
 		b := d.services(t)["redis"].Backends[0]
 		return b.Addr == "unix://"+redisSock && b.Check == admin.CheckPassing && !b.LastCheck.IsZero() && b.LastError == ""
 	})
@@ -249,7 +249,7 @@ func startUnixRedis(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitUntil(t, "redis-server on "+path, func() bool {
+	testenv.WaitFor(t, "redis-server on "+path, func() bool {
 		c, err := net.Dial("unix", path)
 		if err != nil {
 			return false

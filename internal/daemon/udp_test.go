@@ -371,7 +371,7 @@ func TestUDPReload(t *testing.T) {
 	if _, ok := d.services(t)["kept"]; ok {
 		t.Error("removed service still listed")
 	}
-	waitUntil(t, "the removed service's port to close", func() bool {
+	testenv.WaitFor(t, "the removed service's port to close", func() bool {
 		pc, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", ports[0]))
 		if err == nil {
 			pc.Close()
@@ -448,7 +448,7 @@ func TestUDPDNSHealthCheck(t *testing.T) {
     backends: [%[1]q]
     health_check: {send: %[2]s, expect: "\x56\x78", interval: 50ms, timeout: 40ms, rise: 1, fall: 1}
 `, srv.Addr, query))
-	waitUntil(t, "both checks to run", func() bool {
+	testenv.WaitFor(t, "both checks to run", func() bool {
 		ss := d.services(t)
 		if len(ss["good"].Backends) == 0 || len(ss["bad"].Backends) == 0 {
 			t.Fatalf("services: %+v", ss)

@@ -267,10 +267,10 @@ func roundTrip(t *testing.T, c net.Conn, b []byte) {
 	}
 }
 
-// proxySocket finds, among this process's descriptors, the TCP socket
-// whose local or remote address is addr, other than the test's own conn:
-// the proxy runs in the test process, so its sockets are here too.
-func proxySocket(t *testing.T, local bool, addr string, not net.Conn) int {
+// peerSocket finds, among this process's descriptors, the TCP socket
+// connected to peer: the proxy runs in the test process, so its sockets
+// are here too.
+func peerSocket(t *testing.T, peer string) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -281,87 +281,67 @@ func proxySocket(t *testing.T, local bool, addr string, not net.Conn) int {
 		if err != nil {
 			continue
 		}
-		var sa unix.Sockaddr
-		if local {
-			sa, err = unix.Getsockname(fd)
-		} else {
-			sa, err = unix.Getpeername(fd)
+		sa, err := unix.Getpeername(fd)
+		if in4, ok := sa.(*unix.SockaddrInet4); err == nil && ok &&
+			netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String() == peer {
+			return fd
 		}
-		in4, ok := sa.(*unix.SockaddrInet4)
-		if err != nil || !ok {
-			continue
-		}
-		if got := netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String(); got != addr {
-			continue
-		}
-		if not != nil {
-			mine, _ := unix.Getsockname(fd)
-			if m4, ok := mine.(*unix.SockaddrInet4); ok && netip.AddrPortFrom(netip.AddrFrom4(m4.Addr), uint16(m4.Port)).String() == not.LocalAddr().String() {
-				continue
-			}
-		}
-		return fd
 	}
-	t.Fatalf("no socket with %s address %s", map[bool]string{true: "local", false: "remote"}[local], addr)
+	t.Fatalf("no socket connected to %s", peer)
 	return -1
+}
+
+func sockoptFD(t *testing.T, fd, level, opt int) int {
+	t.Helper()
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // TestLoopSocketOptions: a connection the loop accepted has TCP_NODELAY
 // (inherited from the listening socket, not set per connection), and the
 // backend socket the loop dialled gets TCP keepalive once the connection
 // has lasted keepAliveAfter, with the route's period; a route with
-// keepalive off never gets it.
+// keepalive off never gets it. Both routes share one loop, the one with
+// keepalive off connected first: once the other's keepalive is on, the
+// loop's sweep has passed the time the first one's would have come.
 func TestLoopSocketOptions(t *testing.T) {
-	for _, tt := range []struct {
-		name      string
-		keepAlive time.Duration
-		want      int // TCP_KEEPIDLE; 0: off
-	}{{"period", 7 * time.Second, 7}, {"off", -1, 0}} {
-		t.Run(tt.name, func(t *testing.T) {
-			echo := testenv.Echo(t, "127.0.0.1:0")
-			p := loopProxy(1)
-			l := start(t, p, &Route{Service: "opts", Backends: Addrs(echo), KeepAlive: tt.keepAlive}, 0)
-			c := dial(t, l.Addr().String())
-			roundTrip(t, c, []byte("hello"))
-			if !carriedByLoop(p) {
-				t.Fatal("the connection is not on the loop")
-			}
-			client := proxySocket(t, false, c.LocalAddr().String(), nil)
-			if v, err := unix.GetsockoptInt(client, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
-				t.Errorf("accepted socket: TCP_NODELAY = %d (%v), want on", v, err)
-			}
-			backend := proxySocket(t, false, echo, nil)
-			keepalive := func() int {
-				v, err := unix.GetsockoptInt(backend, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-			if v, err := unix.GetsockoptInt(backend, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
-				t.Errorf("dialled socket: TCP_NODELAY = %d (%v), want on", v, err)
-			}
-			if keepalive() != 0 {
-				t.Fatal("keepalive on the dialled socket at once; want it once the connection lasts")
-			}
-			if tt.want == 0 {
-				// Past the time it would have come, it still has not.
-				time.Sleep(keepAliveAfter + 3*checkEvery)
-				roundTrip(t, c, []byte("still"))
-				if keepalive() != 0 {
-					t.Fatal("keepalive on with the route's keepalive off")
-				}
-				return
-			}
-			testenv.WaitFor(t, "keepalive on the dialled socket", func() bool { return keepalive() != 0 })
-			idle, _ := unix.GetsockoptInt(backend, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
-			intvl, _ := unix.GetsockoptInt(backend, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
-			if idle != tt.want || intvl != tt.want {
-				t.Errorf("TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, want %d", idle, intvl, tt.want)
-			}
-			roundTrip(t, c, []byte("after"))
-		})
+	p := loopProxy(1)
+	echoOff, echoOn := testenv.Echo(t, "127.0.0.1:0"), testenv.Echo(t, "127.0.0.1:0")
+	lOff := start(t, p, &Route{Service: "off", Backends: Addrs(echoOff), KeepAlive: -1}, 0)
+	lOn := start(t, p, &Route{Service: "on", Backends: Addrs(echoOn), KeepAlive: 7 * time.Second}, 0)
+	cOff := dial(t, lOff.Addr().String())
+	roundTrip(t, cOff, []byte("first"))
+	cOn := dial(t, lOn.Addr().String())
+	roundTrip(t, cOn, []byte("second"))
+	if !carriedByLoop(p) {
+		t.Fatal("the connections are not on the loop")
 	}
+	for _, c := range []net.Conn{cOff, cOn} {
+		if v := sockoptFD(t, peerSocket(t, c.LocalAddr().String()), unix.IPPROTO_TCP, unix.TCP_NODELAY); v == 0 {
+			t.Errorf("accepted socket for %s: TCP_NODELAY off", c.LocalAddr())
+		}
+	}
+	off, on := peerSocket(t, echoOff), peerSocket(t, echoOn)
+	for _, fd := range []int{off, on} {
+		if sockoptFD(t, fd, unix.IPPROTO_TCP, unix.TCP_NODELAY) == 0 {
+			t.Errorf("dialled socket %d: TCP_NODELAY off", fd)
+		}
+		if sockoptFD(t, fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE) != 0 {
+			t.Fatal("keepalive on a dialled socket at once; want it once the connection lasts")
+		}
+	}
+	testenv.WaitFor(t, "keepalive on the dialled socket", func() bool { return sockoptFD(t, on, unix.SOL_SOCKET, unix.SO_KEEPALIVE) != 0 })
+	if idle, intvl := sockoptFD(t, on, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE), sockoptFD(t, on, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL); idle != 7 || intvl != 7 {
+		t.Errorf("TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, want 7", idle, intvl)
+	}
+	if sockoptFD(t, off, unix.SOL_SOCKET, unix.SO_KEEPALIVE) != 0 {
+		t.Error("keepalive on with the route's keepalive off")
+	}
+	roundTrip(t, cOff, []byte("after"))
+	roundTrip(t, cOn, []byte("after"))
 }
 
 // TestLoopIPv6: the loop accepts on and dials IPv6 addresses (its socket

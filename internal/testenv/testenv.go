@@ -158,10 +158,11 @@ func redisPing(addr string) error {
 }
 
 // WaitFor polls cond until it holds, failing the test after a generous
-// deadline: it waits for conditions, it is never a timing threshold.
+// deadline (a minute: slow enough for multi-host and Docker setups on a
+// loaded machine): it waits for conditions, it is never a timing threshold.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

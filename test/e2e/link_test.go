@@ -110,7 +110,7 @@ link:
 		}
 		return seen
 	}
-	waitCond(t, "A reaches both B and C", func() bool {
+	testenv.WaitFor(t, "A reaches both B and C", func() bool {
 		s := served(10)
 		return s["b"] > 0 && s["c"] > 0
 	})
@@ -130,7 +130,7 @@ link:
 		_ = dump.Wait()
 	}
 	t.Cleanup(stopDump)
-	waitCond(t, "tcpdump listening", func() bool { return strings.Contains(dumpErr.String(), "listening on any") })
+	testenv.WaitFor(t, "tcpdump listening", func() bool { return strings.Contains(dumpErr.String(), "listening on any") })
 	for i := range 10 {
 		key := fmt.Sprintf("secret-key-%s-%d", marker, i)
 		if got := redisVia(t, a, local, "SET "+key+" plaintext-value-"+marker); got != "+OK" {
@@ -176,7 +176,7 @@ link:
 	// Plug it back: B registers again and serves again; no connection
 	// fails meanwhile.
 	b.SetLink(true)
-	waitCond(t, "B serves again", func() bool {
+	testenv.WaitFor(t, "B serves again", func() bool {
 		s := served(10)
 		return s["b"] > 0 && s["c"] > 0
 	})
@@ -314,7 +314,7 @@ func startRedisIn(t *testing.T, h *testenv.Host) {
 		_ = cmd.Process.Kill()
 		<-done
 	})
-	waitCond(t, "redis-server in "+h.Name, func() bool {
+	testenv.WaitFor(t, "redis-server in "+h.Name, func() bool {
 		got, err := redisTry(h, "127.0.0.1:6379", "PING")
 		return err == nil && got == "+PONG"
 	})
@@ -356,16 +356,4 @@ func redisVia(t *testing.T, h *testenv.Host, addr, cmd string) string {
 		t.Fatalf("%s from host %s to %s: %v", strings.Fields(cmd)[0], h.Name, addr, err)
 	}
 	return got
-}
-
-// waitCond polls cond until it holds, failing after a generous deadline.
-func waitCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

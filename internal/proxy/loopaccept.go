@@ -122,7 +122,7 @@ func (lp *loop) accept(s *side) {
 
 // acceptTCP accepts a connection on the non-blocking listening socket fd.
 // TCP_NODELAY and keepalive come from the listening socket, which carries
-// them (see rawAcceptConn and ListenConfig): the net package sets
+// them (see setNoDelay and ListenConfig): the net package sets
 // TCP_NODELAY on every accepted socket, a call saved here. It calls
 // accept4 itself: x/sys/unix.Accept4 adds a getsockopt per connection (to
 // tell L2TP sockets apart), which a TCP listener never needs.
@@ -481,13 +481,11 @@ func rawConnect(fd int, ap netip.AddrPort) error {
 	var e unix.Errno
 	if a.Is4() {
 		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
-		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		p[0], p[1] = byte(port>>8), byte(port)
+		putPort(&sa.Port, port)
 		_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
 	} else {
 		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
-		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		p[0], p[1] = byte(port>>8), byte(port)
+		putPort(&sa.Port, port)
 		if z := a.Zone(); z != "" {
 			if ifc, err := net.InterfaceByName(z); err == nil {
 				sa.Scope_id = uint32(ifc.Index)
@@ -499,6 +497,13 @@ func rawConnect(fd int, ap netip.AddrPort) error {
 		return e
 	}
 	return nil
+}
+
+// putPort stores port in a socket address's port field, in network byte
+// order.
+func putPort(dst *uint16, port uint16) {
+	p := (*[2]byte)(unsafe.Pointer(dst))
+	p[0], p[1] = byte(port>>8), byte(port)
 }
 
 // tcpAddr returns ap as a *net.TCPAddr, which a connection's backend

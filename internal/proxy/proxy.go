@@ -404,7 +404,7 @@ func (p *Proxy) track(c *conn) bool {
 func (p *Proxy) untrack(c *conn) {
 	p.mu.Lock()
 	// The connection's bytes move from its live counters to the
-	// listener's totals under the lock ListenerBytes reads both under, so
+	// listener's totals under the lock ListenersBytes reads both under, so
 	// a reading never counts them twice or misses them: the totals it
 	// reports only grow, as counters must.
 	st := &c.listener.Stats
@@ -443,20 +443,14 @@ func (p *Proxy) CloseBackend(l *Listener, addr, reason string) int {
 	return len(victims)
 }
 
-// ListenerBytes returns the bytes l has moved each way, counting the open
-// connections' bytes so far: a long-lived connection shows its traffic as
-// it flows, not only when it closes.
-func (p *Proxy) ListenerBytes(l *Listener) (in, out int64) {
-	b := p.ListenersBytes([]*Listener{l})[l]
-	return b.In, b.Out
-}
-
 // Bytes is what a listener has moved: In is client to backend, Out back.
 type Bytes struct{ In, Out int64 }
 
-// ListenersBytes is ListenerBytes for each of ls, in one pass over the open
-// connections: a scrape holds the lock that every accept and close takes
-// for one walk of the connections, however many services there are.
+// ListenersBytes returns the bytes each of ls has moved each way, counting
+// the open connections' bytes so far (a long-lived connection shows its
+// traffic as it flows, not only when it closes). It makes one pass over the
+// open connections: a scrape holds the lock that every accept and close
+// takes for one walk, however many services there are.
 func (p *Proxy) ListenersBytes(ls []*Listener) map[*Listener]Bytes {
 	out := make(map[*Listener]Bytes, len(ls))
 	p.mu.Lock()

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net"
-	"os"
 	"syscall"
 	"time"
 
@@ -20,11 +19,10 @@ import (
 
 // setNoDelay sets TCP_NODELAY on a listening socket, which the sockets it
 // accepts inherit: the accept paths then save the setsockopt the net
-// package makes per connection. ListenConfig sets it at bind time; this is
-// for listeners made elsewhere (handed over by an older process, or by a
-// caller), before they are served. Connections already in the backlog
-// were cloned without it and keep Nagle's algorithm: only their latency
-// differs.
+// package makes per connection. NewListener calls it for every listener
+// (opened here or handed over by an older process) before it is served.
+// A connection that reached the backlog before was cloned without it and
+// keeps Nagle's algorithm: only its latency differs.
 func setNoDelay(tl *net.TCPListener) {
 	if rc, err := tl.SyscallConn(); err == nil {
 		_ = rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
@@ -49,18 +47,10 @@ func defaultKeepAlive(d time.Duration) time.Duration {
 func ListenConfig(keepAlive time.Duration) net.ListenConfig {
 	keepAlive = defaultKeepAlive(keepAlive)
 	lc := net.ListenConfig{KeepAlive: -1}
-	lc.Control = func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }); err != nil {
-			return err
-		}
-		if serr != nil {
-			return &net.OpError{Op: "setsockopt", Net: "tcp", Err: os.NewSyscallError("setsockopt", serr)}
-		}
-		if keepAlive > 0 {
+	if keepAlive > 0 {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
 			return setKeepAlive(c, keepAlive, true)
 		}
-		return nil
 	}
 	return lc
 }

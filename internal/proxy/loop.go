@@ -906,7 +906,7 @@ func soError(fd int) error {
 // backendSockopts sets TCP_NODELAY and, when keepAlive is positive, TCP
 // keepalive on a backend socket before it connects.
 func backendSockopts(fd int, keepAlive time.Duration) error {
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+	if err := rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return err
 	}
 	if keepAlive <= 0 {

@@ -56,3 +56,11 @@ func rawSplice(in, out, max int) (int, error) {
 		}
 	}
 }
+
+// rawSetsockoptInt is unix.SetsockoptInt without the scheduler's
+// bookkeeping: the one setsockopt every dial makes (TCP_NODELAY).
+func rawSetsockoptInt(fd, level, opt, value int) error {
+	v := int32(value)
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), 4, 0)
+	return errnoErr(e)
+}

@@ -368,3 +368,30 @@ func TestLoopIPv6(t *testing.T) {
 		t.Fatalf("connections %+v, want one from %s to %s", cs, c.LocalAddr(), echo)
 	}
 }
+
+// TestLoopServeClosedWhileStarting: a listener closed while Serve is still
+// registering it with the loops (a shutdown right after start) ends Serve
+// with nil, as any close does, not with the EBADF of the registration
+// that lost the race.
+func TestLoopServeClosedWhileStarting(t *testing.T) {
+	p := loopProxy(2)
+	defer p.stopLoops()
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	for i := range 300 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := NewListener(ln, &Route{Service: "s", Backends: Addrs(echo)}, 0)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Serve(ctx, l) }()
+		if i%2 == 0 {
+			runtime.Gosched()
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: Serve after a close: %v", i, err)
+		}
+	}
+}

@@ -65,8 +65,15 @@ func (p *Proxy) serveOnLoops(ctx context.Context, l *Listener, loops []*loop) (b
 		// Level-triggered, and exclusive: one loop wakes per connection
 		// waiting, not all of them.
 		if err := lp.registerEvents(s, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+			// A close while registering (a shutdown right after start)
+			// closes the descriptor under us: that is a close, not a
+			// failure.
+			closed := l.isClosed()
 			ll.detach(loops)
 			l.Close()
+			if closed {
+				return true, nil
+			}
 			return true, fmt.Errorf("listening on %s: %w", l.Addr(), err)
 		}
 		ll.sides = append(ll.sides, s)

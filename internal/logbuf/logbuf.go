@@ -1,10 +1,10 @@
 // Package logbuf is a bounded asynchronous writer for log lines: Write
 // copies the line into memory and returns, and a goroutine of the writer's
 // own writes what accumulated to the underlying writer in one call, a few
-// milliseconds later (FlushDelay). It is
-// for lines written where blocking is not an option (attache's access log,
-// written by the event loops that carry every connection): a slow or stuck
-// sink costs dropped lines, counted, never a stalled caller.
+// milliseconds later (FlushDelay). It is for lines written where blocking
+// is not an option (attache's access log, written by the event loops that
+// carry every connection): a slow or stuck sink costs dropped lines,
+// counted, never a stalled caller.
 package logbuf
 
 import (
@@ -37,7 +37,6 @@ type Writer struct {
 	stop    chan struct{} // closed by Close
 	done    chan struct{} // closed when the flusher returns
 	dropped atomic.Uint64
-	errs    atomic.Uint64
 }
 
 // New starts a Writer over out that holds at most limit bytes (DefaultLimit
@@ -92,10 +91,6 @@ func (w *Writer) Buffered() int {
 	return len(w.buf)
 }
 
-// WriteErrors is how many batches the underlying writer refused; their
-// lines are lost.
-func (w *Writer) WriteErrors() uint64 { return w.errs.Load() }
-
 // FlushDelay is how long the flusher lets lines gather after the first
 // one of a batch before it writes them out. Waking the flusher for each
 // line would cost the writer's goroutine a scheduler wake-up per line (a
@@ -140,9 +135,9 @@ func (w *Writer) flushOnce(spare []byte) []byte {
 	if len(batch) == 0 {
 		return batch
 	}
-	if _, err := w.out.Write(batch); err != nil {
-		w.errs.Add(1)
-	}
+	// A batch the sink refuses is lost: the sink is where an error about
+	// it would go.
+	_, _ = w.out.Write(batch)
 	return batch[:0]
 }
 

@@ -500,10 +500,7 @@ func rawConnect(fd int, ap netip.AddrPort) error {
 		}
 		_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet6)
 	}
-	if e != 0 {
-		return e
-	}
-	return nil
+	return errnoErr(e)
 }
 
 // putPort stores port in a socket address's port field, in network byte

@@ -58,7 +58,8 @@ func rawSplice(in, out, max int) (int, error) {
 }
 
 // rawSetsockoptInt is unix.SetsockoptInt without the scheduler's
-// bookkeeping: the one setsockopt every dial makes (TCP_NODELAY).
+// bookkeeping (setsockopt never blocks): the one every dial makes
+// (TCP_NODELAY) and keepalive's.
 func rawSetsockoptInt(fd, level, opt, value int) error {
 	v := int32(value)
 	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), 4, 0)

@@ -78,21 +78,10 @@ func (r *Route) newDialer(res *net.Resolver) net.Dialer {
 // setKeepAlive enables keepalive on c. withCount also sets the probe count
 // (worth it on a listener, set once); otherwise the system default (9) holds.
 func setKeepAlive(c syscall.RawConn, period time.Duration, withCount bool) error {
-	secs := max(int(period/time.Second), 1)
 	var serr error
 	err := c.Control(func(fd uintptr) {
-		s := int(fd)
-		if serr = unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1); serr != nil {
-			return
-		}
-		if serr = unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs); serr != nil {
-			return
-		}
-		if serr = unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs); serr != nil {
-			return
-		}
-		if withCount {
-			serr = unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount)
+		if serr = setKeepAliveFD(int(fd), max(int(period/time.Second), 1)); serr == nil && withCount {
+			serr = rawSetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount)
 		}
 	})
 	if err != nil {

@@ -9,12 +9,12 @@
 // the same share of CPU (same weight, same fairness) but a woken thread
 // does not preempt the running one: it runs when that one sleeps or its
 // slice ends. Measured on a 2-CPU machine with redis-benchmark, attache
-// and redis-server sharing it, context switches fell by about 40% in
-// attache and by two thirds in the client, and pipelined requests/s rose
-// by about 7% (README, "Performance"). The price is latency under CPU
-// contention: a woken loop may wait up to a scheduler slice (a few ms) for
-// a busy CPU instead of taking it at once; on an idle CPU it runs at once,
-// as before.
+// and redis-server sharing it, context switches per new connection fell
+// by half in attache and by two thirds in the client, and new
+// connections/s rose 2-4% (README, "Performance"). The price is latency
+// under CPU contention: a woken loop may wait up to a scheduler slice (a
+// few ms) for a busy CPU instead of taking it at once; on an idle CPU it
+// runs at once, as before.
 //
 // The policy is per thread on Linux, and a new thread takes its creator's,
 // so switching every thread once at start-up covers the threads the Go
@@ -103,9 +103,9 @@ func threads() ([]int, error) {
 	return tids, nil
 }
 
-// Policy returns the scheduling policy of thread tid (0 for the default
+// policy returns the scheduling policy of thread tid (0 for the default
 // SCHED_OTHER, 3 for SCHED_BATCH, see sched(7)).
-func Policy(tid int) (uint32, error) {
+func policy(tid int) (uint32, error) {
 	attr, err := unix.SchedGetAttr(tid, 0)
 	if err != nil {
 		return 0, fmt.Errorf("sched_getattr on thread %d: %w", tid, err)

@@ -52,7 +52,7 @@ func allPolicies(t *testing.T) map[int]uint32 {
 	}
 	out := make(map[int]uint32, len(tids))
 	for _, tid := range tids {
-		p, err := Policy(tid)
+		p, err := policy(tid)
 		if err != nil {
 			continue // exited meanwhile
 		}
@@ -106,7 +106,7 @@ func TestApply(t *testing.T) {
 		if _, old := known[tid]; !old {
 			fresh++
 		}
-		p, err := Policy(tid)
+		p, err := policy(tid)
 		if err != nil {
 			t.Fatal(err)
 		}

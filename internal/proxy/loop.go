@@ -81,6 +81,9 @@ type loop struct {
 	// addrs are the backend addresses the loop dialled (tcpAddr).
 	addrs map[netip.AddrPort]*net.TCPAddr
 	spec  specScore
+	// begun counts the connections the loop accepted itself or was
+	// handed (acceptOnLoop), for tests.
+	begun atomic.Int64
 	done  chan struct{}
 	log   func(msg string, args ...any)
 }
@@ -258,12 +261,13 @@ func (lp *loop) unregister(s *side) {
 	lp.mu.Unlock()
 }
 
-// post runs f on the loop's goroutine, after what was posted before.
-func (lp *loop) post(f func()) {
+// post runs f on the loop's goroutine, after what was posted before. It
+// reports false, dropping f, once the loop has stopped.
+func (lp *loop) post(f func()) bool {
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
 	if lp.stopped {
-		return
+		return false
 	}
 	lp.queue = append(lp.queue, f)
 	if !lp.woken {
@@ -271,6 +275,7 @@ func (lp *loop) post(f func()) {
 		one := [8]byte{1}
 		_, _ = unix.Write(lp.wakefd, one[:])
 	}
+	return true
 }
 
 // stop ends the loop once what was posted before has run. Every connection

@@ -395,3 +395,90 @@ func TestLoopServeClosedWhileStarting(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopHandOff: the loops take accepted connections in turn, whichever
+// loop epoll woke for them (left to epoll, one idle loop takes them all).
+func TestLoopHandOff(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	p := loopProxy(2)
+	l := start(t, p, &Route{Service: "s", Backends: Addrs(echo)}, 0)
+	const n = 20
+	for i := range n {
+		c := dial(t, l.Addr().String())
+		roundTrip(t, c, []byte{byte(i)})
+		c.Close()
+	}
+	testenv.WaitFor(t, "connections to close", func() bool { return p.Active() == 0 })
+	for i, lp := range p.loops.all {
+		if got := lp.begun.Load(); got != n/2 {
+			t.Errorf("loop %d began %d connections, want %d of %d", i, got, n/2, n)
+		}
+	}
+}
+
+// TestLoopHandOffDuringShutdown: a connection on its way from the loop
+// that accepted it to the loop it goes to, when a shutdown (or an
+// upgrade's drain) begins, is served to its end like any other: every
+// accepted connection gets its whole echo.
+func TestLoopHandOffDuringShutdown(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	for round := range 20 {
+		p := loopProxy(2)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := NewListener(ln, &Route{Service: "s", Backends: Addrs(echo)}, 0)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Serve(ctx, l) }()
+
+		var served atomic.Int64
+		stop := make(chan struct{})
+		clients := make(chan struct{})
+		const workers = 8
+		for w := range workers {
+			go func() {
+				defer func() { clients <- struct{}{} }()
+				msg := []byte("hand-off " + strconv.Itoa(w))
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := net.DialTimeout("tcp", l.Addr().String(), deadlineFor)
+					if err != nil {
+						return // the listener closed
+					}
+					c.SetDeadline(time.Now().Add(deadlineFor))
+					_, werr := c.Write(msg)
+					c.(*net.TCPConn).CloseWrite()
+					got, rerr := io.ReadAll(c)
+					c.Close()
+					if werr == nil && rerr == nil && bytes.Equal(got, msg) {
+						served.Add(1)
+					}
+				}
+			}()
+		}
+		testenv.WaitFor(t, "connections to flow", func() bool { return served.Load() >= 50 })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: Serve: %v", round, err)
+		}
+		grace, stopGrace := context.WithTimeout(context.Background(), deadlineFor)
+		forced := p.Shutdown(grace)
+		stopGrace()
+		close(stop)
+		for range workers {
+			<-clients
+		}
+		if forced != 0 {
+			t.Fatalf("round %d: shutdown force-closed %d connections", round, forced)
+		}
+		if acc := l.Stats.Accepted.Load(); served.Load() != acc {
+			t.Fatalf("round %d: %d connections accepted, %d served to their end", round, acc, served.Load())
+		}
+	}
+}

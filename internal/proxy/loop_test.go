@@ -378,19 +378,11 @@ func TestLoopServeClosedWhileStarting(t *testing.T) {
 	defer p.stopLoops()
 	echo := testenv.Echo(t, "127.0.0.1:0")
 	for i := range 300 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := NewListener(ln, &Route{Service: "s", Backends: Addrs(echo)}, 0)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Serve(ctx, l) }()
+		_, stop := serveLoopback(t, p, &Route{Service: "s", Backends: Addrs(echo)})
 		if i%2 == 0 {
 			runtime.Gosched()
 		}
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Fatalf("round %d: Serve after a close: %v", i, err)
 		}
 	}
@@ -424,14 +416,7 @@ func TestLoopHandOffDuringShutdown(t *testing.T) {
 	echo := testenv.Echo(t, "127.0.0.1:0")
 	for round := range 20 {
 		p := loopProxy(2)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := NewListener(ln, &Route{Service: "s", Backends: Addrs(echo)}, 0)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Serve(ctx, l) }()
+		l, stopServe := serveLoopback(t, p, &Route{Service: "s", Backends: Addrs(echo)})
 
 		var served atomic.Int64
 		stop := make(chan struct{})
@@ -463,8 +448,7 @@ func TestLoopHandOffDuringShutdown(t *testing.T) {
 			}()
 		}
 		testenv.WaitFor(t, "connections to flow", func() bool { return served.Load() >= 50 })
-		cancel()
-		if err := <-done; err != nil {
+		if err := stopServe(); err != nil {
 			t.Fatalf("round %d: Serve: %v", round, err)
 		}
 		grace, stopGrace := context.WithTimeout(context.Background(), deadlineFor)
@@ -480,5 +464,23 @@ func TestLoopHandOffDuringShutdown(t *testing.T) {
 		if acc := l.Stats.Accepted.Load(); served.Load() != acc {
 			t.Fatalf("round %d: %d connections accepted, %d served to their end", round, acc, served.Load())
 		}
+	}
+}
+
+// serveLoopback serves r on a fresh loopback listener; stop ends Serve and
+// returns its error. Unlike start, the caller decides when it stops.
+func serveLoopback(t *testing.T, p *Proxy, r *Route) (l *Listener, stop func() error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l = NewListener(ln, r, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, l) }()
+	return l, func() error {
+		cancel()
+		return <-done
 	}
 }

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -38,27 +37,12 @@ func TestAccessLogBuffered(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan []Bound, 1)
-	adminAddr := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, Options{
-			AccessLog: true, LogOutput: w,
-			LogHandler: func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, nil) },
-			Admin:      "127.0.0.1:0", AdminReady: func(a net.Addr) { adminAddr <- a },
-			Ready: func(b []Bound) { ready <- b },
-		})
-	}()
-	var admin, addr string
-	select {
-	case a := <-adminAddr:
-		admin = a.String()
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
-	addr = (<-ready)[0].Addr.String()
+	d := startRun(t, cfg, Options{
+		AccessLog: true, LogOutput: w,
+		LogHandler: func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, nil) },
+		Admin:      "127.0.0.1:0",
+	})
+	admin, addr := d.Admin, d.Bound[0].Addr.String()
 
 	roundTrip := func() {
 		t.Helper()
@@ -100,8 +84,7 @@ func TestAccessLogBuffered(t *testing.T) {
 	}
 
 	roundTrip()
-	cancel()
-	if err := <-done; err != nil {
+	if err := d.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	w.Close()
@@ -132,19 +115,12 @@ func TestAccessLogStuckSinkDoesNotHangShutdown(t *testing.T) {
 	sink := stuckWriter{make(chan struct{})}
 	defer close(sink.release)
 	var logs testenv.LogBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan []Bound, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, Options{
-			Logger:    slog.New(slog.NewTextHandler(&logs, nil)),
-			AccessLog: true, LogOutput: sink,
-			LogHandler: func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, nil) },
-			Ready:      func(b []Bound) { ready <- b },
-		})
-	}()
-	addr := (<-ready)[0].Addr.String()
+	d := startRun(t, cfg, Options{
+		Logger:    slog.New(slog.NewTextHandler(&logs, nil)),
+		AccessLog: true, LogOutput: sink,
+		LogHandler: func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, nil) },
+	})
+	addr := d.Bound[0].Addr.String()
 	for range 3 { // each closes with an access line the sink never takes
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -159,8 +135,7 @@ func TestAccessLogStuckSinkDoesNotHangShutdown(t *testing.T) {
 		}
 		c.Close()
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := d.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if !strings.Contains(logs.String(), "access log: the log sink did not take the last lines in time") {

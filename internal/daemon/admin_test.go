@@ -60,43 +60,26 @@ func startAdminDaemonToken(t *testing.T, yaml, token string) *adminDaemon {
 	)
 	reloadCh := make(chan os.Signal)
 	results := make(chan error, 16)
-	ready := make(chan []Bound, 1)
-	adminAddr := make(chan net.Addr, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, Options{
-			Admin:      "127.0.0.1:0",
-			AdminReady: func(a net.Addr) { adminAddr <- a },
-			Ready:      func(b []Bound) { ready <- b },
-			Reload:     reloadCh,
-			Load: func() (*config.Config, error) {
-				mu.Lock()
-				defer mu.Unlock()
-				return load(next)
-			},
-			Reloaded:   func(err error) { results <- err },
-			AdminToken: token,
-		})
-	}()
+	run := startRun(t, cfg, Options{
+		Admin:  "127.0.0.1:0",
+		Reload: reloadCh,
+		Load: func() (*config.Config, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return load(next)
+		},
+		Reloaded:   func(err error) { results <- err },
+		AdminToken: token,
+	})
 	d := &adminDaemon{reloaded: results, setNext: func(y string) {
 		mu.Lock()
 		next = y
 		mu.Unlock()
 	}}
-	select {
-	case a := <-adminAddr:
-		d.url = "http://" + a.String()
-	case err := <-done:
-		cancel()
-		t.Fatalf("Run: %v", err)
-	}
-	d.bound = <-ready
+	d.url = "http://" + run.Admin
+	d.bound = run.Bound
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+		_ = run.Stop() // an error is reported by startRun's own cleanup
 		// Stopped last, and closed: nothing answers on the admin port.
 		if resp, err := http.Get(d.url + "/healthz"); err == nil {
 			resp.Body.Close()

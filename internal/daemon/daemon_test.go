@@ -16,6 +16,65 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
+// running is a daemon Run in a goroutine by startRun.
+type running struct {
+	Bound []Bound
+	Admin string // the admin API's address, when Options.Admin was set
+
+	cancel context.CancelFunc
+	done   chan error
+	err    error
+	waited bool
+}
+
+// startRun runs the daemon with cfg and opts (whose Ready and AdminReady
+// it sets) and returns once it serves every listener, failing the test if
+// Run returns first. The test may Stop it; otherwise it is stopped at the
+// test's end, and an error from Run then fails the test.
+func startRun(t *testing.T, cfg *config.Config, opts Options) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan error, 1)}
+	ready := make(chan []Bound, 1)
+	admin := make(chan net.Addr, 1)
+	opts.Ready = func(b []Bound) { ready <- b }
+	if opts.Admin != "" {
+		opts.AdminReady = func(a net.Addr) { admin <- a }
+	}
+	go func() { r.done <- Run(ctx, cfg, opts) }()
+	if opts.Admin != "" {
+		select {
+		case a := <-admin:
+			r.Admin = a.String()
+		case err := <-r.done:
+			cancel()
+			t.Fatalf("Run: %v", err)
+		}
+	}
+	select {
+	case r.Bound = <-ready:
+	case err := <-r.done:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return r
+}
+
+// Stop cancels Run and returns what it returned; later calls return the
+// same.
+func (r *running) Stop() error {
+	if !r.waited {
+		r.cancel()
+		r.err, r.waited = <-r.done, true
+	}
+	return r.err
+}
+
 func service(name, listen, backend string) config.Service {
 	return config.Service{Name: name, Listen: listen, Backends: []config.Backend{{Addr: backend}},
 		ConnectTimeout: time.Second, Origin: "test " + name}
@@ -57,17 +116,8 @@ func TestRunServesUntilCancelled(t *testing.T) {
 		service("one", "127.0.0.1:0", echo),
 		service("two", "127.0.0.1:0", echo),
 	}}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan []Bound, 1)
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, Options{Ready: func(b []Bound) { ready <- b }}) }()
-	var bound []Bound
-	select {
-	case bound = <-ready:
-	case err := <-done:
-		t.Fatal(err)
-	}
-	for _, b := range bound {
+	d := startRun(t, cfg, Options{})
+	for _, b := range d.Bound {
 		c, err := net.Dial("tcp", b.Addr.String())
 		if err != nil {
 			t.Fatal(err)
@@ -81,11 +131,10 @@ func TestRunServesUntilCancelled(t *testing.T) {
 			t.Errorf("%s: got %q", b.Service, got)
 		}
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := d.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	for _, b := range bound {
+	for _, b := range d.Bound {
 		if c, err := net.Dial("tcp", b.Addr.String()); err == nil {
 			c.Close()
 			t.Errorf("%s still listening after Run returned", b.Service)
@@ -146,23 +195,11 @@ func TestReloadIsATransaction(t *testing.T) {
 	reload := make(chan os.Signal)
 	results := make(chan error)
 	cfg := &config.Config{Services: []config.Service{service("a", portA, one), service("b", portB, echo)}}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan []Bound, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, cfg, Options{
-			Ready:    func(b []Bound) { ready <- b },
-			Reload:   reload,
-			Load:     func() (*config.Config, error) { return (<-next)() },
-			Reloaded: func(err error) { results <- err },
-		})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatal(err)
-	}
+	d := startRun(t, cfg, Options{
+		Reload:   reload,
+		Load:     func() (*config.Config, error) { return (<-next)() },
+		Reloaded: func(err error) { results <- err },
+	})
 	doReload := func(load func() (*config.Config, error)) error {
 		next <- load
 		reload <- syscall.SIGHUP
@@ -220,8 +257,7 @@ func TestReloadIsATransaction(t *testing.T) {
 	if got, _ := who(t, portC); got != "one" {
 		t.Errorf("after failed reloads c reached %q", got)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := d.Stop(); err != nil {
 		t.Fatal(err)
 	}
 }

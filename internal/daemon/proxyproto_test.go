@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -275,22 +274,7 @@ func TestIPv6EndToEnd(t *testing.T) {
 	if got := cfg.Services[1].Backends[0].Addr; got != echo {
 		t.Fatalf("the link variable's backend is %q, want the canonical %q", got, echo)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan []Bound, 1)
-	go func() { done <- Run(ctx, cfg, Options{Ready: func(b []Bound) { ready <- b }}) }()
-	var bound []Bound
-	select {
-	case bound = <-ready:
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	bound := startRun(t, cfg, Options{}).Bound
 	if a := bound[0].Addr.(*net.TCPAddr); a.IP.String() != "::1" {
 		t.Fatalf("v6 listens on %s, want [::1]", a)
 	}

@@ -170,21 +170,12 @@ func TestUDPLinkVariable(t *testing.T) {
 	if len(cfg.Services) != 1 || !cfg.Services[0].IsUDP() || cfg.Services[0].Name != fmt.Sprintf("dns-%d-udp", port) {
 		t.Fatalf("services %+v", cfg.Services)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan []Bound, 1)
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg, Options{Ready: func(b []Bound) { ready <- b }}) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatal(err)
-	}
+	d := startRun(t, cfg, Options{})
 	got, err := lookupA(fmt.Sprintf("127.0.0.1:%d", port), "udp", "db.test")
 	if err != nil || !slices.Equal(got, []string{"10.9.8.7"}) {
 		t.Errorf("lookup through the link variable's service: %v, %v", got, err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := d.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	// The port is closed again: a new socket can take it without

@@ -240,52 +240,41 @@ func (p *Proxy) acceptOnLoop(lp *loop, ll *loopListener, cs *rawSock) {
 		return
 	}
 	l.Stats.Active.Add(1)
-	if t := ll.loops[c.id%uint64(len(ll.loops))]; t != lp && p.handOff(t, ll, c) {
-		return
-	}
-	pr := &pair{lp: lp, p: p, c: c, client: &side{fd: cs.fd, sock: cs}, ctx: ll.ctx}
-	pr.client.pr = pr
-	if err := lp.register(pr.client); err != nil {
-		l.Stats.Active.Add(-1)
-		go p.handle(ll.ctx, c)
-		return
-	}
-	cs.mu.Lock()
-	cs.state, cs.lp, cs.pr = rawOwned, lp, pr
-	cs.mu.Unlock()
-	pr.begin()
-}
-
-// handOff gives c, accepted on another loop, to t. The client socket is
-// t's from here on: under c.mu, so that an abort either comes first (and
-// handOff declines; the accepting loop goes on as without a hand-off) or
-// posts its close after the begin posted here (close then ends the pair
-// whether or not it began).
-func (p *Proxy) handOff(t *loop, ll *loopListener, c *conn) bool {
-	cs := c.client.(*rawSock)
+	t := ll.loops[c.id%uint64(len(ll.loops))]
 	pr := &pair{lp: t, p: p, c: c, client: &side{fd: cs.fd, sock: cs}, ctx: ll.ctx}
 	pr.client.pr = pr
+	switch {
+	case !pr.own():
+		p.finish(c) // aborted already (a forced shutdown): its socket is closed
+	case t == lp:
+		pr.takeOver()
+	case !t.post(pr.takeOver):
+		// t has stopped. Loops stop only once no connection is tracked,
+		// so this cannot happen while c is; should it, c ends here.
+		pr.close()
+	}
+}
+
+// own gives the client socket to the pair's loop, unless the connection
+// was aborted already. Under c.mu, as adopt does, so that an abort either
+// comes first (and own declines) or posts its close to the pair's loop,
+// where it runs after the takeOver posted or run next: close ends a pair
+// whether or not it began.
+func (pr *pair) own() bool {
+	c, cs := pr.c, pr.client.sock
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
 		return false
 	}
 	cs.mu.Lock()
-	cs.state, cs.lp, cs.pr = rawOwned, t, pr
+	cs.state, cs.lp, cs.pr = rawOwned, pr.lp, pr
 	cs.mu.Unlock()
-	if t.post(func() { pr.takeOver() }) {
-		return true
-	}
-	// t has stopped. Loops stop only once no connection is tracked, so
-	// this cannot happen while c is; should it, the accepting loop keeps c.
-	cs.mu.Lock()
-	cs.state, cs.lp, cs.pr = rawOpen, nil, nil
-	cs.mu.Unlock()
-	return false
+	return true
 }
 
-// takeOver registers a handed-off client socket with its new loop and
-// begins, unless the connection was closed on the way.
+// takeOver registers the client socket with the pair's loop and begins,
+// unless the connection was closed on its way there.
 func (pr *pair) takeOver() {
 	if pr.closed {
 		return

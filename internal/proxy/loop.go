@@ -81,8 +81,8 @@ type loop struct {
 	// addrs are the backend addresses the loop dialled (tcpAddr).
 	addrs map[netip.AddrPort]*net.TCPAddr
 	spec  specScore
-	// begun counts the connections the loop accepted itself or was
-	// handed (acceptOnLoop), for tests.
+	// begun counts the connections the loop took over from the loop
+	// that accepted them, or accepted itself (acceptOnLoop), for tests.
 	begun atomic.Int64
 	done  chan struct{}
 	log   func(msg string, args ...any)

@@ -273,8 +273,9 @@ func (pr *pair) own() bool {
 	return true
 }
 
-// takeOver registers the client socket with the pair's loop and begins,
-// unless the connection was closed on its way there.
+// takeOver registers the client socket with the pair's loop, reads what
+// the client sent already and dials the backend, unless the connection was
+// closed on its way there.
 func (pr *pair) takeOver() {
 	if pr.closed {
 		return
@@ -283,11 +284,6 @@ func (pr *pair) takeOver() {
 		pr.toGoroutine()
 		return
 	}
-	pr.begin()
-}
-
-// begin reads what the client sent already and dials the backend.
-func (pr *pair) begin() {
 	pr.lp.begun.Add(1)
 	pr.deadline = pr.c.start.Add(pr.c.route.retryTimeout())
 	pr.readEarly()

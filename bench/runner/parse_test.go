@@ -339,3 +339,40 @@ func TestBalanceMarkdown(t *testing.T) {
 		t.Errorf("only balancing metrics ran, yet the report has the plain table:\n%s", md)
 	}
 }
+
+// TestHeadToHead: the round-by-round comparison with HAProxy counts only
+// the rounds both contenders finished, honours which way is better, and
+// is left out when HAProxy did not run.
+func TestHeadToHead(t *testing.T) {
+	cfg := &config{rounds: 4, only: []string{"direct", "haproxy", "attache"}, metrics: []string{"redis-connect"}}
+	rep := newReport(cfg)
+	m := &metrics[slices.IndexFunc(metrics, func(m metricDef) bool { return m.name == "redis-connect" })]
+	run := func(cps, p99 float64) sample { return sample{values: map[string]float64{"cps": cps, "p99": p99}} }
+	for i, v := range []float64{100, 200, 300, 400} {
+		rep.add(m, "", "direct", i, run(2*v, 5), nil)
+		rep.add(m, "", "haproxy", i, run(v, 10), nil)
+	}
+	rep.add(m, "", "attache", 0, run(110, 9), nil)
+	rep.add(m, "", "attache", 1, run(190, 11), nil)
+	rep.add(m, "", "attache", 2, run(330, 9), nil)
+	rep.add(m, "", "attache", 3, sample{}, errors.New("attache exited"))
+	md := rep.markdown()
+	for _, want := range []string{
+		"## Against haproxy, round by round",
+		"| metric | better | attache |",
+		"| new connections (conn/s) | higher | 2 of 3 (1.10×) |",
+		"| new connection + PING p99 (ms) | lower | 2 of 3 (0.90×) |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+
+	cfg.only = []string{"direct", "attache"}
+	rep = newReport(cfg)
+	rep.add(m, "", "direct", 0, run(200, 5), nil)
+	rep.add(m, "", "attache", 0, run(110, 9), nil)
+	if md := rep.markdown(); strings.Contains(md, "## Against") {
+		t.Errorf("no HAProxy in the run, yet a comparison with it:\n%s", md)
+	}
+}

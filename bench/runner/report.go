@@ -278,6 +278,8 @@ func (r *report) plainMarkdown(b *strings.Builder, names []string, header func()
 		}
 	}
 
+	r.headToHead(b, names)
+
 	b.WriteString("\n## Every round (in run order of rounds 1..n)\n\n")
 	header()
 	for mi := range metrics {
@@ -302,4 +304,76 @@ func (r *report) plainMarkdown(b *strings.Builder, names []string, header func()
 			b.WriteString("| " + strings.Join(row, " | ") + " |\n")
 		}
 	}
+}
+
+// headToHead compares each contender with HAProxy round by round, since
+// rounds are run back to back and this machine's speed drifts between
+// them: a median can come out ahead while most rounds are lost. A cell
+// reads "won of rounds (median of the per-round ratios)".
+func (r *report) headToHead(b *strings.Builder, names []string) {
+	const rival = "haproxy"
+	if !slices.Contains(names, rival) {
+		return
+	}
+	var others []string
+	for _, p := range names {
+		if p != "direct" && p != rival {
+			others = append(others, p)
+		}
+	}
+	if len(others) == 0 {
+		return
+	}
+	b.WriteString("\n## Against " + rival + ", round by round (rounds better / rounds compared, median ratio)\n\n")
+	b.WriteString("| metric | better | " + strings.Join(others, " | ") + " |\n")
+	b.WriteString("|---|---|" + strings.Repeat("---:|", len(others)) + "\n")
+	for mi := range metrics {
+		m := &metrics[mi]
+		if m.balanced || !slices.Contains(r.cfg.metrics, m.name) {
+			continue
+		}
+		for _, c := range m.columns {
+			base := r.cells[cellKey(m, "", c, rival)]
+			row := []string{c.title, c.better}
+			for _, p := range others {
+				row = append(row, roundsBetter(base, r.cells[cellKey(m, "", c, p)], c.better))
+			}
+			b.WriteString("| " + strings.Join(row, " | ") + " |\n")
+		}
+	}
+}
+
+// roundsBetter counts the rounds where cl beat base (higher or lower is
+// better), over the rounds both have a value for, with the median of the
+// per-round ratios cl / base.
+func roundsBetter(base, cl *cell, better string) string {
+	if base == nil || cl == nil {
+		return "n/a"
+	}
+	won, n := 0, 0
+	var ratios []float64
+	for i, v := range cl.values {
+		if i >= len(base.values) {
+			break
+		}
+		h := base.values[i]
+		if math.IsNaN(v) || math.IsNaN(h) {
+			continue
+		}
+		n++
+		if (better == "higher" && v > h) || (better == "lower" && v < h) {
+			won++
+		}
+		if h != 0 {
+			ratios = append(ratios, v/h)
+		}
+	}
+	if n == 0 {
+		return "n/a"
+	}
+	text := fmt.Sprintf("%d of %d", won, n)
+	if len(ratios) > 0 {
+		text += fmt.Sprintf(" (%.2f×)", median(ratios))
+	}
+	return text
 }

@@ -84,8 +84,11 @@ type loop struct {
 	// begun counts the connections the loop took over from the loop
 	// that accepted them, or accepted itself (acceptOnLoop), for tests.
 	begun atomic.Int64
-	done  chan struct{}
-	log   func(msg string, args ...any)
+	// polling is set while the loop waits for events: it has nothing to
+	// do, so a connection handed to it now starts at once (acceptOnLoop).
+	polling atomic.Bool
+	done    chan struct{}
+	log     func(msg string, args ...any)
 }
 
 // slot maps a registered descriptor to its side; gen tells a live
@@ -311,12 +314,17 @@ func (lp *loop) serve() {
 		case len(lp.again) > 0:
 			n, err = epollWaitRaw(lp.epfd, events, 0)
 		case hot:
-			if n, err = epollWaitRaw(lp.epfd, events, hotWait); err == nil && n == 0 {
+			lp.polling.Store(true)
+			n, err = epollWaitRaw(lp.epfd, events, hotWait)
+			lp.polling.Store(false)
+			if err == nil && n == 0 {
 				hot = false
 				continue
 			}
 		default:
+			lp.polling.Store(true)
 			n, err = unix.EpollWait(lp.epfd, events, lp.blockFor())
+			lp.polling.Store(false)
 		}
 		if err == unix.EINTR {
 			continue

@@ -96,10 +96,12 @@ func TestApply(t *testing.T) {
 		}
 	}
 
-	// More locked goroutines than idle threads force the runtime to
-	// create threads; they must inherit the batch policy.
+	// More locked goroutines than the process has threads force the
+	// runtime to create some (each locked goroutine holds a thread of its
+	// own; a fixed few could all land on idle threads the runtime kept);
+	// they must inherit the batch policy.
 	known := allPolicies(t)
-	more, endMore := holdThreads(t, 4, nil)
+	more, endMore := holdThreads(t, len(known)+1, nil)
 	defer endMore()
 	fresh := 0
 	for _, tid := range more {

@@ -404,6 +404,11 @@ services:
 		t.Error("attache_discovery_ready is 1 before the provider reported")
 	}
 
+	// The query that is dropped must have been sent before the failure
+	// is lifted (on a loaded machine the provider may not have asked yet).
+	testenv.WaitFor(t, "the provider's first query", func() bool {
+		return dnsSrv.Queries("_echo._tcp.test") > 0
+	})
 	dnsSrv.Fail("", testenv.FailNone)
 	testenv.WaitFor(t, "/readyz to say 200", func() bool {
 		code, _ := d.get(t, "/readyz")

@@ -215,6 +215,14 @@ func TestReloadIsATransaction(t *testing.T) {
 	}
 	defer held.Close()
 	held.SetDeadline(time.Now().Add(10 * time.Second))
+	// Served, not just queued in b's backlog (which the reload's close of
+	// the listener would reset): one byte makes the round trip first.
+	if _, err := held.Write([]byte(">")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(held, make([]byte, 1)); err != nil {
+		t.Fatalf("held connection before the reload: %v", err)
+	}
 
 	err = doReload(func() (*config.Config, error) {
 		return &config.Config{Services: []config.Service{service("a", portA, two), service("c", portC, one)}}, nil

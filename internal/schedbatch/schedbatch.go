@@ -102,13 +102,3 @@ func threads() ([]int, error) {
 	}
 	return tids, nil
 }
-
-// policy returns the scheduling policy of thread tid (0 for the default
-// SCHED_OTHER, 3 for SCHED_BATCH, see sched(7)).
-func policy(tid int) (uint32, error) {
-	attr, err := unix.SchedGetAttr(tid, 0)
-	if err != nil {
-		return 0, fmt.Errorf("sched_getattr on thread %d: %w", tid, err)
-	}
-	return attr.Policy, nil
-}

@@ -1,6 +1,7 @@
 package schedbatch
 
 import (
+	"fmt"
 	"runtime"
 	"testing"
 
@@ -124,4 +125,14 @@ func TestApply(t *testing.T) {
 	if n, err := Apply(); err != nil || n != 0 {
 		t.Errorf("second Apply = %d, %v; want 0, nil", n, err)
 	}
+}
+
+// policy returns the scheduling policy of thread tid (0 for the default
+// SCHED_OTHER, 3 for SCHED_BATCH, see sched(7)).
+func policy(tid int) (uint32, error) {
+	attr, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return 0, fmt.Errorf("sched_getattr on thread %d: %w", tid, err)
+	}
+	return attr.Policy, nil
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,10 +22,9 @@ func TestSchedBatch(t *testing.T) {
 	}{{"--sched-batch=true", 3}, {"--sched-batch=false", inherited}} {
 		t.Run(tc.flag, func(t *testing.T) {
 			t.Parallel()
-			p := startAttache(t, nil, tc.flag, "--log-format", "json", "--forward", "127.0.0.1:0="+backend)
-			m := p.waitLog(t, regexp.MustCompile(`"msg":"forwarding".*"listen":"([^"]+)"`), startTimeout)
+			p := startAttache(t, nil, tc.flag, "--forward", "127.0.0.1:0="+backend)
 			// A round trip proves the loops run; their threads exist by now.
-			c := dial(t, m[1])
+			c := dial(t, p.listenAddrs(t, 1)[0])
 			roundTrip(t, c, "which policy\n")
 			c.Close()
 			policies := threadPolicies(t, p.cmd.Process.Pid)

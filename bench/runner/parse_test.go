@@ -70,7 +70,12 @@ func TestParseReady(t *testing.T) {
 func TestParseStat(t *testing.T) {
 	line := "42 (socat (x) y) S 7 42 42 0 -1 4194560 100 0 0 0 30 12 0 0 20 0 1 0 5555 1000 10"
 	st, err := parseStat(42, []byte(line))
-	if err != nil || st.ppid != 7 || st.pgrp != 42 || st.cpu != 42 || st.start != 5555 {
+	if err != nil || st.ppid != 7 || st.pgrp != 42 || st.cpu != 42 || st.reaped != 0 || st.start != 5555 {
+		t.Fatalf("got %+v %v", st, err)
+	}
+	line = "42 (socat) S 7 42 42 0 -1 4194560 100 0 0 0 30 12 250 50 20 0 1 0 5555 1000 10"
+	st, err = parseStat(42, []byte(line))
+	if err != nil || st.cpu != 42 || st.reaped != 300 {
 		t.Fatalf("got %+v %v", st, err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 type procStat struct {
 	pid, ppid, pgrp int
 	cpu             int64 // utime + stime, in clock ticks
+	reaped          int64 // cutime + cstime: children waited for (socat's forks)
 	start           int64 // start time after boot, in clock ticks
 }
 
@@ -27,7 +28,7 @@ func parseStat(pid int, b []byte) (procStat, error) {
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[n-3] is field n of proc(5): f[0] state, f[1] ppid, f[2] pgrp,
-	// f[11] utime, f[12] stime, f[19] starttime.
+	// f[11] utime, f[12] stime, f[13] cutime, f[14] cstime, f[19] starttime.
 	if len(f) < 20 {
 		return procStat{}, fmt.Errorf("stat of %d: short", pid)
 	}
@@ -35,11 +36,13 @@ func parseStat(pid int, b []byte) (procStat, error) {
 	pgrp, err2 := strconv.Atoi(f[2])
 	utime, err3 := strconv.ParseInt(f[11], 10, 64)
 	stime, err4 := strconv.ParseInt(f[12], 10, 64)
-	start, err5 := strconv.ParseInt(f[19], 10, 64)
-	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+	cutime, err5 := strconv.ParseInt(f[13], 10, 64)
+	cstime, err6 := strconv.ParseInt(f[14], 10, 64)
+	start, err7 := strconv.ParseInt(f[19], 10, 64)
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 		return procStat{}, fmt.Errorf("stat of %d: %w", pid, err)
 	}
-	return procStat{pid: pid, ppid: ppid, pgrp: pgrp, cpu: utime + stime, start: start}, nil
+	return procStat{pid: pid, ppid: ppid, pgrp: pgrp, cpu: utime + stime, reaped: cutime + cstime, start: start}, nil
 }
 
 // allProcs lists every process; ones that vanish while listing are skipped.
@@ -104,6 +107,25 @@ type usage struct {
 	rssKiB float64 // sum of VmRSS: counts shared pages once per process
 	pssKiB float64 // sum of Pss: shared pages split between their users
 	fds    int
+}
+
+// treeCPU returns the CPU time, in seconds, that roots and their
+// descendants have used so far: the live processes' own time plus what
+// they collected from children they waited for. A fork per connection
+// (socat) is counted whether the child is still running or already reaped,
+// so the difference of two readings is what the tree used in between.
+func treeCPU(roots []int) float64 {
+	in := map[int]bool{}
+	for _, pid := range tree(roots) {
+		in[pid] = true
+	}
+	var ticks int64
+	for _, p := range allProcs() {
+		if in[p.pid] {
+			ticks += p.cpu + p.reaped
+		}
+	}
+	return float64(ticks) / clockTicks
 }
 
 func treeUsage(roots []int) usage {

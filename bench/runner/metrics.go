@@ -217,11 +217,13 @@ func redisGet(ctx context.Context, h *harness, t target) (sample, error) {
 
 // cpuReading is the proxy tree's CPU time at the start of a measurement.
 // Requests or connections per second depend on the whole machine: on 2
-// cores the client and the backend compete with the proxy for the CPUs,
-// and other tenants of the host add noise of ±10-15 % between runs. CPU
-// time per operation is the proxy's own cost, which that noise moves less.
-// It counts what the kernel does in the proxy's context too (its system
-// calls and, on loopback, the packets it sends being received).
+// cores the client and the backend share the CPUs with the proxy, so a
+// proxy 10 % cheaper gains only about half of that in rate. CPU time per
+// operation is the proxy's own cost. It drifts with the machine from one
+// round to the next as rates do, so compare it round by round (the
+// report's "against haproxy" table). It counts what the kernel does in
+// the proxy's context too (its system calls and, on loopback, the packets
+// it sends being received).
 type cpuReading struct {
 	roots []int
 	at    float64

@@ -79,10 +79,13 @@ func groupMembers(pgid int) []int {
 	return out
 }
 
-// tree returns roots and all their descendants.
-func tree(roots []int) []int {
+// tree returns roots and all their live descendants.
+func tree(roots []int) []int { return descendants(allProcs(), roots) }
+
+// descendants returns roots and their descendants among all.
+func descendants(all []procStat, roots []int) []int {
 	kids := map[int][]int{}
-	for _, p := range allProcs() {
+	for _, p := range all {
 		kids[p.ppid] = append(kids[p.ppid], p.pid)
 	}
 	seen := map[int]bool{}
@@ -114,14 +117,16 @@ type usage struct {
 // they collected from children they waited for. A fork per connection
 // (socat) is counted whether the child is still running or already reaped,
 // so the difference of two readings is what the tree used in between.
+// One listing of /proc serves both the tree and the times.
 func treeCPU(roots []int) float64 {
-	in := map[int]bool{}
-	for _, pid := range tree(roots) {
-		in[pid] = true
+	all := allProcs()
+	byPid := make(map[int]procStat, len(all))
+	for _, p := range all {
+		byPid[p.pid] = p
 	}
 	var ticks int64
-	for _, p := range allProcs() {
-		if in[p.pid] {
+	for _, pid := range descendants(all, roots) {
+		if p, ok := byPid[pid]; ok {
 			ticks += p.cpu + p.reaped
 		}
 	}

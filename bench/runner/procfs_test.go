@@ -56,7 +56,6 @@ func TestTreeCPUCountsReapedChildren(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sh.Process.Kill(); _ = sh.Wait() })
-	before := treeCPU([]int{sh.Process.Pid})
 
 	testenv.WaitFor(t, "the child to be reaped", func() bool {
 		_, err := os.Stat(done)
@@ -67,9 +66,11 @@ func TestTreeCPUCountsReapedChildren(t *testing.T) {
 	if n := len(tree([]int{sh.Process.Pid})); n != 1 {
 		t.Fatalf("tree has %d processes, want the shell alone", n)
 	}
-	used := treeCPU([]int{sh.Process.Pid}) - before
-	// The child stops at 300 ms by getrusage, which /proc rounds to
-	// 10 ms ticks: allow a tick or two below.
+	// The whole reading, not a difference from one taken at the start:
+	// the child may have begun to spin before that one, and its time
+	// would then be subtracted. The child stops at 300 ms by getrusage,
+	// which /proc rounds to 10 ms ticks: allow a tick or two below.
+	used := treeCPU([]int{sh.Process.Pid})
 	if used < 0.27 {
 		t.Fatalf("tree used %.2f s of CPU, want the reaped child's 0.3 s or more", used)
 	}

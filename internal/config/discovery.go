@@ -46,6 +46,9 @@ type ConsulDiscovery struct {
 // DockerDiscovery configures docker backends.
 type DockerDiscovery struct {
 	Host, Label, PortLabel, Network string
+	// TLS, when set, is how a tcp:// engine is reached over TLS; nil leaves
+	// it to DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, as the docker CLI does.
+	TLS *ClientTLS
 }
 
 // Policies are the balancing policy names a service may give. (The balance
@@ -96,7 +99,11 @@ func (p *fileParser) discovery(n *yaml.Node) Discovery {
 				"label":      func(v *yaml.Node) { d.Docker.Label, _ = p.scalar(v, "label") },
 				"port_label": func(v *yaml.Node) { d.Docker.PortLabel, _ = p.scalar(v, "port_label") },
 				"network":    func(v *yaml.Node) { d.Docker.Network, _ = p.scalar(v, "network") },
+				"tls":        func(v *yaml.Node) { d.Docker.TLS = p.clientTLS(v, "discovery.docker.tls") },
 			})
+			if tn := keyNode(deref(v), "tls"); tn != nil && strings.HasPrefix(d.Docker.Host, "unix://") {
+				p.errorf(tn, "tls", "the engine at %s is a unix socket: TLS is for tcp:// hosts", d.Docker.Host)
+			}
 		},
 	})
 	return d

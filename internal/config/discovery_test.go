@@ -71,7 +71,7 @@ func TestParseFileDiscoveryErrors(t *testing.T) {
 		{"unknown dns key", "discovery:\n  dns:\n    ttl: 1s\n", []string{"f.yaml:3: ttl: unknown key in discovery.dns (want one of: max_ttl, min_ttl, server, timeout)"}},
 		{"unknown etcd key", "discovery:\n  etcd: {endpoint: x:1}\n", []string{"f.yaml:2: endpoint: unknown key in discovery.etcd (want one of: dial_timeout, endpoints, password, username)"}},
 		{"unknown consul key", "discovery:\n  consul: {addr: x:1}\n", []string{"f.yaml:2: addr: unknown key in discovery.consul (want one of: address, datacenter, token)"}},
-		{"unknown docker key", "discovery:\n  docker: {socket: /x}\n", []string{"f.yaml:2: socket: unknown key in discovery.docker (want one of: host, label, network, port_label)"}},
+		{"unknown docker key", "discovery:\n  docker: {socket: /x}\n", []string{"f.yaml:2: socket: unknown key in discovery.docker (want one of: host, label, network, port_label, tls)"}},
 		{"min_ttl more than max_ttl, on min_ttl's line", "discovery:\n  dns:\n    max_ttl: 1s\n    min_ttl: 1m\n", []string{"f.yaml:4: min_ttl: 1m0s is more than max_ttl 1s"}},
 		{"a zero min_ttl", "discovery:\n  dns: {min_ttl: 0s}\n", []string{`f.yaml:2: min_ttl: want a duration such as 500ms, 10s or 1h (greater than zero), got "0s"`}},
 		{"a dns server without a port", "discovery:\n  dns: {server: 10.0.0.2}\n", []string{`f.yaml:2: server: want host:port (IPv6 in brackets), got "10.0.0.2"`}},

@@ -16,8 +16,9 @@
 //		return fmt.Errorf("engine %s: %w", host, tlsclient.Explain(err))
 //	}
 //
-// The files are read once, by Config: a reload of attache's configuration
-// builds new settings, and so picks up renewed certificates.
+// The CA file is read once, by Config; the client certificate and key are
+// read again at every handshake, so a renewed certificate is used from the
+// next connection on.
 package tlsclient
 
 import (
@@ -63,13 +64,24 @@ func (f Files) Config() (*tls.Config, error) {
 		conf.RootCAs = pool
 	}
 	if f.Cert != "" {
-		cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
-		if err != nil {
-			return nil, fmt.Errorf("tls: client certificate %s with key %s: %w", f.Cert, f.Key, err)
+		if _, err := f.clientCert(); err != nil {
+			return nil, err
 		}
-		conf.Certificates = []tls.Certificate{cert}
+		// Read at every handshake, so that a renewed certificate is sent
+		// on the next connection without a restart. It is sent whatever
+		// CAs the server names: a refusal then says which certificate
+		// was refused, where not sending it would only say none came.
+		conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return f.clientCert() }
 	}
 	return conf, nil
+}
+
+func (f Files) clientCert() (*tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls: client certificate %s with key %s: %w", f.Cert, f.Key, err)
+	}
+	return &cert, nil
 }
 
 // Error is a TLS failure with what it means in words.
@@ -126,9 +138,7 @@ func explain(err error) string {
 	if errors.As(err, &op) && op.Op == "remote error" {
 		alert := strings.TrimPrefix(op.Err.Error(), "tls: ")
 		if alert == "certificate required" {
-			// A Go client sends its certificate only when it is signed by
-			// one of the CAs the server names.
-			return "the server requires a client certificate and none was sent (none is configured, or it is not signed by a CA the server accepts)"
+			return "the server requires a client certificate and none is configured"
 		}
 		for _, a := range remoteAlerts {
 			if alert == a {

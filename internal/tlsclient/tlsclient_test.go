@@ -32,9 +32,8 @@ func TestExplainHandshakes(t *testing.T) {
 	clientCert, clientKey := pki.Issue(t, certs.Request{Name: "attache"})
 	rogueCert, rogueKey := rogue.Issue(t, certs.Request{Name: "attache"})
 
-	verifying := serveTLS(t, serverCert, serverKey, pki.CAFile, true)
-	unnamed := serveTLS(t, serverCert, serverKey, pki.CAFile, false)
-	expired := serveTLS(t, oldCert, oldKey, "", false)
+	verifying := serveTLS(t, serverCert, serverKey, pki.CAFile)
+	expired := serveTLS(t, oldCert, oldKey, "")
 	plain := servePlain(t)
 
 	tests := []struct {
@@ -51,20 +50,20 @@ func TestExplainHandshakes(t *testing.T) {
 		{"name mismatch", verifying, Files{CA: pki.CAFile, Cert: clientCert, Key: clientKey, ServerName: "other.test"},
 			`TLS: name mismatch: the server's certificate is not valid for "other.test"`},
 		{"expired", expired, Files{CA: pki.CAFile}, "TLS: certificate expired"},
-		// A server that names the CAs it accepts is not sent a certificate
-		// from another one; one that does not name them gets it and refuses it.
+		// Sent although the server names only the CA that did not sign it.
 		{"client certificate from another CA", verifying, Files{CA: pki.CAFile, Cert: rogueCert, Key: rogueKey},
-			"TLS: the server requires a client certificate and none was sent"},
-		{"client certificate from another CA, CAs not named", unnamed, Files{CA: pki.CAFile, Cert: rogueCert, Key: rogueKey},
-			"TLS: the server refused the client certificate (bad certificate)"},
-		{"served, CAs not named", unnamed, Files{CA: pki.CAFile, Cert: clientCert, Key: clientKey}, ""},
+			"TLS: the server refused the client certificate (unknown certificate authority)"},
 		{"no client certificate", verifying, Files{CA: pki.CAFile},
-			"TLS: the server requires a client certificate and none was sent"},
+			"TLS: the server requires a client certificate and none is configured"},
 		{"plain text", plain, Files{CA: pki.CAFile}, "TLS: not TLS: the server did not answer in TLS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Explain(roundTrip(t, tt.addr, tt.files))
+			conf, err := tt.files.Config()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = Explain(roundTrip(t, tt.addr, conf))
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("round trip: %v", err)
@@ -79,6 +78,42 @@ func TestExplainHandshakes(t *testing.T) {
 				t.Fatalf("error %v is not an *Error wrapping the cause", err)
 			}
 		})
+	}
+}
+
+// The client certificate is read at every handshake: one renewed on disk
+// is sent on the next connection by the same configuration.
+func TestClientCertificateRenewed(t *testing.T) {
+	pki := testenv.NewPKI(t, "renew-ca")
+	rogue := testenv.NewPKI(t, "other-ca")
+	serverCert, serverKey := pki.Issue(t, certs.Request{Name: "source.test", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	addr := serveTLS(t, serverCert, serverKey, pki.CAFile)
+	goodCert, goodKey := pki.Issue(t, certs.Request{Name: "good"})
+	badCert, badKey := rogue.Issue(t, certs.Request{Name: "bad"})
+	dir := t.TempDir()
+	f := Files{CA: pki.CAFile, Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
+	install := func(cert, key string) {
+		for from, to := range map[string]string{cert: f.Cert, key: f.Key} {
+			data, err := os.ReadFile(from)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(to, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(badCert, badKey)
+	conf, err := f.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Explain(roundTrip(t, addr, conf)); err == nil || !strings.Contains(err.Error(), "refused the client certificate") {
+		t.Fatalf("with the other CA's certificate: %v, want it refused", err)
+	}
+	install(goodCert, goodKey)
+	if err := roundTrip(t, addr, conf); err != nil {
+		t.Fatalf("with the renewed certificate: %v", err)
 	}
 }
 
@@ -126,23 +161,19 @@ func TestConfigErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if conf.RootCAs == nil || len(conf.Certificates) != 1 || conf.ServerName != "x.test" {
-		t.Fatalf("Config() = roots %v, %d certificates, server name %q", conf.RootCAs, len(conf.Certificates), conf.ServerName)
+	if conf.RootCAs == nil || conf.GetClientCertificate == nil || conf.ServerName != "x.test" {
+		t.Fatalf("Config() = roots %v, client certificate %v, server name %q", conf.RootCAs, conf.GetClientCertificate != nil, conf.ServerName)
 	}
-	if conf, err := (Files{}).Config(); err != nil || conf.RootCAs != nil || len(conf.Certificates) != 0 {
+	if conf, err := (Files{}).Config(); err != nil || conf.RootCAs != nil || conf.GetClientCertificate != nil {
 		t.Fatalf("zero Files: Config() = %+v, %v; want the system's CAs and no certificate", conf, err)
 	}
 }
 
-// roundTrip dials addr with f's settings, writes a line and reads the
-// echo: with TLS 1.3 a server that refuses the client's certificate says
-// so after the client's side of the handshake is done, on the first read.
-func roundTrip(t *testing.T, addr string, f Files) error {
+// roundTrip dials addr with conf, writes a line and reads the echo: with
+// TLS 1.3 a server that refuses the client's certificate says so after the
+// client's side of the handshake is done, on the first read.
+func roundTrip(t *testing.T, addr string, conf *tls.Config) error {
 	t.Helper()
-	conf, err := f.Config()
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: deadline}, Config: conf}
 	c, err := d.Dial("tcp", addr)
 	if err != nil {
@@ -165,10 +196,8 @@ func roundTrip(t *testing.T, addr string, f Files) error {
 
 // serveTLS runs a TLS echo server on loopback with the certificate in
 // certFile and keyFile. With clientCA it requires client certificates
-// signed by that CA; nameCAs says whether it names that CA in its request
-// for one (crypto/tls does; a server may leave the list empty, and then a
-// client sends whatever certificate it has).
-func serveTLS(t *testing.T, certFile, keyFile, clientCA string, nameCAs bool) string {
+// signed by that CA.
+func serveTLS(t *testing.T, certFile, keyFile, clientCA string) string {
 	t.Helper()
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -180,21 +209,9 @@ func serveTLS(t *testing.T, certFile, keyFile, clientCA string, nameCAs bool) st
 		if err != nil {
 			t.Fatal(err)
 		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
-		if nameCAs {
-			conf.ClientCAs, conf.ClientAuth = pool, tls.RequireAndVerifyClientCert
-		} else {
-			conf.ClientAuth = tls.RequireAnyClientCert
-			conf.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
-				leaf, err := x509.ParseCertificate(raw[0])
-				if err != nil {
-					return err
-				}
-				_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-				return err
-			}
-		}
+		conf.ClientCAs = x509.NewCertPool()
+		conf.ClientCAs.AppendCertsFromPEM(pem)
+		conf.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", conf)
 	if err != nil {

@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/attache/attache/internal/cli.Version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test deps lint unit fuzz-smoke build image image-smoke demo bench
+.PHONY: test deps lint unit fuzz-smoke build image image-smoke demo bench torture
 
 test: deps lint unit fuzz-smoke image-smoke
 
@@ -58,3 +58,10 @@ demo:
 bench:
 	bash scripts/deps.sh socat haproxy iperf3
 	bash bench/run.sh
+
+# The data path's torture suite, long profile (test/torture; the short one
+# runs in unit): waves of hundreds of connections at once through every
+# topology for TORTURE_DURATION (default 30m); it logs the seed and figures.
+torture:
+	bash scripts/deps.sh
+	$(GO) test -count=1 -timeout 0 -run '^TestTorture$$' -v ./test/torture -torture.duration=$${TORTURE_DURATION:-30m}

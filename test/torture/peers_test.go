@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -245,6 +246,7 @@ func newInStream(ctx context.Context, c sock, how receiver, d direction, p paylo
 		for range 1 + rng.IntN(2) {
 			in.stops = append(in.stops, rng.Int64N(want))
 		}
+		slices.Sort(in.stops)
 	}
 	return in
 }

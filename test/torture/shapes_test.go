@@ -42,7 +42,7 @@ type session struct {
 	backendStarted atomic.Bool // the backend end has the header
 	mu             sync.Mutex
 	socks          []sock     // both ends' sockets, to expire on a stall
-	ports          []int      // their local ports, for ss
+	ports          []int      // their ports on the proxies' side (client port, last hop's port), for ss
 	backendErr     chan error // the backend end's outcome
 	progress       [2]struct {
 		out *outStream

@@ -4,7 +4,7 @@
 # anyway). Needs root or sudo; does nothing when everything is present.
 set -euo pipefail
 need=()
-for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 procps git nginx curl iperf3 "$@"; do
+for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 procps git nginx curl iperf3 socat "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -16,6 +16,7 @@ import (
 	"github.com/attache/attache/internal/discovery/dns"
 	"github.com/attache/attache/internal/discovery/docker"
 	"github.com/attache/attache/internal/discovery/etcd"
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // discoveryRun is a set of providers built from one configuration, and the
@@ -125,14 +126,24 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 	}
 	if len(dockerFor) > 0 {
 		dc := cfg.Discovery.Docker
-		p, err := docker.New(docker.Config{Host: dc.Host, Label: dc.Label, PortLabel: dc.PortLabel, Network: dc.Network,
-			Services: slices.Sorted(maps.Keys(dockerFor)), Logger: log})
+		p, err := docker.New(docker.Config{Host: dc.Host, TLS: dockerTLS(dc), Label: dc.Label, PortLabel: dc.PortLabel,
+			Network: dc.Network, Services: slices.Sorted(maps.Keys(dockerFor)), Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("discovery (docker): %w", err)
 		}
 		run.providers = append(run.providers, renamed{Provider: p, to: dockerFor})
 	}
 	return run, nil
+}
+
+// dockerTLS is the file's discovery.docker.tls for the docker package;
+// nil leaves TLS to the docker CLI's variables.
+func dockerTLS(dc config.DockerDiscovery) *tlsclient.Files {
+	if dc.TLS == nil {
+		return nil
+	}
+	f := tlsclient.Files(*dc.TLS)
+	return &f
 }
 
 // renamed reports a provider's services under other names: Docker label

@@ -22,6 +22,7 @@
 package tlsclient
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -29,6 +30,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 )
 
 // Files names a client's TLS material. The zero value verifies the server
@@ -82,6 +84,70 @@ func (f Files) clientCert() (*tls.Certificate, error) {
 		return nil, fmt.Errorf("tls: client certificate %s with key %s: %w", f.Cert, f.Key, err)
 	}
 	return &cert, nil
+}
+
+// DialFunc opens the connection TLS runs over, as net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Dial connects to addr with dial and does the TLS handshake with conf, its
+// ServerName defaulting to addr's host; it suits http.Transport's
+// DialTLSContext. The connection it returns reports the server's alert in
+// place of the write error the alert causes: with TLS 1.3 a server refuses
+// a client certificate after the client's side of the handshake is done,
+// and then often resets the connection before the client's first request
+// is written. The write fails, while the alert that says why waits, unread,
+// in the socket.
+func Dial(ctx context.Context, dial DialFunc, conf *tls.Config, network, addr string) (net.Conn, error) {
+	raw, err := dial(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	if conf.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		conf = conf.Clone()
+		conf.ServerName = host
+	}
+	c := tls.Client(raw, conf)
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return alertConn{c}, nil
+}
+
+// alertConn is a client TLS connection whose failed writes report the
+// server's alert, when one came before the failure.
+type alertConn struct{ *tls.Conn }
+
+func (c alertConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		if alert := c.alert(); alert != nil {
+			return n, alert
+		}
+	}
+	return n, err
+}
+
+// alert reads what the server sent before the connection broke. After a
+// failed write the connection is over, so the read returns at once; the
+// deadline only bounds one that a failure of another kind left open.
+func (c alertConn) alert() error {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(time.Second))
+	_, err := c.Conn.Read(make([]byte, 1))
+	if isRemoteAlert(err) {
+		return err
+	}
+	return nil
+}
+
+// isRemoteAlert reports whether err is an alert the server sent.
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
 }
 
 // Error is a TLS failure with what it means in words.

@@ -117,6 +117,56 @@ func TestClientCertificateRenewed(t *testing.T) {
 	}
 }
 
+// A connection from Dial whose certificate the server refused reports the
+// refusal on the write that fails, which is where an HTTP client sees it
+// when the server's reset beats its first request. Every write is retried
+// until one fails, so the test does not depend on when the reset comes.
+func TestDialReportsAlertOnWrite(t *testing.T) {
+	pki := testenv.NewPKI(t, "dial-ca")
+	rogue := testenv.NewPKI(t, "dial-rogue")
+	serverCert, serverKey := pki.Issue(t, certs.Request{Name: "source.test", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	addr := serveTLS(t, serverCert, serverKey, pki.CAFile)
+	dial := (&net.Dialer{Timeout: deadline}).DialContext
+	config := func(f Files) *tls.Config {
+		conf, err := f.Config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conf
+	}
+
+	goodCert, goodKey := pki.Issue(t, certs.Request{Name: "good"})
+	c, err := Dial(t.Context(), dial, config(Files{CA: pki.CAFile, Cert: goodCert, Key: goodKey}), "tcp", addr)
+	if err != nil {
+		t.Fatalf("Dial with the server name taken from the address: %v", err)
+	}
+	_ = c.SetDeadline(time.Now().Add(deadline))
+	buf := make([]byte, 5)
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("echo %q, %v", buf, err)
+	}
+	c.Close()
+
+	badCert, badKey := rogue.Issue(t, certs.Request{Name: "bad"})
+	for range 5 {
+		c, err := Dial(t.Context(), dial, config(Files{CA: pki.CAFile, Cert: badCert, Key: badKey}), "tcp", addr)
+		if err != nil {
+			t.Fatalf("Dial: %v (the refusal comes after the client's side of the handshake)", err)
+		}
+		_ = c.SetDeadline(time.Now().Add(deadline))
+		for err == nil {
+			_, err = io.WriteString(c, "ping\n")
+		}
+		c.Close()
+		if got := Explain(err); !strings.HasPrefix(got.Error(), "TLS: the server refused the client certificate (unknown certificate authority)") {
+			t.Fatalf("failed write: %v, want the server's alert", got)
+		}
+	}
+}
+
 // Errors that are not about TLS pass through untouched.
 func TestExplainOther(t *testing.T) {
 	if Explain(nil) != nil {

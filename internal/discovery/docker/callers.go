@@ -7,10 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // Callers finds which running container a connection comes from, by its
@@ -57,16 +58,11 @@ type Caller struct {
 const ConnectLabel = "attache.connect."
 
 // NewCallers returns Callers for the engine at host (DOCKER_HOST form; ""
-// is $DOCKER_HOST, else the default socket). Run must run for the cache to
-// be used.
-func NewCallers(host string, log *slog.Logger) (*Callers, error) {
-	if host == "" {
-		host = os.Getenv("DOCKER_HOST")
-	}
-	if host == "" {
-		host = DefaultHost
-	}
-	eng, err := newEngine(host)
+// is $DOCKER_HOST, else the default socket), reached over TLS as
+// Config.TLS says for the provider. Run must run for the cache to be used.
+func NewCallers(host string, tlsFiles *tlsclient.Files, log *slog.Logger) (*Callers, error) {
+	host = hostOrDefault(host)
+	eng, err := dialEngine(host, tlsFiles)
 	if err != nil {
 		return nil, fmt.Errorf("per-consumer backends: %w", err)
 	}
@@ -81,6 +77,7 @@ func NewCallers(host string, log *slog.Logger) (*Callers, error) {
 func (c *Callers) Run(ctx context.Context) {
 	defer c.eng.close()
 	backoff := minBackoff
+	var failures repeated
 	for {
 		opened, err := c.follow(ctx)
 		c.setLive(false)
@@ -91,7 +88,7 @@ func (c *Callers) Run(ctx context.Context) {
 		if opened {
 			backoff = minBackoff
 		}
-		c.log.Warn("docker: lost the engine's events; caller lookups are not cached until it is back",
+		c.log.Log(ctx, failures.level(err, opened), "docker: lost the engine's events; caller lookups are not cached until it is back",
 			"error", err, "retry_in", backoff)
 		t := time.NewTimer(backoff)
 		select {

@@ -22,7 +22,7 @@ func TestCallers(t *testing.T) {
 		Labels: map[string]string{"attache.connect.6379": "label-loses:1", "attache.connect.5432": "pg:5432"}})
 	c2 := testenv.RunContainer(t, testenv.ContainerSpec{Network: nw.ID})
 
-	callers, err := NewCallers("unix://"+testenv.DockerSocket(t), nil)
+	callers, err := NewCallers("unix://"+testenv.DockerSocket(t), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // errNotFound is returned by inspect when the container no longer exists.
@@ -26,6 +28,9 @@ var errNotFound = errors.New("no such container")
 // has no timeout: it is open for as long as the provider runs.
 const requestTimeout = 30 * time.Second
 
+// dialTimeout bounds a connection to the engine, TLS handshake included.
+const dialTimeout = 10 * time.Second
+
 // engine talks to one Docker engine.
 type engine struct {
 	hc   *http.Client
@@ -34,14 +39,19 @@ type engine struct {
 }
 
 // newEngine parses host in DOCKER_HOST form: unix:///path/to/docker.sock or
-// tcp://host[:port] (port 2375 when absent). TLS (DOCKER_TLS_VERIFY) and
-// ssh:// are not supported.
-func newEngine(host string) (*engine, error) {
+// tcp://host[:port] (port 2375 when absent, 2376 with TLS, as the docker
+// CLI has it). With tlsFiles a tcp:// engine is reached over TLS; its
+// files are read here, so a missing one is an error before anything starts.
+// ssh:// is not supported.
+func newEngine(host string, tlsFiles *tlsclient.Files) (*engine, error) {
 	u, err := url.Parse(host)
 	if err != nil {
 		return nil, fmt.Errorf("docker host %q: %w", host, err)
 	}
-	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	if tlsFiles != nil && u.Scheme != "tcp" {
+		return nil, fmt.Errorf("docker host %q: TLS is for tcp:// hosts", host)
+	}
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}
 	tr := &http.Transport{
 		MaxIdleConns:    4,
 		IdleConnTimeout: 90 * time.Second,
@@ -68,12 +78,28 @@ func newEngine(host string) (*engine, error) {
 		if u.Host == "" {
 			return nil, fmt.Errorf("docker host %q: want tcp://host:port", host)
 		}
-		addr := u.Host
+		addr, scheme, port := u.Host, "http", "2375"
+		if tlsFiles != nil {
+			conf, err := tlsFiles.Config()
+			if err != nil {
+				return nil, fmt.Errorf("docker host %q: %w", host, err)
+			}
+			// Dialled by tlsclient, so that an engine refusing the
+			// client certificate is reported as such.
+			tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				// The events stream's context has no deadline: bound
+				// the connect and the handshake here.
+				ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+				defer cancel()
+				return tlsclient.Dial(ctx, dialer.DialContext, conf, network, addr)
+			}
+			scheme, port = "https", "2376"
+		}
 		if u.Port() == "" {
-			addr = net.JoinHostPort(u.Hostname(), "2375")
+			addr = net.JoinHostPort(u.Hostname(), port)
 		}
 		tr.DialContext = dialer.DialContext
-		e.base = "http://" + addr
+		e.base = scheme + "://" + addr
 	default:
 		return nil, fmt.Errorf("docker host %q: scheme %q is not supported, want unix:// or tcp://", host, u.Scheme)
 	}
@@ -147,7 +173,7 @@ func (e *engine) events(ctx context.Context, prefix string, filters map[string][
 	}
 	resp, err := e.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("docker events on %s: %w", e.host, err)
+		return nil, fmt.Errorf("docker events on %s: %w", e.host, tlsclient.Explain(err))
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -226,7 +252,7 @@ func (e *engine) getJSON(ctx context.Context, path string, q url.Values, out any
 	}
 	resp, err := e.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("docker GET %s on %s: %w", path, e.host, err)
+		return fmt.Errorf("docker GET %s on %s: %w", path, e.host, tlsclient.Explain(err))
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {

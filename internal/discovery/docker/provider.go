@@ -30,7 +30,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,6 +38,7 @@ import (
 
 	"github.com/attache/attache/internal/backend"
 	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // Defaults for Config fields left empty.
@@ -65,8 +65,14 @@ const maxWeight = 10000
 type Config struct {
 	// Host is the engine's address in DOCKER_HOST form: unix:///path or
 	// tcp://host:port. Empty means the DOCKER_HOST environment variable,
-	// else unix:///var/run/docker.sock. TLS is not supported.
+	// else unix:///var/run/docker.sock.
 	Host string
+	// TLS, when set, is how a tcp:// engine is reached over TLS. nil means
+	// the docker CLI's variables: DOCKER_TLS_VERIFY (or DOCKER_TLS) turns
+	// TLS on with ca.pem, cert.pem and key.pem from DOCKER_CERT_PATH
+	// (default ~/.docker), each used if it exists. The engine's
+	// certificate is always checked.
+	TLS *tlsclient.Files
 	// Label is the container label whose value names the attache service,
 	// default "attache.service".
 	Label string
@@ -130,12 +136,7 @@ var _ discovery.Provider = (*Provider)(nil)
 // yet: an engine that is down at start-up is retried by Run like one that
 // goes away later.
 func New(cfg Config) (*Provider, error) {
-	if cfg.Host == "" {
-		cfg.Host = os.Getenv("DOCKER_HOST")
-	}
-	if cfg.Host == "" {
-		cfg.Host = DefaultHost
-	}
+	cfg.Host = hostOrDefault(cfg.Host)
 	cfg.Label = cmp.Or(cfg.Label, DefaultLabel)
 	cfg.PortLabel = cmp.Or(cfg.PortLabel, DefaultPortLabel)
 	cfg.WeightLabel = cmp.Or(cfg.WeightLabel, DefaultWeightLabel)
@@ -154,7 +155,7 @@ func New(cfg Config) (*Provider, error) {
 		services[s] = true
 	}
 	cfg.Services = slices.Sorted(maps.Keys(services))
-	eng, err := newEngine(cfg.Host)
+	eng, err := dialEngine(cfg.Host, cfg.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("docker discovery: %w", err)
 	}
@@ -190,6 +191,7 @@ func (p *Provider) Run(ctx context.Context, out chan<- discovery.Snapshot) error
 	defer p.eng.close()
 	w := &watch{p: p, out: out, tracked: map[string]tracked{}}
 	backoff := minBackoff
+	var failures repeated
 	for {
 		synced, err := w.session(ctx)
 		if ctx.Err() != nil {
@@ -201,7 +203,7 @@ func (p *Provider) Run(ctx context.Context, out chan<- discovery.Snapshot) error
 			// The stream worked before it broke: retry quickly.
 			backoff = minBackoff
 		}
-		p.log.Warn("docker: lost the engine; keeping the last snapshot and reconnecting",
+		p.log.Log(ctx, failures.level(err, synced), "docker: lost the engine; keeping the last snapshot and reconnecting",
 			"err", err, "retry_in", backoff)
 		t := time.NewTimer(backoff)
 		select {

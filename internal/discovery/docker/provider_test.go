@@ -170,11 +170,7 @@ func TestNetworkPreference(t *testing.T) {
 func TestReconnectsAndResyncs(t *testing.T) {
 	t.Parallel()
 	testenv.DockerAvailable(t)
-	nw := testenv.NewDockerNetwork(t)
-	svc := uniqueService("cache")
-	labels := map[string]string{DefaultLabel: svc, DefaultPortLabel: "7000"}
-	c1 := testenv.RunContainer(t, testenv.ContainerSpec{Labels: labels, Network: nw.Name})
-	c2 := testenv.RunContainer(t, testenv.ContainerSpec{Labels: labels, Network: nw.Name})
+	svc, nw, c1, c2 := labelledPair(t, "cache")
 	ep1 := backend.Endpoint{Addr: net.JoinHostPort(c1.IP(t, nw.Name), "7000")}
 	ep2 := backend.Endpoint{Addr: net.JoinHostPort(c2.IP(t, nw.Name), "7000")}
 
@@ -535,6 +531,18 @@ func assertGreets(t *testing.T, addr string, c testenv.DockerContainer) {
 	if echo, err := r.ReadString('\n'); err != nil || echo != "ping\n" {
 		t.Fatalf("echo from %s = %q, %v; want \"ping\\n\"", addr, echo, err)
 	}
+}
+
+// labelledPair runs two containers of a new service (named after prefix)
+// on a new network, labelled to serve on port 7000.
+func labelledPair(t *testing.T, prefix string) (svc string, nw testenv.DockerNetwork, c1, c2 testenv.DockerContainer) {
+	t.Helper()
+	nw = testenv.NewDockerNetwork(t)
+	svc = uniqueService(prefix)
+	labels := map[string]string{DefaultLabel: svc, DefaultPortLabel: "7000"}
+	c1 = testenv.RunContainer(t, testenv.ContainerSpec{Labels: labels, Network: nw.Name})
+	c2 = testenv.RunContainer(t, testenv.ContainerSpec{Labels: labels, Network: nw.Name})
+	return svc, nw, c1, c2
 }
 
 func uniqueService(prefix string) string {

@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/attache/attache/internal/buildinfo"
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/daemon"
 	"github.com/attache/attache/internal/listen"
@@ -31,6 +32,7 @@ const (
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
+// Left "dev", the binary's module version is reported (buildinfo.Version).
 var Version = "dev"
 
 // Env is what a command sees of the outside world.
@@ -133,7 +135,7 @@ func Main(ctx context.Context, e Env) int {
 	}
 	switch cmd {
 	case "version":
-		fmt.Fprintln(e.Stdout, "attache", Version)
+		fmt.Fprintln(e.Stdout, "attache", buildinfo.Version(Version))
 		return ExitOK
 	case "help":
 		newFlagSet("attache", e.Stdout, &runFlags{}).Usage()
@@ -165,7 +167,7 @@ func Main(ctx context.Context, e Env) int {
 		}
 	})
 	if f.version {
-		fmt.Fprintln(e.Stdout, "attache", Version)
+		fmt.Fprintln(e.Stdout, "attache", buildinfo.Version(Version))
 		return ExitOK
 	}
 	handler, err := logHandler(f.logFormat, f.logLevel)
@@ -215,7 +217,7 @@ func Main(ctx context.Context, e Env) int {
 		LogOutput: logOut, LogHandler: handler, // access lines: buffered, see daemon/accesslog.go
 		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
 		Upgrade: e.Upgrade, Inherited: inherited, PIDFile: f.pidFile,
-		Reload: e.Reload, Loops: f.loops,
+		Reload: e.Reload, Loops: f.loops, Version: buildinfo.Version(Version),
 		Load: func() (*config.Config, error) { return config.Load(src) },
 	})
 	if err != nil {

@@ -10,6 +10,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -89,6 +90,10 @@ type Options struct {
 	// listener serves, and removed at exit unless a newer process has
 	// rewritten it.
 	PIDFile string
+	// Version is this build's version (buildinfo.Version), served as the
+	// attache_build_info metric's version label and on the status page;
+	// empty is "dev".
+	Version string
 }
 
 // Bound is an open listener.
@@ -198,7 +203,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		link:       lr,
 		transp:     tr,
 	}
-	reg, reloads := newRegistry(d)
+	reg, reloads := newRegistry(d, cmp.Or(opts.Version, "dev"))
 	d.registerLinkMetrics(reg, lr)
 	reg.MustRegister(udpCollector{d})
 	if tr != nil {
@@ -229,7 +234,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	var adminWG sync.WaitGroup
 	if adminLn != nil {
 		srv := &admin.Server{State: adminState{d}, Control: adminState{d}, Token: opts.AdminToken,
-			Gatherer: reg, Logger: log.With("component", "admin")}
+			Gatherer: reg, Logger: log.With("component", "admin"), Version: opts.Version}
 		log.Info("admin API listening", "addr", adminLn.Addr().String())
 		adminWG.Go(func() {
 			if err := srv.Serve(adminCtx, adminLn); err != nil {

@@ -2,11 +2,14 @@ package daemon
 
 import (
 	"cmp"
+	"runtime"
 	"slices"
 
+	"github.com/attache/attache/internal/buildinfo"
 	"github.com/attache/attache/internal/discovery"
 	"github.com/attache/attache/internal/proxy"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Metrics. The proxy's counters are atomics the data path keeps anyway
@@ -159,9 +162,13 @@ func boolInt(b bool) int64 {
 // one: two daemons in one test binary must not share series) with the
 // live-state collector and the event counters, and the reload counter. The
 // reload results start at 0 so a dashboard sees the series before the
-// first reload. It sets d.discoveryUpdates, which outlives reloads.
-func newRegistry(d *daemon) (*prometheus.Registry, *prometheus.CounterVec) {
+// first reload. It sets d.discoveryUpdates, which outlives reloads. The
+// standard Go runtime (go_*) and process (process_*) collectors and
+// attache_build_info{version,goversion} come with it.
+func newRegistry(d *daemon, version string) (*prometheus.Registry, *prometheus.CounterVec) {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(buildinfo.Collector(version, runtime.Version()),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "attache_reload_total",
 		Help: "Configuration reloads by result: success, or failure (the old configuration kept serving).",

@@ -1,11 +1,13 @@
 package docker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -123,6 +125,31 @@ func TestTLSEngineCertificateRefused(t *testing.T) {
 		waitFor(t, "an error: "+tc.want, func() bool { return strings.Contains(p.Status().LastError, want) })
 		waitFor(t, "the error in the log", func() bool { return warnings(t, logs, tc.want) == 1 })
 	}
+}
+
+// Transparent mode's caller lookups reach the engine over TLS the same way
+// (here from the file's settings), and follow its events there.
+func TestTLSCallers(t *testing.T) {
+	t.Parallel()
+	front := testenv.StartDockerTLS(t)
+	nw := testenv.NewDockerNetwork(t)
+	c := testenv.RunContainer(t, testenv.ContainerSpec{Network: nw.ID, Env: []string{"BACKEND_6379=10.0.0.5:6379"}})
+	dir := front.CertPath
+	callers, err := NewCallers("tcp://"+front.Addr,
+		&tlsclient.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { callers.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	cl, err := callers.Lookup(t.Context(), netip.MustParseAddr(c.IP(t, nw.Name)))
+	if err != nil || cl == nil || cl.ID != c.ID || cl.Connect[6379] != "10.0.0.5:6379" {
+		t.Fatalf("Lookup over TLS = %+v, %v; want container %s choosing 10.0.0.5:6379", cl, err, c.Name)
+	}
+	waitFor(t, "the events stream over TLS", callers.Live)
 }
 
 // --- tests without the engine ---

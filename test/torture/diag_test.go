@@ -115,7 +115,7 @@ func goroutineStacks() string {
 var (
 	goroutineHeadRE = regexp.MustCompile(`^goroutine \d+ (?:gp=\S+ m=\S+ (?:mp=\S+ )?)?\[([^,\]]+)`)
 	frameArgsRE     = regexp.MustCompile(`\([^()]*\)$`)
-	frameOffRE      = regexp.MustCompile(` \+0x[0-9a-f]+$| fp=.*$`)
+	frameOffRE      = regexp.MustCompile(` \+0x[0-9a-f]+( fp=.*)?$`)
 )
 
 // groupStacks folds a Go goroutine dump: goroutines whose state and

@@ -132,7 +132,7 @@ main.g(0xc000012345?)
 
 goroutine 8 [IO wait]:
 main.g(0xc000099999?)
-	/src/a.go:20 +0x2a
+	/src/a.go:20 +0x2a fp=0xc000 sp=0xc001 pc=0x4ada19
 `
 	got := groupStacks(dump)
 	if !strings.Contains(got, "2 goroutine(s) [IO wait]\nmain.g(...)\n\t/src/a.go:20") {

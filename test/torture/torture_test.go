@@ -50,8 +50,12 @@ type counters struct {
 }
 
 func (c *counters) String() string {
-	return fmt.Sprintf("transfers=%d failed=%d bytes=%d stalls=%d corruptions=%d truncations=%d",
+	s := fmt.Sprintf("transfers=%d failed=%d bytes=%d stalls=%d corruptions=%d truncations=%d",
 		c.transfers.Load(), c.failed.Load(), c.bytes.Load(), c.stalls.Load(), c.corruptions.Load(), c.truncations.Load())
+	if n := c.afterDump.Load(); n > 0 {
+		s += fmt.Sprintf(" after_dump=%d", n)
+	}
+	return s
 }
 
 // runEnv is one run: the binary, the backends, the sessions and figures.
@@ -195,13 +199,13 @@ func (env *runEnv) wave(rng *rand.Rand, topos []*topology, id *uint64) int {
 		plan *plan
 	}
 	var jobs []job
-	next := func(topo *topology) *plan {
+	next := func() *plan {
 		*id++
 		return randomPlan(rng, env.seed, *id, env.prof.sizes)
 	}
 	for _, topo := range topos {
 		for s := range numSenders {
-			p := next(topo)
+			p := next()
 			p.shape, p.upSend, p.downSend = shapeBoth, s, s
 			p.upRecv, p.downRecv = receiver(int(s)%int(numReceivers)), receiver(int(s+1)%int(numReceivers))
 			// Past the 1 MiB splice pipe each way.
@@ -210,7 +214,7 @@ func (env *runEnv) wave(rng *rand.Rand, topos []*topology, id *uint64) int {
 			jobs = append(jobs, job{topo, p})
 		}
 		for sh := range numShapes {
-			p := next(topo)
+			p := next()
 			p.shape = sh
 			p.setSizes(rng, env.prof.sizes)
 			jobs = append(jobs, job{topo, p})
@@ -218,7 +222,7 @@ func (env *runEnv) wave(rng *rand.Rand, topos []*topology, id *uint64) int {
 	}
 	for len(jobs) < env.prof.conns {
 		topo := topos[rng.IntN(len(topos))]
-		jobs = append(jobs, job{topo, next(topo)})
+		jobs = append(jobs, job{topo, next()})
 	}
 	g := newGate(len(jobs))
 	var wg sync.WaitGroup

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/testenv"
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // TestCallers finds containers by address on a user-defined network, reads
@@ -22,14 +23,7 @@ func TestCallers(t *testing.T) {
 		Labels: map[string]string{"attache.connect.6379": "label-loses:1", "attache.connect.5432": "pg:5432"}})
 	c2 := testenv.RunContainer(t, testenv.ContainerSpec{Network: nw.ID})
 
-	callers, err := NewCallers("unix://"+testenv.DockerSocket(t), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { callers.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	callers := runCallers(t, "unix://"+testenv.DockerSocket(t), nil)
 
 	lookup := func(ip string) *Caller {
 		t.Helper()
@@ -93,4 +87,18 @@ func TestPortSuffix(t *testing.T) {
 			t.Errorf("portSuffix(%q) = %d, %v; want %d", k, got, ok, want)
 		}
 	}
+}
+
+// runCallers makes Callers for host and runs them until the test ends.
+func runCallers(t *testing.T, host string, tlsFiles *tlsclient.Files) *Callers {
+	t.Helper()
+	callers, err := NewCallers(host, tlsFiles, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { callers.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return callers
 }

@@ -1,7 +1,6 @@
 package docker
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,7 +60,7 @@ func TestTLSWrongClientCertificate(t *testing.T) {
 	ep2 := backend.Endpoint{Addr: net.JoinHostPort(c2.IP(t, nw.Name), "7000")}
 
 	dir := front.CertPath
-	files := &tlsclient.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
+	files := certPathFiles(dir)
 	p, snaps, logs := startProvider(t, Config{Host: "tcp://" + front.Addr, TLS: files, Services: []string{svc}})
 	nextServices(t, snaps, "sync with the right certificate", map[string][]backend.Endpoint{svc: {ep1, ep2}})
 	waitFor(t, "connected", func() bool { return p.Status().Connected })
@@ -100,8 +99,7 @@ func TestTLSWrongClientCertificate(t *testing.T) {
 func TestTLSEngineCertificateRefused(t *testing.T) {
 	t.Parallel()
 	front := testenv.StartDockerTLS(t)
-	dir := front.CertPath
-	client := tlsclient.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
+	client := *certPathFiles(front.CertPath)
 	svc := uniqueService("tlsname")
 
 	byName := client
@@ -134,16 +132,7 @@ func TestTLSCallers(t *testing.T) {
 	front := testenv.StartDockerTLS(t)
 	nw := testenv.NewDockerNetwork(t)
 	c := testenv.RunContainer(t, testenv.ContainerSpec{Network: nw.ID, Env: []string{"BACKEND_6379=10.0.0.5:6379"}})
-	dir := front.CertPath
-	callers, err := NewCallers("tcp://"+front.Addr,
-		&tlsclient.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { callers.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	callers := runCallers(t, "tcp://"+front.Addr, certPathFiles(front.CertPath))
 
 	cl, err := callers.Lookup(t.Context(), netip.MustParseAddr(c.IP(t, nw.Name)))
 	if err != nil || cl == nil || cl.ID != c.ID || cl.Connect[6379] != "10.0.0.5:6379" {
@@ -246,6 +235,11 @@ func warnings(t *testing.T, logs *testenv.LogBuffer, sub string) int {
 		}
 	}
 	return n
+}
+
+// certPathFiles names the files of a DOCKER_CERT_PATH directory.
+func certPathFiles(dir string) *tlsclient.Files {
+	return &tlsclient.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem")}
 }
 
 // readCertPath and writeCertPath read and write a DOCKER_CERT_PATH's

@@ -206,7 +206,7 @@ func (env *runEnv) wave(rng *rand.Rand, topos []*topology, id *uint64) int {
 	for _, topo := range topos {
 		for s := range numSenders {
 			p := next()
-			p.shape, p.upSend, p.downSend = shapeBoth, s, s
+			p.shape, p.upSend, p.downSend, p.rounds = shapeBoth, s, s, 0
 			p.upRecv, p.downRecv = receiver(int(s)%int(numReceivers)), receiver(int(s+1)%int(numReceivers))
 			// Past the 1 MiB splice pipe each way.
 			p.up, p.down = 2<<20+rng.Int64N(2<<20), 2<<20+rng.Int64N(2<<20)

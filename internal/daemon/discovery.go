@@ -51,10 +51,16 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 		}
 	}
 	run := &discoveryRun{spec: spec}
+	// Providers are told apart by name: the merger keeps one snapshot per
+	// name, and metrics label by it. So etcd and Consul configurations are
+	// keyed by the name their provider will have, which says which cluster
+	// or agent it reaches and how: entries that reach the same one, however
+	// they spell it (the discovery section, or a URL naming the server),
+	// share a provider, and two providers never share a name.
 	var (
 		dnsCfg    = dns.Config{Server: cfg.Discovery.DNS.Server, MinTTL: cfg.Discovery.DNS.MinTTL, MaxTTL: cfg.Discovery.DNS.MaxTTL, Timeout: cfg.Discovery.DNS.Timeout}
-		etcdCfgs  = map[string]*etcd.Config{}   // by server ("" = the section's endpoints)
-		consulCfg = map[string]*consul.Config{} // by server ("" = the section's address)
+		etcdCfgs  = map[string]*etcd.Config{}   // by provider name
+		consulCfg = map[string]*consul.Config{} // by provider name
 		dockerFor = map[string][]string{}       // label value → attache services
 	)
 	for _, svc := range slices.Sorted(maps.Keys(spec.Entries)) {
@@ -65,26 +71,33 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 			case config.KindSRV:
 				dnsCfg.Queries = append(dnsCfg.Queries, dns.Query{Service: svc, Name: e.Name, Type: dns.SRV})
 			case config.KindEtcd:
-				c := etcdCfgs[e.Server]
+				eps := cfg.Discovery.Etcd.Endpoints
+				if e.Server != "" {
+					eps = []string{e.Server}
+				}
+				name := etcd.Name(eps)
+				c := etcdCfgs[name]
 				if c == nil {
-					eps := cfg.Discovery.Etcd.Endpoints
-					if e.Server != "" {
-						eps = []string{e.Server}
-					}
 					c = &etcd.Config{Endpoints: eps, Username: cfg.Discovery.Etcd.Username, Password: cfg.Discovery.Etcd.Password,
 						DialTimeout: cfg.Discovery.Etcd.DialTimeout, Logger: log}
-					etcdCfgs[e.Server] = c
+					etcdCfgs[name] = c
 				}
-				c.Watches = append(c.Watches, etcd.Watch{Service: svc, Key: e.Name})
+				if w := (etcd.Watch{Service: svc, Key: e.Name}); !slices.Contains(c.Watches, w) {
+					c.Watches = append(c.Watches, w)
+				}
 			case config.KindConsul, config.KindConsulKV:
-				c := consulCfg[e.Server]
+				addr := cfg.Discovery.Consul.Address
+				if e.Server != "" {
+					addr = e.Server
+				}
+				name, err := consul.Name(addr)
+				if err != nil {
+					return nil, fmt.Errorf("discovery (consul): service %s: %w", svc, err)
+				}
+				c := consulCfg[name]
 				if c == nil {
-					addr := cfg.Discovery.Consul.Address
-					if e.Server != "" {
-						addr = e.Server
-					}
 					c = &consul.Config{Address: addr, Token: cfg.Discovery.Consul.Token, Datacenter: cfg.Discovery.Consul.Datacenter, Logger: log}
-					consulCfg[e.Server] = c
+					consulCfg[name] = c
 				}
 				w := consul.Watch{Service: svc, Name: e.Name, Tag: e.Tag}
 				if e.Kind == config.KindConsulKV {
@@ -112,14 +125,14 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 			return nil, err
 		}
 	}
-	for _, server := range slices.Sorted(maps.Keys(etcdCfgs)) {
-		p, err := etcd.New(*etcdCfgs[server])
+	for _, name := range slices.Sorted(maps.Keys(etcdCfgs)) {
+		p, err := etcd.New(*etcdCfgs[name])
 		if err := add(p, err, "etcd"); err != nil {
 			return nil, err
 		}
 	}
-	for _, server := range slices.Sorted(maps.Keys(consulCfg)) {
-		p, err := consul.New(*consulCfg[server])
+	for _, name := range slices.Sorted(maps.Keys(consulCfg)) {
+		p, err := consul.New(*consulCfg[name])
 		if err := add(p, err, "consul"); err != nil {
 			return nil, err
 		}
@@ -207,7 +220,15 @@ func (d *daemon) startDiscovery(next *discoveryRun) {
 		return
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
-	d.runDiscovery(ctx, cancel, next, &discovery.Merger{Apply: d.applyDiscovered, Logger: d.log, Seed: seed})
+	m := &discovery.Merger{Apply: d.applyDiscovered, Logger: d.log, Seed: seed}
+	if d.discoveryUpdates != nil {
+		// Only the services' providers are counted, as only they are
+		// reported (readiness, /v1/discovery, the other discovery
+		// metrics): a per-consumer route's providers bear the same names
+		// and would add to these series.
+		m.OnSnapshot = func(provider string) { d.discoveryUpdates.WithLabelValues(provider).Inc() }
+	}
+	d.runDiscovery(ctx, cancel, next, m)
 	d.log.Info("discovery started", "providers", len(next.providers))
 }
 
@@ -218,9 +239,6 @@ func (d *daemon) startDiscovery(next *discoveryRun) {
 func (d *daemon) runDiscovery(ctx context.Context, cancel context.CancelFunc, r *discoveryRun, m *discovery.Merger) {
 	r.cancel = cancel
 	snaps := make(chan discovery.Snapshot)
-	if d.discoveryUpdates != nil {
-		m.OnSnapshot = func(provider string) { d.discoveryUpdates.WithLabelValues(provider).Inc() }
-	}
 	r.merger = m
 	r.wg.Go(func() { m.Run(ctx, snaps) })
 	for _, p := range r.providers {

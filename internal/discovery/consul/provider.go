@@ -134,16 +134,9 @@ const (
 
 // New checks cfg and returns a Provider; nothing is contacted until Run.
 func New(cfg Config) (*Provider, error) {
-	addr := cfg.Address
-	if addr == "" {
-		addr = os.Getenv("CONSUL_HTTP_ADDR")
-	}
-	if addr == "" {
-		addr = defaultAddress
-	}
-	base, err := parseAddress(addr)
+	base, err := agentURL(cfg.Address)
 	if err != nil {
-		return nil, fmt.Errorf("consul: %w", err)
+		return nil, err
 	}
 	token := cfg.Token
 	if token == "" {
@@ -174,7 +167,7 @@ func New(cfg Config) (*Provider, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	name := "consul " + base.Host
+	name := nameOf(base)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	// Every watch holds one connection for its blocking query; keep them
 	// all idle between queries instead of redialling.
@@ -223,7 +216,44 @@ func newWatcher(w Watch) (*watcher, error) {
 	return &watcher{w: w, st: WatchStatus{Service: w.Service, Source: source}}, nil
 }
 
-// Name is "consul host:port".
+// Name is the name of the provider New makes for address (Config.Address):
+// "consul host:port", or "consul https://host:port" over TLS, after the
+// defaults New applies (CONSUL_HTTP_ADDR, then 127.0.0.1:8500). Providers
+// are told apart by name (the discovery merger keeps one snapshot per name,
+// and metrics label by it); two addresses with one name reach one agent the
+// same way, so the daemon keys its providers by it and gives the watches of
+// both to one provider.
+func Name(address string) (string, error) {
+	base, err := agentURL(address)
+	if err != nil {
+		return "", err
+	}
+	return nameOf(base), nil
+}
+
+// agentURL is the agent's base URL for a Config.Address.
+func agentURL(address string) (*url.URL, error) {
+	if address == "" {
+		address = os.Getenv("CONSUL_HTTP_ADDR")
+	}
+	if address == "" {
+		address = defaultAddress
+	}
+	base, err := parseAddress(address)
+	if err != nil {
+		return nil, fmt.Errorf("consul: %w", err)
+	}
+	return base, nil
+}
+
+func nameOf(base *url.URL) string {
+	if base.Scheme == "https" {
+		return "consul " + base.String()
+	}
+	return "consul " + base.Host
+}
+
+// Name is the provider's name: see the function Name.
 func (p *Provider) Name() string { return p.name }
 
 // Status returns what every watch last saw, in configuration order.

@@ -88,7 +88,8 @@ func TestNewDefaults(t *testing.T) {
 	}{
 		{addr: "", name: "consul 127.0.0.1:8500"},
 		{env: "10.1.2.3:8501", name: "consul 10.1.2.3:8501"},
-		{env: "10.1.2.3:8501", addr: "https://consul.example:8443", name: "consul consul.example:8443"},
+		{env: "10.1.2.3:8501", addr: "https://consul.example:8443", name: "consul https://consul.example:8443"},
+		{addr: "http://consul.example:8443", name: "consul consul.example:8443"},
 		{addr: "consul.example", name: "consul consul.example:8500"},
 		{addr: "http://[::1]:8500", name: "consul [::1]:8500"},
 	}
@@ -98,8 +99,8 @@ func TestNewDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("New(address %q, env %q): %v", tt.addr, tt.env, err)
 		}
-		if p.Name() != tt.name {
-			t.Errorf("New(address %q, env %q).Name() = %q, want %q", tt.addr, tt.env, p.Name(), tt.name)
+		if name, err := Name(tt.addr); p.Name() != tt.name || name != tt.name || err != nil {
+			t.Errorf("New(address %q, env %q).Name() = %q, Name() = %q, %v; want %q", tt.addr, tt.env, p.Name(), name, err, tt.name)
 		}
 		if p.client.token != "from-env" || p.wait != defaultWait {
 			t.Errorf("token %q wait %v, want CONSUL_HTTP_TOKEN and %v", p.client.token, p.wait, defaultWait)

@@ -17,6 +17,8 @@
 //   - If neither exists, the service has no endpoints (and is still
 //     reported, with an empty list).
 //
+// A service watched through several keys has the union of their endpoints.
+//
 // Keys next to K that merely start with the same bytes (K + "-cache/x")
 // belong to another service and are ignored.
 //
@@ -97,7 +99,8 @@ type Config struct {
 	// DialTimeout bounds connecting and each full read of the watched keys.
 	// Zero means 5 s.
 	DialTimeout time.Duration
-	// Watches lists the keys to follow, one per attache service.
+	// Watches lists the keys to follow. A service may have several: its
+	// endpoints are the union of theirs.
 	Watches []Watch
 	// Logger receives malformed values and connection trouble; nil
 	// discards.
@@ -174,18 +177,18 @@ func New(cfg Config) (*Provider, error) {
 	if len(cfg.Watches) == 0 {
 		return nil, errors.New("etcd: no watches: want at least one service and key")
 	}
-	services := make(map[string]bool, len(cfg.Watches))
+	seen := make(map[Watch]int, len(cfg.Watches))
 	for i, w := range cfg.Watches {
 		if err := checkWatch(w); err != nil {
 			return nil, fmt.Errorf("etcd: watch %d: %w", i+1, err)
 		}
-		if services[w.Service] {
-			return nil, fmt.Errorf("etcd: watch %d: service %q is already watched; one key per service", i+1, w.Service)
+		if j, dup := seen[w]; dup {
+			return nil, fmt.Errorf("etcd: watch %d: service %q already watches key %q (watch %d)", i+1, w.Service, w.Key, j)
 		}
-		services[w.Service] = true
+		seen[w] = i + 1
 	}
 	p := &Provider{
-		name:        "etcd " + cfg.Endpoints[0],
+		name:        Name(cfg.Endpoints),
 		endpoints:   append([]string(nil), cfg.Endpoints...),
 		username:    cfg.Username,
 		password:    cfg.Password,
@@ -272,7 +275,16 @@ func ParseURL(s string) (endpoint, key string, err error) {
 	return endpoint, key, nil
 }
 
-// Name is "etcd " and the first endpoint, as the user wrote it.
+// Name is the name of the provider New makes for endpoints: "etcd " and
+// the endpoints as the user wrote them, comma-separated. Providers are told
+// apart by name (the discovery merger keeps one snapshot per name, and
+// metrics label by it), so the name says everything that makes one cluster
+// connection differ from another; the daemon keys its providers by it and
+// gives the watches of two entries that name the same endpoints to one
+// provider.
+func Name(endpoints []string) string { return "etcd " + strings.Join(endpoints, ",") }
+
+// Name is the provider's name: see the function Name.
 func (p *Provider) Name() string { return p.name }
 
 // Status returns a copy of the provider's current state.

@@ -194,6 +194,27 @@ func TestInitialState(t *testing.T) {
 	})
 }
 
+// TestServiceWithTwoKeys: a service fed by two keys (two discovery entries
+// of one service that reach the same cluster) has the union of their
+// endpoints, and follows either key.
+func TestServiceWithTwoKeys(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	e.Put(t, "/a/redis/1", "10.0.0.1:6379")
+	e.Put(t, "/a/list", "10.0.0.2:6379,10.0.0.1:6379")
+	h := startProvider(t, Config{
+		Endpoints: []string{e.Endpoint()},
+		Watches:   []Watch{{Service: "redis", Key: "/a/redis"}, {Service: "redis", Key: "/a/list"}},
+	})
+	h.expect("redis", "10.0.0.1:6379", "10.0.0.2:6379")
+	// 10.0.0.1 is still in /a/list: the union is unchanged and nothing is
+	// sent, so the next snapshot is the one after the following change.
+	e.Delete(t, "/a/redis/1")
+	e.Put(t, "/a/list", "10.0.0.3:6379")
+	h.expect("redis", "10.0.0.3:6379")
+	e.Delete(t, "/a/list")
+	h.expect("redis")
+}
+
 func TestChangesWhileRunning(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	e.Put(t, "/svc/web/1", "10.0.0.1:80")
@@ -466,7 +487,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"empty service", Config{Endpoints: []string{"h:1"}, Watches: []Watch{{Key: "/k"}}}, "watch 1: key \"/k\": empty service name"},
 		{"empty key", Config{Endpoints: []string{"h:1"}, Watches: []Watch{{Service: "s"}}}, `watch 1: service "s": empty key`},
 		{"trailing slash", Config{Endpoints: []string{"h:1"}, Watches: []Watch{{Service: "s", Key: "/k/"}}}, `ends with "/"`},
-		{"duplicate service", Config{Endpoints: []string{"h:1"}, Watches: []Watch{{Service: "s", Key: "/a"}, {Service: "s", Key: "/b"}}}, `watch 2: service "s" is already watched`},
+		{"duplicate watch", Config{Endpoints: []string{"h:1"}, Watches: []Watch{{Service: "s", Key: "/a"}, {Service: "t", Key: "/a"}, {Service: "s", Key: "/a"}}}, `watch 3: service "s" already watches key "/a" (watch 1)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -489,6 +510,16 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		if p.dialTimeout != defaultDialTimeout {
 			t.Errorf("default dial timeout = %v", p.dialTimeout)
 		}
+	}
+	// The name carries every endpoint: a cluster reached through a, b and
+	// one reached through a alone are two providers, and two providers
+	// must never share a name (the merger keeps snapshots by name).
+	p, err := New(Config{Endpoints: []string{"a:1", "b:2"}, Watches: ok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Name() != "etcd a:1,b:2" || p.Name() != Name([]string{"a:1", "b:2"}) || p.Name() == Name([]string{"a:1"}) {
+		t.Errorf("Name() = %q, want %q, unlike %q", p.Name(), "etcd a:1,b:2", Name([]string{"a:1"}))
 	}
 }
 

@@ -273,7 +273,13 @@ func (ks *keyState) endpoints(log *slog.Logger) []backend.Endpoint {
 func (s *state) publish(ctx context.Context, out chan<- discovery.Snapshot) error {
 	services := make(map[string][]backend.Endpoint, len(s.keys))
 	for _, ks := range s.keys {
-		services[ks.w.Service] = ks.endpoints(s.p.log)
+		services[ks.w.Service] = append(services[ks.w.Service], ks.endpoints(s.p.log)...)
+	}
+	for svc, eps := range services { // a service may have several keys
+		if eps = discovery.Normalize(eps); eps == nil {
+			eps = []backend.Endpoint{}
+		}
+		services[svc] = eps
 	}
 	if s.sent && maps.EqualFunc(services, s.last, slices.Equal) {
 		return nil

@@ -40,7 +40,10 @@ type ReloadSummary struct {
 // "host:port" string or {"addr": "host:port", "weight": N}.
 type BackendSpec struct {
 	Addr   string `json:"addr"`
-	Weight int    `json:"weight,omitempty"` // 0 means 1
+	Weight int    `json:"weight,omitempty"` // 0: not given, which means 1
+	// weightGiven tells an explicit "weight": 0, which is out of range,
+	// from a weight left out.
+	weightGiven bool
 }
 
 // UnmarshalJSON accepts the string and the object form; the object form
@@ -50,14 +53,19 @@ func (b *BackendSpec) UnmarshalJSON(data []byte) error {
 		*b = BackendSpec{}
 		return json.Unmarshal(data, &b.Addr)
 	}
-	type plain BackendSpec
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var p plain
+	var p struct {
+		Addr   string `json:"addr"`
+		Weight *int   `json:"weight"`
+	}
 	if err := dec.Decode(&p); err != nil {
 		return fmt.Errorf("want \"host:port\" or {\"addr\": \"host:port\", \"weight\": N}: %w", err)
 	}
-	*b = BackendSpec(p)
+	*b = BackendSpec{Addr: p.Addr, weightGiven: p.Weight != nil}
+	if p.Weight != nil {
+		b.Weight = *p.Weight
+	}
 	return nil
 }
 
@@ -189,7 +197,7 @@ func decodeBackends(w http.ResponseWriter, r *http.Request) ([]BackendSpec, erro
 		if err != nil {
 			return nil, Errorf(http.StatusBadRequest, "backends[%d]: %v", i, err)
 		}
-		if b.Weight < 0 || b.Weight > MaxWeight {
+		if (b.weightGiven && b.Weight < 1) || b.Weight < 0 || b.Weight > MaxWeight {
 			return nil, Errorf(http.StatusBadRequest, "backends[%d] (%s): weight: want 1 to %d, got %d", i, addr, MaxWeight, b.Weight)
 		}
 		if j, dup := seen[addr]; dup {

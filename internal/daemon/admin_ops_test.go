@@ -175,6 +175,7 @@ func TestAdminSetBackendsBadInput(t *testing.T) {
 		{"bad port", "/v1/services/web/backends", `{"backends": ["127.0.0.1:70000"]}`, 400, "backends[0]"},
 		{"weight too high", "/v1/services/web/backends", `{"backends": [{"addr": "127.0.0.1:1", "weight": 10001}]}`, 400, "weight: want 1 to 10000, got 10001"},
 		{"negative weight", "/v1/services/web/backends", `{"backends": [{"addr": "127.0.0.1:1", "weight": -1}]}`, 400, "weight"},
+		{"weight zero", "/v1/services/web/backends", `{"backends": ["127.0.0.1:2", {"addr": "127.0.0.1:1", "weight": 0}]}`, 400, "backends[1] (127.0.0.1:1): weight: want 1 to 10000, got 0"},
 		{"duplicate", "/v1/services/web/backends", `{"backends": ["127.0.0.1:1", {"addr": "127.0.0.1:1"}]}`, 400, "listed twice"},
 		{"empty static list", "/v1/services/web/backends", `{"backends": []}`, 400, "at least one backend"},
 		{"too large", "/v1/services/web/backends", `{"backends": ["` + strings.Repeat("a", admin.MaxBodyBytes) + `"]}`, 413, "larger than"},

@@ -14,9 +14,9 @@ type LinkEnv struct {
 	Services []Service
 	Warnings []string
 	// LinkNames lists the <ALIAS>_NAME=/parent/alias variables seen. Docker
-	// sets them for every --link; when they are present but no port variable
-	// is, the engine is one (29 and later) that no longer sets link port
-	// variables, and the operator deserves to be told so.
+	// sets them for every --link, and port variables only for the ports the
+	// linked container exposes: names without port variables mean a linked
+	// container that exposes none, and the operator deserves to be told so.
 	LinkNames []string
 }
 

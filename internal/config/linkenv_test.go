@@ -262,7 +262,7 @@ func TestParseLinkEnv(t *testing.T) {
 			name: "no environment at all",
 		},
 		{
-			name:  "link names alone are collected for the Docker 29 hint",
+			name:  "link names alone are collected for the exposed-ports hint",
 			env:   []string{"REDIS_NAME=/web/redis", "DB_NAME=/web/db", "AMB_ENV_X_NAME=/amb/x", "AMB_NAME=/web/amb"},
 			names: []string{"AMB_NAME", "DB_NAME", "REDIS_NAME"},
 		},

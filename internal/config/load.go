@@ -165,7 +165,7 @@ func Load(src Sources) (*Config, error) {
 	}
 	errs = append(errs, Validate(&cfg)...)
 	if len(errs) == 0 && len(cfg.Services) == 0 && !cfg.Transparent.PerConsumer { // per-consumer needs no service
-		errs = append(errs, noServicesError(linkNames, cfg.Warnings))
+		errs = append(errs, noServicesError(src.Env != nil, linkNames, cfg.Warnings))
 	}
 	if len(errs) > 0 {
 		return &cfg, errs
@@ -252,7 +252,18 @@ func overlay(top, bottom Defaults) Defaults {
 	return out
 }
 
-func noServicesError(linkNames, warnings []string) error {
+// noServicesError says that there is nothing to forward and, when the
+// environment was read, why link variables may be missing. The two causes
+// show in different environments, so each is named where it can apply:
+//
+//   - Docker sets <ALIAS>_NAME for every link but <ALIAS>_PORT_<port>_TCP
+//     only for the ports the linked container exposes: names without port
+//     variables mean a linked container that exposes none, on any engine.
+//   - Docker Engine 29 and later set no link variable at all, names
+//     included, unless the daemon runs with
+//     DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1: an environment without
+//     any is what a --link looks like there.
+func noServicesError(envRead bool, linkNames, warnings []string) error {
 	msg := "no services to forward: give a config file (-c), --forward [LISTEN_HOST:]PORT=HOST:PORT, " +
 		"HOST PORT arguments, or Docker link variables such as REDIS_PORT_6379_TCP=tcp://host:6379"
 	if len(warnings) > 0 {
@@ -260,11 +271,18 @@ func noServicesError(linkNames, warnings []string) error {
 		// link variables that were there did not count.
 		msg += " (" + strings.Join(warnings, "; ") + ")"
 	}
-	if len(linkNames) > 0 {
+	switch {
+	case len(linkNames) > 0:
 		return fmt.Errorf("%s; the environment has link names (%s) but no <ALIAS>_PORT_<port>_TCP variables: "+
-			"Docker Engine 29 and later no longer set link port variables unless the daemon runs with "+
-			"DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1; pass the target explicitly instead, "+
-			"e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379", msg, strings.Join(linkNames, ", "))
+			"Docker sets those only for the ports a linked container exposes, and this one exposes none "+
+			"(no EXPOSE in its image, no --expose or -p when it was started): start it with --expose PORT, "+
+			"or pass the target explicitly, e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379 "+
+			"(Docker Engine 29 and later, unless the daemon runs with DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1, "+
+			"set no link variables at all, these names included)", msg, strings.Join(linkNames, ", "))
+	case envRead:
+		return fmt.Errorf("%s; if this container was started with --link: Docker Engine 29 and later set no link "+
+			"variables unless the daemon runs with DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1; "+
+			"pass the target explicitly instead, e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379 or attache redis 6379", msg)
 	}
 	return errors.New(msg)
 }

@@ -261,12 +261,27 @@ func TestLoadErrors(t *testing.T) {
 			errs: []string{"no services to forward"},
 		},
 		{
-			name: "Docker 29: link names without port variables",
+			// Docker sets port variables only for exposed ports: a link to
+			// a container that exposes none gives its names alone, on any
+			// engine. Docker 29's change cannot be the cause (it drops the
+			// names too), so it is not the explanation given.
+			name: "link names without port variables: the linked container exposes no port",
 			src:  Sources{Env: []string{"PATH=/bin", "REDIS_NAME=/amb/redis", "REDIS_ENV_REDIS_VERSION=7"}},
 			errs: []string{"the environment has link names (REDIS_NAME) but no <ALIAS>_PORT_<port>_TCP variables: " +
-				"Docker Engine 29 and later no longer set link port variables unless the daemon runs with " +
-				"DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1; pass the target explicitly instead, " +
-				"e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379"},
+				"Docker sets those only for the ports a linked container exposes, and this one exposes none " +
+				"(no EXPOSE in its image, no --expose or -p when it was started): start it with --expose PORT, " +
+				"or pass the target explicitly, e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379 " +
+				"(Docker Engine 29 and later, unless the daemon runs with DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1, " +
+				"set no link variables at all, these names included)"},
+		},
+		{
+			// What a --link looks like on Docker Engine 29 and later.
+			name: "an environment without link variables: the Docker 29 hint",
+			src:  Sources{Env: []string{"PATH=/bin", "HOSTNAME=f00"}},
+			errs: []string{"no services to forward: give a config file (-c), --forward [LISTEN_HOST:]PORT=HOST:PORT, HOST PORT arguments, " +
+				"or Docker link variables such as REDIS_PORT_6379_TCP=tcp://host:6379; if this container was started with --link: " +
+				"Docker Engine 29 and later set no link variables unless the daemon runs with DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1; " +
+				"pass the target explicitly instead, e.g. -e REDIS_PORT_6379_TCP=tcp://redis:6379 or attache redis 6379"},
 		},
 		{
 			name: "only SCTP link variables: the error says why they did not count",

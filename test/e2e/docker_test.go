@@ -279,20 +279,35 @@ func testLink(d docker, id, img, redisImg string) {
 	d.container(redis, false, append([]string{redisImg}, redisServer...)...)
 
 	// What does this engine give a linked container? Docker 29+ sets no link
-	// port variables; attache must then say so, not fail obscurely.
+	// variables at all (unless its daemon keeps them); attache must then say
+	// so, not fail obscurely.
 	stdout, stderr, code := d.run("run", "--rm", "--label", d.label, "--link", redis+":redis", img, "check")
 	if code != 0 {
-		for _, w := range []string{"REDIS_NAME", "Docker Engine 29", "DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS"} {
+		for _, w := range []string{"--link", "Docker Engine 29", "DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS"} {
 			if code != 2 || !strings.Contains(stderr, w) {
 				t.Fatalf("check with a --link on an engine without link variables: exit %d, want 2 and %q\n%s%s",
 					code, w, stdout, stderr)
 			}
 		}
-		t.Logf("this engine sets no link port variables; attache explains:\n%s", stderr)
+		t.Logf("this engine sets no link variables; attache explains:\n%s", stderr)
 		return
 	}
 	if !regexp.MustCompile(`redis-6379\s+0\.0\.0\.0:6379\s+\S+:6379\s.*env REDIS_PORT_6379_TCP`).MatchString(stdout) {
 		t.Fatalf("check with --link %s:redis: want a redis-6379 route from REDIS_PORT_6379_TCP:\n%s%s", redis, stdout, stderr)
+	}
+
+	// The engine sets link variables, but port variables only for the
+	// ports the linked container exposes: a link to one that exposes none
+	// (attache's own image has no EXPOSE) gives names alone, and attache
+	// must name that cause and its remedy, not Docker 29's.
+	bare := id + "-link-bare"
+	d.container(bare, false, img, "--forward", "127.0.0.1:6379=127.0.0.1:1")
+	stdout, stderr, code = d.run("run", "--rm", "--label", d.label, "--link", bare+":bare", img, "check")
+	for _, w := range []string{"BARE_NAME", "exposes none", "--expose PORT"} {
+		if code != 2 || !strings.Contains(stderr, w) {
+			t.Fatalf("check with a --link to a container that exposes no port: exit %d, want 2 and %q\n%s%s",
+				code, w, stdout, stderr)
+		}
 	}
 
 	d.container(amb, false, "--link", redis+":redis", img)

@@ -170,10 +170,9 @@ func TestBadInput(t *testing.T) {
 			want: []string{"A_PORT_6379_TCP", "B_PORT_6379_TCP", "10.0.0.1:6379", "10.0.0.2:6379"},
 		},
 		{
-			name: "Docker 29 link names without port variables",
+			name: "link names without port variables: the linked container exposes no port",
 			env:  []string{"REDIS_NAME=/web/redis", "REDIS_ENV_FOO=bar"},
-			want: []string{"REDIS_NAME", "Docker Engine 29", "DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS",
-				"REDIS_PORT_6379_TCP=tcp://redis:6379"},
+			want: []string{"REDIS_NAME", "exposes none", "--expose PORT", "REDIS_PORT_6379_TCP=tcp://redis:6379"},
 		},
 		{
 			name: "nothing to do",

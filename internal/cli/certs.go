@@ -53,9 +53,9 @@ func certsFlagSet(name string, e Env) *flag.FlagSet {
 func certsInit(e Env, args []string) int {
 	var o certs.InitOptions
 	fs := certsFlagSet("init", e)
-	fs.StringVar(&o.Dir, "dir", ".", "`directory` to write the CA's files into")
-	fs.StringVar(&o.Name, "name", certs.DefaultCAName, "the CA's `name` (file names and subject)")
-	fs.IntVar(&o.Days, "days", certs.DefaultCADays, "validity in `days`")
+	fs.StringVar(&o.Dir, "dir", ".", "the directory `DIR` to write the CA's files into")
+	fs.StringVar(&o.Name, "name", certs.DefaultCAName, "the CA's `NAME` (file names and subject)")
+	fs.IntVar(&o.Days, "days", certs.DefaultCADays, "validity in `DAYS`")
 	fs.BoolVar(&o.Force, "force", false, "replace existing files")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -81,11 +81,11 @@ func certsIssue(e Env, args []string) int {
 		ips listFlag
 	)
 	fs := certsFlagSet("issue", e)
-	fs.StringVar(&o.Dir, "dir", ".", "`directory` holding the CA, where the new files are written")
-	fs.StringVar(&o.CAName, "ca", certs.DefaultCAName, "the CA's `name`")
-	fs.Var(&dns, "dns", "further DNS `names` (comma-separated, repeatable)")
-	fs.Var(&ips, "ip", "IP `addresses` to include (comma-separated, repeatable)")
-	fs.IntVar(&o.Days, "days", certs.DefaultDays, "validity in `days`")
+	fs.StringVar(&o.Dir, "dir", ".", "the directory `DIR` holding the CA, where the new files are written")
+	fs.StringVar(&o.CAName, "ca", certs.DefaultCAName, "the CA's `NAME`")
+	fs.Var(&dns, "dns", "further DNS `NAMES` (comma-separated, repeatable)")
+	fs.Var(&ips, "ip", "IP `ADDRESSES` to include (comma-separated, repeatable)")
+	fs.IntVar(&o.Days, "days", certs.DefaultDays, "validity in `DAYS`")
 	fs.BoolVar(&o.Force, "force", false, "replace existing files")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {

@@ -54,7 +54,7 @@ const usage = `attache: an ambassador proxy.
 
 Usage:
   attache [flags]                   forward every <ALIAS>_PORT_<port>_TCP (and _UDP) link variable
-  attache [flags] HOST PORT         listen on PORT, forward to HOST:PORT
+  attache [flags] HOST PORT         listen on PORT (every interface), forward to HOST:PORT
   attache -c attache.yaml [flags]   forward the services of a config file
   attache check [flags] [HOST PORT] print the routing table, or every error (exit 2)
   attache status [--admin HOST:PORT] [--json]  print a running attache's services and backends
@@ -94,17 +94,17 @@ type runFlags struct {
 func newFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&f.file, "c", "", "YAML configuration `file`")
-	fs.StringVar(&f.file, "config", "", "YAML configuration `file` (same as -c)")
+	fs.StringVar(&f.file, "c", "", "YAML configuration `FILE`")
+	fs.StringVar(&f.file, "config", "", "YAML configuration `FILE` (same as -c)")
 	fs.Var(&f.forwards, "forward", "forward `[LISTEN_HOST:]PORT[/udp]=BACKEND[,BACKEND...]` (repeatable; BACKEND is host:port or a discovery form such as srv://name; /udp forwards UDP)")
 	fs.BoolVar(&f.envLinks, "env-links", true, "read Docker link variables (<ALIAS>_PORT_<port>_TCP) from the environment")
-	fs.Var(durationFlag{&f.defaults.ConnectTimeout, false}, "connect-timeout", "default `timeout` for one dial to one backend (default 5s)")
-	fs.Var(durationFlag{&f.defaults.IdleTimeout, true}, "idle-timeout", "default: close connections idle this `long` (default off)")
-	fs.Var(durationFlag{&f.defaults.KeepAlive, true}, "keepalive", "default TCP keepalive `period`, or off (default 30s)")
-	fs.IntVar(&f.defaults.MaxConnections, "max-connections", 0, "default cap on open connections per listener (0: none)")
-	fs.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGTERM/SIGINT, let open connections finish for this `long`")
-	fs.StringVar(&f.logFormat, "log-format", "text", "log `format`: text or json")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.Var(durationFlag{&f.defaults.ConnectTimeout, false}, "connect-timeout", "default timeout for one dial to one backend, a `DURATION` such as 5s (default 5s)")
+	fs.Var(durationFlag{&f.defaults.IdleTimeout, true}, "idle-timeout", "default: close connections idle for this `DURATION` (such as 10m), or off (default off)")
+	fs.Var(durationFlag{&f.defaults.KeepAlive, true}, "keepalive", "default TCP keepalive period, a `DURATION`, or off (default 30s)")
+	fs.IntVar(&f.defaults.MaxConnections, "max-connections", 0, "default cap on open connections per listener (`N`; 0: none)")
+	fs.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGTERM/SIGINT, let open connections finish for this `DURATION`, then close them (0: at once)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log `FORMAT`: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	fs.StringVar(&f.admin, "admin", "", "serve the admin API (/healthz, /readyz, /v1/services, /v1/discovery, /metrics; reload, backends and drain with --admin-token-file) on `HOST:PORT` (default off)")
 	fs.StringVar(&f.tokenFile, "admin-token-file", "", "enable the admin API's mutating calls (reload, backends, drain) with the bearer token in `PATH`")
 	fs.BoolVar(&f.accessLog, "access-log", true, "log one info line per closed connection (client, backend, duration, bytes, reason); false logs it at debug only")
@@ -159,6 +159,10 @@ func Main(ctx context.Context, e Env) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
 		}
+		return ExitUsage
+	}
+	if err := f.checkRanges(); err != nil {
+		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
 		return ExitUsage
 	}
 	fs.Visit(func(fl *flag.Flag) {
@@ -352,6 +356,21 @@ func (m *multiFlag) Set(v string) error {
 }
 
 // durationFlag accepts a positive duration, or "off" where allowed.
+// checkRanges refuses the numeric flags outside the ranges their help
+// gives, which would otherwise be read as some other setting (a negative
+// --max-connections as none, a negative --grace as 0, --loops -5 as -1).
+func (f *runFlags) checkRanges() error {
+	switch {
+	case f.grace < 0:
+		return fmt.Errorf("--grace: want a duration of 0 (close at once) or more, got %v", f.grace)
+	case f.defaults.MaxConnections < 0:
+		return fmt.Errorf("--max-connections: want 0 (no limit) or more, got %d", f.defaults.MaxConnections)
+	case f.loops < -1:
+		return fmt.Errorf("--loops: want a number of event loops, 0 (one per CPU) or -1 (goroutines), got %d", f.loops)
+	}
+	return nil
+}
+
 type durationFlag struct {
 	d        *time.Duration
 	allowOff bool

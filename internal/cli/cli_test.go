@@ -6,9 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/attache/attache/internal/daemon"
 	"github.com/attache/attache/internal/testenv"
 )
 
@@ -49,7 +52,7 @@ func TestCheck(t *testing.T) {
 		{
 			name:   "host port arguments and a forward",
 			args:   []string{"check", "--forward", "127.0.0.1:7000=a:1,b:2", "db.internal", "5432"},
-			stdout: []string{"forward-7000", "a:1,b:2", "0.0.0.0:5432", "db.internal:5432"},
+			stdout: []string{"forward-7000", "a:1,b:2", " :5432 ", "db.internal:5432"},
 		},
 		{
 			name: "udp link variable and forward: the protocol, session timeout and table bound show",
@@ -78,16 +81,43 @@ func TestCheck(t *testing.T) {
 			stderr: []string{"-log-format", "xml"},
 		},
 		{
-			name:   "nothing to do, with the Docker 29 hint",
+			name:   "nothing to do, link names without ports: the linked container exposes none",
 			env:    []string{"REDIS_NAME=/app/redis"},
 			args:   []string{"check"},
 			code:   ExitUsage,
-			stderr: []string{"no services", "Docker Engine 29", "REDIS_NAME"},
+			stderr: []string{"no services", "REDIS_NAME", "exposes none", "--expose PORT", "REDIS_PORT_6379_TCP=tcp://redis:6379"},
+		},
+		{
+			name:   "nothing to do, no link variable at all: the Docker 29 hint",
+			env:    []string{"PATH=/bin"},
+			args:   []string{"check"},
+			code:   ExitUsage,
+			stderr: []string{"no services", "--link", "Docker Engine 29", "DOCKER_KEEP_DEPRECATED_LEGACY_LINKS_ENV_VARS=1"},
 		},
 		{
 			name:   "flags after HOST PORT",
 			args:   []string{"check", "redis", "6379", "--idle-timeout", "1m"},
 			stdout: []string{"redis:6379", "1m0s"},
+		},
+		{
+			// Numbers outside the ranges the help gives were read as some
+			// other setting: a negative cap as none, a negative grace as 0.
+			name:   "negative --max-connections",
+			args:   []string{"check", "--max-connections", "-3", "--forward", "7=h:7"},
+			code:   ExitUsage,
+			stderr: []string{"--max-connections: want 0 (no limit) or more, got -3"},
+		},
+		{
+			name:   "negative --grace",
+			args:   []string{"check", "--grace", "-5s", "--forward", "7=h:7"},
+			code:   ExitUsage,
+			stderr: []string{"--grace: want a duration of 0 (close at once) or more, got -5s"},
+		},
+		{
+			name:   "--loops below -1",
+			args:   []string{"check", "--loops", "-5", "--forward", "7=h:7"},
+			code:   ExitUsage,
+			stderr: []string{"--loops: want a number of event loops, 0 (one per CPU) or -1 (goroutines), got -5"},
 		},
 		{
 			name:   "explicit --max-connections 0 beats nothing and shows none",
@@ -160,5 +190,63 @@ func TestAdminFlag(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), echo) {
 		t.Errorf("/v1/services = %d %s, want the forward's backend %s", resp.StatusCode, body, echo)
+	}
+}
+
+// TestHelpPlaceholders: every flag's placeholder in every command's help
+// names its value in capitals (DURATION, FILE, N …), as most did; a
+// lowercase word reads as part of the sentence ("-grace long",
+// "-idle-timeout long" were the examples).
+func TestHelpPlaceholders(t *testing.T) {
+	flagLine := regexp.MustCompile(`(?m)^  -(\S+)(?: (.+))?$`)
+	for _, args := range [][]string{
+		{"--help"}, {"demo", "-h"}, {"status", "-h"}, {"upgrade", "-h"}, {"iptables", "-h"},
+		{"certs", "init", "-h"}, {"certs", "issue", "-h"},
+	} {
+		_, stdout, stderr := run(t, nil, args...)
+		lines := flagLine.FindAllStringSubmatch(stdout+stderr, -1)
+		if len(lines) == 0 {
+			t.Errorf("attache %s: no flags in the help:\n%s%s", strings.Join(args, " "), stdout, stderr)
+		}
+		for _, m := range lines {
+			if regexp.MustCompile(`^[a-z]+$`).MatchString(m[2]) {
+				t.Errorf("attache %s: -%s %s: the placeholder is a lowercase word; name the value in capitals",
+					strings.Join(args, " "), m[1], m[2])
+			}
+		}
+	}
+}
+
+// TestBarePortListensOnEveryInterface: a listen address given as a bare
+// port means every interface, IPv4 and IPv6 (a dual-stack [::] socket, like
+// socat's TCP-LISTEN:PORT), whether it comes from HOST PORT arguments or
+// from --forward PORT=…; HOST PORT used to listen on 0.0.0.0 only.
+func TestBarePortListensOnEveryInterface(t *testing.T) {
+	port := strconv.Itoa(testenv.FreePort(t, "::"))
+	for _, args := range [][]string{
+		{"127.0.0.2", port},
+		{"--forward", port + "=127.0.0.2:" + port},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan []daemon.Bound, 1)
+		done := make(chan int, 1)
+		var errb bytes.Buffer
+		go func() {
+			done <- Main(ctx, Env{Args: args, Environ: []string{}, Stdout: io.Discard, Stderr: &errb,
+				Ready: func(b []daemon.Bound) { ready <- b }})
+		}()
+		select {
+		case b := <-ready:
+			// No connection is made: the backend is this very port.
+			if a, ok := b[0].Addr.(*net.TCPAddr); !ok || !a.IP.Equal(net.IPv6unspecified) || strconv.Itoa(a.Port) != port {
+				t.Errorf("attache %s listens on %v, want [::]:%s (every interface, IPv4 and IPv6)", strings.Join(args, " "), b[0].Addr, port)
+			}
+		case code := <-done:
+			t.Fatalf("attache %s: exit %d before serving: %s", strings.Join(args, " "), code, errb.String())
+		}
+		cancel()
+		if code := <-done; code != ExitOK {
+			t.Fatalf("attache %s: exit %d: %s", strings.Join(args, " "), code, errb.String())
+		}
 	}
 }

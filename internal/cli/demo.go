@@ -22,7 +22,7 @@ func runDemo(ctx context.Context, e Env, args []string) int {
 	fs := flag.NewFlagSet("attache demo", flag.ContinueOnError)
 	fs.SetOutput(e.Stderr)
 	stay := fs.Bool("stay", false, "keep the demo running until Ctrl-C")
-	listen := fs.String("listen", "127.0.0.1:0", "ambassador listen `address`")
+	listen := fs.String("listen", "127.0.0.1:0", "ambassador listen `ADDRESS` (HOST:PORT)")
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}

@@ -20,8 +20,8 @@ func runUpgrade(ctx context.Context, e Env, args []string) int {
 	fs := flag.NewFlagSet("attache upgrade", flag.ContinueOnError)
 	fs.SetOutput(e.Stderr)
 	path := fs.String("pid-file", "", "the running attache's pid file (its --pid-file `PATH`); the command waits for the new process")
-	pid := fs.Int("pid", 0, "the running attache's process `id`, when it has no pid file (the command does not wait)")
-	wait := fs.Duration("wait", time.Minute, "with --pid-file, how `long` to wait for the new process (0: do not wait)")
+	pid := fs.Int("pid", 0, "the running attache's process id `PID`, when it has no pid file (the command does not wait)")
+	wait := fs.Duration("wait", time.Minute, "with --pid-file, how long to wait for the new process, a `DURATION` (0: do not wait)")
 	fs.Usage = func() {
 		fmt.Fprint(e.Stderr, "Usage: attache upgrade (--pid-file PATH | --pid PID) [--wait D]\n\n"+
 			"Sends SIGUSR2: the running attache starts the binary now at its path with the same\n"+

@@ -339,8 +339,10 @@ func parseHostPortArgs(host, port string) (Service, error) {
 		return Service{}, fmt.Errorf("argument HOST %q: %w", host, err)
 	}
 	return Service{
-		Name:     fmt.Sprintf("forward-%d", p),
-		Listen:   fmt.Sprintf("0.0.0.0:%d", p),
+		Name: fmt.Sprintf("forward-%d", p),
+		// A bare port, as --forward PORT= and a file's listen: PORT take
+		// it: every interface, IPv4 and IPv6.
+		Listen:   fmt.Sprintf(":%d", p),
 		Backends: []Backend{{Addr: net.JoinHostPort(h, strconv.Itoa(p))}},
 		Origin:   "arguments " + host + " " + port,
 	}, nil

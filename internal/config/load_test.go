@@ -161,20 +161,20 @@ func TestLoad(t *testing.T) {
 		{
 			name: "HOST PORT arguments listen on PORT and forward to HOST:PORT",
 			src:  Sources{Args: []string{"192.168.1.52", "6379"}},
-			want: []svc{{"forward-6379", "0.0.0.0:6379", "192.168.1.52:6379", "arguments 192.168.1.52 6379"}},
+			want: []svc{{"forward-6379", ":6379", "192.168.1.52:6379", "arguments 192.168.1.52 6379"}},
 		},
 		{
 			name: "HOST may be a bare or bracketed IPv6 literal",
 			src:  Sources{Args: []string{"2001:db8::1", "6379"}, Forwards: []string{"1=x:1"}},
 			want: []svc{
 				{"forward-1", ":1", "x:1", "--forward 1=x:1"},
-				{"forward-6379", "0.0.0.0:6379", "[2001:db8::1]:6379", "arguments 2001:db8::1 6379"},
+				{"forward-6379", ":6379", "[2001:db8::1]:6379", "arguments 2001:db8::1 6379"},
 			},
 		},
 		{
 			name: "bracketed",
 			src:  Sources{Args: []string{"[2001:db8::1]", "06379"}},
-			want: []svc{{"forward-6379", "0.0.0.0:6379", "[2001:db8::1]:6379", "arguments [2001:db8::1] 06379"}},
+			want: []svc{{"forward-6379", ":6379", "[2001:db8::1]:6379", "arguments [2001:db8::1] 06379"}},
 		},
 		{
 			name: "every source at once, in order file, flags, arguments, env",
@@ -187,7 +187,7 @@ func TestLoad(t *testing.T) {
 			want: []svc{
 				{"web", ":80", "web:8080", "config:2"},
 				{"forward-5432", "127.0.0.1:5432", "db:5432", "--forward 127.0.0.1:5432=db:5432"},
-				{"forward-11211", "0.0.0.0:11211", "cache:11211", "arguments cache 11211"},
+				{"forward-11211", ":11211", "cache:11211", "arguments cache 11211"},
 				{"dns-53-udp", "0.0.0.0:53", "d:53", "env DNS_PORT_53_UDP"},
 				{"redis-6379", "0.0.0.0:6379", "10.0.0.5:6379", "env REDIS_PORT_6379_TCP"},
 			},
@@ -342,7 +342,7 @@ func TestLoadErrors(t *testing.T) {
 				File: "a.yaml", FileData: []byte("services:\n  - {name: r, listen: 127.0.0.1:6379, backends: [x:1]}\n"),
 				Args: []string{"redis", "6379"},
 			},
-			errs: []string{"a.yaml:2 and arguments redis 6379: both listen on port 6379 (127.0.0.1:6379 and 0.0.0.0:6379)"},
+			errs: []string{"a.yaml:2 and arguments redis 6379: both listen on port 6379 (127.0.0.1:6379 and :6379)"},
 		},
 		{
 			name: "port clash between two file services",

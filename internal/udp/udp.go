@@ -27,7 +27,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -562,7 +561,7 @@ func (s *session) open(ctx context.Context) (*net.UDPConn, error) {
 	b, r := s.target, s.route
 	l.mu.Unlock()
 	d := net.Dialer{Timeout: r.connectTimeout(), Resolver: l.Resolver}
-	var errs []error
+	var errs backend.DialErrors
 	for attempt := 0; ; attempt++ {
 		c, err := d.DialContext(ctx, "udp", b.Addr)
 		b.CountDial(err == nil)
@@ -570,14 +569,14 @@ func (s *session) open(ctx context.Context) (*net.UDPConn, error) {
 			return c.(*net.UDPConn), nil
 		}
 		l.Stats.DialErrors.Add(1)
-		errs = append(errs, fmt.Errorf("%s: %w", b.Addr, err))
+		errs.Add(b.Addr, err)
 		l.logger().Debug("udp upstream socket failed", "service", r.Service, "backend", b.Addr, "error", err)
 		if r.Passive && ctx.Err() == nil {
 			b.ReportFailure(time.Now())
 		}
 		next := pick(r, s.client)
 		if ctx.Err() != nil || attempt >= r.Retries || next == nil {
-			return nil, errors.Join(errs...)
+			return nil, errs.Err()
 		}
 		next.Acquire()
 		l.mu.Lock()

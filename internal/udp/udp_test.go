@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -547,5 +548,27 @@ func TestIPv6AndDualStack(t *testing.T) {
 			}
 			l.mu.Unlock()
 		})
+	}
+}
+
+// TestUnreachableBackendReasonSaysItOnce: a session whose backend cannot
+// be dialled on any retry ends with one reason line that says the failure
+// once, with the count of dials, not the same error on a line per retry.
+func TestUnreachableBackendReasonSaysItOnce(t *testing.T) {
+	dns := testenv.StartDNS(t) // knows no name: every lookup fails alike
+	var logs testenv.LogBuffer
+	l := serve(t, &Route{Service: "gone", Backends: set("missing.test:53"), Retries: 3}, func(l *Listener) {
+		l.Resolver = dns.Resolver()
+		l.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	c := client(t, l.Addr())
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the session to end", func() bool { return len(logs.Lines("udp session closed")) == 1 })
+	line := logs.Lines("udp session closed")[0]
+	if !strings.Contains(line, "no backend reachable: missing.test:53: ") || !strings.Contains(line, " (4 dials)") ||
+		strings.Count(line, "missing.test:53: ") != 1 || strings.Contains(line, `\n`) {
+		t.Errorf("the reason should say the failure once, with its count (4 dials), on one line:\n%s", line)
 	}
 }

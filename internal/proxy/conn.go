@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,7 +47,7 @@ type conn struct {
 	// attempts and dialErrs are the dials a loop made before it handed
 	// the connection over: dial counts them against the retry budget.
 	attempts int
-	dialErrs []error
+	dialErrs backend.DialErrors
 
 	mu      sync.Mutex
 	reason  string // why it was aborted; "" when it ended by itself
@@ -70,7 +71,16 @@ type conn struct {
 }
 
 // abort closes both sockets, which unblocks both copy goroutines.
-func (c *conn) abort(reason string) {
+func (c *conn) abort(reason string) { c.end(reason, false) }
+
+// fail ends c after a direction failed (a peer reset, a write error):
+// bytes were lost on the way, so both peers get a reset (RST), never a
+// FIN or a TLS close_notify that would pass a cut stream off as a
+// complete one. A client's reset reaches the backend as a reset, and
+// back. (A Unix socket has no reset: its peer reads an EOF.)
+func (c *conn) fail() { c.end("", true) }
+
+func (c *conn) end(reason string, reset bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
@@ -78,9 +88,46 @@ func (c *conn) abort(reason string) {
 	}
 	c.aborted = true
 	c.reason = reason
-	c.client.Close()
+	// Expire both sockets before closing either. A copy goroutine blocked
+	// writing to one socket does so inside its read of the other (the
+	// RawConn.Read callback), and Close waits for that read to return:
+	// closing the client while its bytes wait for a backend that stopped
+	// reading would block for good. An expired deadline returns every
+	// blocked call at once.
+	expire(c.client)
 	if c.backend != nil {
-		c.backend.Close()
+		expire(c.backend)
+	}
+	closeConn(c.client, reset)
+	if c.backend != nil {
+		closeConn(c.backend, reset)
+	}
+}
+
+// expire sets a deadline in the past on h, which wakes its blocked calls.
+func expire(h halfConn) { _ = h.SetDeadline(time.Unix(1, 0)) }
+
+// closeConn closes h, with a reset for its peer when reset is set.
+func closeConn(h halfConn, reset bool) {
+	if !reset {
+		h.Close()
+		return
+	}
+	switch s := h.(type) {
+	case *rawSock:
+		s.closeWithReset()
+	case *net.TCPConn:
+		_ = s.SetLinger(0)
+		s.Close()
+	case *tls.Conn:
+		// Under the TLS stream, so that no close_notify goes first
+		// (the peer would read it as the stream's clean end).
+		if tc, ok := s.NetConn().(halfConn); ok {
+			closeConn(tc, true)
+		}
+		s.Close()
+	default:
+		h.Close()
 	}
 }
 
@@ -165,6 +212,7 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 		c.early = nil
 		if err != nil {
 			c.upErr, c.bytesIn = err, c.bytesEarly
+			c.fail() // the client's first bytes were lost
 			p.logger().Info("connection ended with an error", "service", r.Service,
 				"client", c.clientName(), "backend", c.backendAddr, "error", err)
 			return
@@ -276,10 +324,10 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (halfConn, *backend
 		if b == nil {
 			if !waitForBackend(ctx, deadline) {
 				c.listener.Stats.NoBackend.Add(1)
-				if len(errs) == 0 {
+				if errs.Len() == 0 {
 					return nil, nil, fmt.Errorf("%w among %d backends after %s", errNoBackend, r.Backends.Len(), r.retryTimeout())
 				}
-				return nil, nil, errors.Join(append(errs, errNoBackend)...)
+				return nil, nil, fmt.Errorf("%w; %w", errs.Err(), errNoBackend)
 			}
 			// Pick up a route swapped in meanwhile (new backends, new
 			// health), keeping this connection's own settings.
@@ -332,10 +380,10 @@ func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (halfConn, *backend
 		if r.Passive && ctx.Err() == nil {
 			b.ReportFailure(time.Now())
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", b.Addr, unwrapOpError(err)))
+		errs.Add(b.Addr, unwrapOpError(err))
 		p.logger().Debug("dial failed", "service", r.Service, "backend", b.Addr, "attempt", attempts, "error", err)
 		if ctx.Err() != nil || attempts > r.Retries || !time.Now().Before(deadline) {
-			return nil, nil, errors.Join(errs...)
+			return nil, nil, errs.Err()
 		}
 	}
 }
@@ -443,7 +491,7 @@ func (p *Proxy) clientToBackend(c *conn) {
 	n, err := copyConn(asSock(c.backend), asSock(c.client), &c.movedIn)
 	c.bytesIn, c.upErr = n+c.bytesEarly, err
 	if err != nil {
-		c.abort("")
+		c.fail()
 		return
 	}
 	// The client finished sending: tell the backend, keep reading replies.
@@ -457,7 +505,7 @@ func (p *Proxy) backendToClient(c *conn) {
 	n, err := copyConn(asSock(c.client), asSock(c.backend), &c.movedOut)
 	c.bytesOut, c.downErr = n, err
 	if err != nil {
-		c.abort("")
+		c.fail()
 		return
 	}
 	if c.pending.Load() == 2 {

@@ -3,7 +3,10 @@ package proxy
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,8 +32,9 @@ import (
 
 const (
 	bufSize = 32 << 10
-	// pipeSize is requested with F_SETPIPE_SZ; 1 MiB is the default
-	// /proc/sys/fs/pipe-max-size, so it needs no privilege.
+	// pipeSize is requested with F_SETPIPE_SZ ($ATTACHE_PIPE_SIZE
+	// overrides it); 1 MiB is the default /proc/sys/fs/pipe-max-size, so
+	// it needs no privilege. It is also the most one splice asks to move.
 	pipeSize = 1 << 20
 	// smallSplice is the size under which a splice counts as small.
 	smallSplice = 4 << 10
@@ -56,7 +60,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 
 // pipePool keeps a bounded number of idle pipes. sync.Pool is not used: it
 // drops items at GC without closing them, which would leak descriptors.
-var pipePool = pipes{max: 256}
+var pipePool = pipes{max: 256, size: envPipeSize()}
 
 type pipe struct {
 	r, w     int
@@ -67,6 +71,27 @@ type pipes struct {
 	mu   sync.Mutex
 	free []*pipe
 	max  int
+	// size is the capacity asked of new pipes (0: pipeSize). The kernel
+	// may grant less (a user past fs.pipe-user-pages-soft gets a pipe of
+	// a page or two): nothing may assume a splice fills it.
+	size int
+}
+
+// envPipeSize reads $ATTACHE_PIPE_SIZE, the bytes to ask of each splice
+// pipe: a way to run with a small pipe budget (tests do, to stand for a
+// user whose pipes the kernel keeps small). 0 (pipeSize) when unset or
+// not a positive number.
+func envPipeSize() int {
+	v := os.Getenv("ATTACHE_PIPE_SIZE")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		slog.Warn("ignoring ATTACHE_PIPE_SIZE: want a positive number of bytes", "value", v)
+		return 0
+	}
+	return n
 }
 
 func (pp *pipes) get() (*pipe, error) {
@@ -83,7 +108,11 @@ func (pp *pipes) get() (*pipe, error) {
 		return nil, err
 	}
 	// Best effort: a smaller pipe still works, with more syscalls.
-	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize)
+	size := pp.size
+	if size <= 0 {
+		size = pipeSize
+	}
+	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, size)
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }
 
@@ -165,6 +194,13 @@ func (s *stream) readable(fd uintptr) bool {
 		var err error
 		if s.splice {
 			n, err = s.spliceChunk(int(fd))
+			if err == errNoPipe {
+				// Out of descriptors for a pipe (EMFILE, ENFILE): copy
+				// this chunk instead, as the event loop does. The
+				// stream goes on; only a socket error may end it.
+				s.splice, s.small = false, 0
+				continue
+			}
 			switch {
 			case n > 0 && n < smallSplice:
 				if s.small++; s.small >= smallRun {
@@ -220,12 +256,17 @@ func (s *stream) bufferChunk(fd int) (n int, full bool, err error) {
 	return n, n == len(*b), nil
 }
 
+// errNoPipe: no pipe could be made for a splice (the process or the
+// system is out of descriptors). Not the stream's failure: the caller
+// copies through a buffer instead.
+var errNoPipe = errors.New("no pipe for splice")
+
 // spliceChunk splices what the socket holds into a pooled pipe and from the
 // pipe into dst.
 func (s *stream) spliceChunk(fd int) (int, error) {
 	p, err := pipePool.get()
 	if err != nil {
-		return 0, err
+		return 0, errNoPipe
 	}
 	var n int
 	for {

@@ -29,13 +29,15 @@ import (
 // through the scheduler; here a single epoll_wait returns the events of many
 // connections and the loop serves them in turn.
 //
-// Sockets are registered once, edge-triggered, for input and output, so the
-// loop never calls epoll_ctl again: it remembers per side whether the socket
-// may have bytes to read and whether it may take more, and clears the flag
-// when a call returns EAGAIN. An idle connection holds no buffer and no pipe
-// (bytes are read into the loop's own buffer and written on at once; only
-// what the destination cannot take yet is kept, in a pooled buffer or
-// pipe), no goroutine and no stack.
+// An idle connection holds no buffer and no pipe (bytes are read into the
+// loop's own buffer and written on at once; only what the destination
+// cannot take yet is kept, in a pooled buffer or pipe), no goroutine and
+// no stack.
+//
+// Readiness follows the rules in the package documentation (doc.go, "The
+// event loop's rules"): which call may decide that a socket is drained or
+// a direction is done, and why each is safe. Keep them there, and keep
+// the code to them.
 //
 // The rest of a connection's life is unchanged: its handler goroutine reads
 // nothing but dials the backend (rawDial: a non-blocking connect the loop
@@ -108,6 +110,7 @@ type side struct {
 	// Set by the loop's goroutine only.
 	readable, writable bool
 	hup                bool // the peer shut its side (or the socket failed)
+	urgent             bool // TCP urgent data came: a short read proves nothing
 	spec               bool // readable is a guess (see speculate)
 	outArmed           bool // epoll reports output for it (armOut)
 	pr                 *pair
@@ -129,6 +132,10 @@ type pair struct {
 	client, backend *side
 	up, down        dir // client to backend, backend to client
 	started, closed bool
+	// reset: bytes were lost on the way (a peer reset, a write failed),
+	// so both sockets close with a reset (RST), never a FIN that would
+	// pass a cut stream off as a complete one.
+	reset bool
 
 	// While the loop dials (loopaccept.go): the socket connecting, the
 	// backend picked for it (counted against it until the connection
@@ -139,7 +146,7 @@ type pair struct {
 	dialStart  time.Time
 	deadline   time.Time
 	attempts   int
-	errs       []error
+	errs       backend.DialErrors
 	// early holds what the client sent before the backend was dialled
 	// ((*early)[:earlyN]); earlyOff of it went out already.
 	early            *[]byte
@@ -194,7 +201,7 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 // in progress. Watched for output all along, every ACK that frees send
 // buffer space would wake the loop for nothing.
 const (
-	evIn    = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+	evIn    = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLET
 	evInOut = evIn | unix.EPOLLOUT
 )
 
@@ -478,6 +485,9 @@ func (lp *loop) event(s *side, ev uint32) {
 	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.hup = true
 	}
+	if ev&unix.EPOLLPRI != 0 {
+		s.readable, s.urgent = true, true
+	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
 	}
@@ -506,7 +516,9 @@ func (lp *loop) event(s *side, ev uint32) {
 		if s.writable && s.wr.pending() {
 			lp.turn(s.wr)
 		}
-		if s.readable {
+		// Moving s.wr's bytes can end the pair (its source was at EOF
+		// and the other way was done already).
+		if s.readable && !pr.closed {
 			lp.turn(s.rd)
 		}
 	})
@@ -621,10 +633,9 @@ func (lp *loop) move(d *dir) bool {
 		d.pr.eof(d)
 		return false
 	}
-	if n < len(lp.scratch) && !d.src.hup {
-		// A short read emptied the socket: the next bytes bring a new
-		// edge, so no read is spent just to see EAGAIN. After a hang-up
-		// there is no new edge to come: read on to the EOF.
+	if n < len(lp.scratch) && !d.src.hup && !d.src.urgent {
+		// Rule 2 (see the top of this file): a short read(2) emptied the
+		// socket, and the next bytes bring a new edge.
 		d.src.readable = false
 	}
 	if !lp.write(d, lp.scratch[:n]) {
@@ -711,9 +722,10 @@ func (lp *loop) moveSplice(d *dir) bool {
 	}
 	pp.buffered = n
 	d.pipe = pp
-	if n < pipeSize && !d.src.hup {
-		d.src.readable = false // as in move: a short splice emptied it
-	}
+	// A short splice does not mean the socket is empty: it also stops
+	// when the pipe has no free slot (one per page fragment, and a pipe
+	// the kernel would not grow has few). src stays readable: the next
+	// move splices again, and only EAGAIN clears it (rule 1).
 	if n < smallSplice {
 		if d.small++; d.small >= smallRun {
 			d.splice, d.small = false, 0
@@ -765,9 +777,10 @@ func (pr *pair) eof(d *dir) {
 }
 
 // fail ends the pair after an error in d: a reset stream cannot be
-// finished, so both sides close.
+// finished, so both sides close, with a reset (see pair.reset).
 func (pr *pair) fail(d *dir, op string, err error) {
 	d.err = &net.OpError{Op: op, Net: "tcp", Err: os.NewSyscallError(op, err)}
+	pr.reset = true
 	pr.close()
 }
 
@@ -831,6 +844,9 @@ func (pr *pair) close() {
 		}
 		pr.lp.unregister(s)
 		s.sock.closedByLoop() // first: LocalAddr must not read a reused descriptor
+		if pr.reset {
+			rawResetOnClose(s.fd)
+		}
 		rawClose(s.fd)
 		s.pr, s.rd, s.wr = nil, nil, nil
 	}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -502,13 +501,13 @@ func (pr *pair) dialFailed(err error) {
 	if r.Passive && pr.ctx.Err() == nil {
 		b.ReportFailure(time.Now())
 	}
-	pr.errs = append(pr.errs, fmt.Errorf("%s: %w", b.Addr, unwrapOpError(err)))
+	pr.errs.Add(b.Addr, unwrapOpError(err))
 	log := pr.p.logger()
 	log.Debug("dial failed", "service", r.Service, "backend", b.Addr, "attempt", pr.attempts, "error", err)
 	if pr.ctx.Err() != nil || pr.attempts > r.Retries || !time.Now().Before(pr.deadline) {
 		c.listener.Stats.Failed.Add(1)
 		log.Warn("no backend reachable; closing client connection",
-			"service", r.Service, "client", c.clientName(), "error", errors.Join(pr.errs...))
+			"service", r.Service, "client", c.clientName(), "error", pr.errs.Err())
 		pr.close()
 		return
 	}

@@ -1,15 +1,3 @@
-// Package proxy is attache's TCP data path: the accept loop, the dial to a
-// backend within a retry budget, the copy in both directions with half-close,
-// idle timeouts, the per-listener connection limit, and graceful drain.
-//
-// Typical usage:
-//
-//	p := &proxy.Proxy{Logger: log}
-//	ln, _ := net.Listen("tcp", ":6379")
-//	l := proxy.NewListener(ln, proxy.NewRoute("redis", "10.0.0.5:6379"), 0)
-//	go p.Serve(ctx, l)
-//	...
-//	p.Shutdown(graceCtx) // stop accepting, drain, then force-close
 package proxy
 
 import (

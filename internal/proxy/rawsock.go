@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/attache/attache/internal/backend"
 )
 
 // A rawSock is a TCP socket the event loop engine (loop.go) owns: accepted
@@ -108,7 +110,12 @@ func (s *rawSock) Write(b []byte) (int, error) {
 
 // Close closes the socket, or asks its loop to end the connection when a
 // loop owns it. It may be called from any goroutine, more than once.
-func (s *rawSock) Close() error {
+func (s *rawSock) Close() error { return s.close(false) }
+
+// closeWithReset is Close with a reset (RST) for the peer instead of a FIN.
+func (s *rawSock) closeWithReset() error { return s.close(true) }
+
+func (s *rawSock) close(reset bool) error {
 	s.mu.Lock()
 	switch s.state {
 	case rawOpen:
@@ -118,15 +125,24 @@ func (s *rawSock) Close() error {
 		if s.side != nil {
 			s.lp.unregister(s.side)
 		}
+		if reset {
+			rawResetOnClose(s.fd)
+		}
 		return unix.Close(s.fd)
 	case rawOwned:
 		lp, pr := s.lp, s.pr
 		s.mu.Unlock()
-		lp.post(func() { pr.close() })
+		lp.post(func() {
+			pr.reset = pr.reset || reset
+			pr.close()
+		})
 		return nil
 	case rawNet:
 		c := s.conv
 		s.mu.Unlock()
+		if reset {
+			_ = c.SetLinger(0)
+		}
 		return c.Close()
 	}
 	s.mu.Unlock()
@@ -335,19 +351,20 @@ func (p *Proxy) rawDial(ctx context.Context, lp *loop, r *Route, address string)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 	}
-	var errs []error
+	var errs backend.DialErrors
 	for _, ip := range ips {
-		s, err := lp.connect(ctx, netip.AddrPortFrom(ip.Unmap(), uint16(pn)), defaultKeepAlive(r.KeepAlive))
+		ap := netip.AddrPortFrom(ip.Unmap(), uint16(pn))
+		s, err := lp.connect(ctx, ap, defaultKeepAlive(r.KeepAlive))
 		if err == nil {
 			return s, nil
 		}
-		errs = append(errs, err)
+		errs.Add(ap.String(), unwrapOpError(err))
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	if len(errs) == 0 {
+	if errs.Len() == 0 {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("%s: no addresses", host)}
 	}
-	return nil, errors.Join(errs...)
+	return nil, errs.Err()
 }

@@ -44,6 +44,13 @@ func rawClose(fd int) {
 	_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }
 
+// rawResetOnClose makes fd's close(2) send a reset (RST) instead of a FIN
+// (SO_LINGER on, with no time to linger), and drop what is still queued to
+// send: the way to tell a peer its stream was cut, not complete.
+func rawResetOnClose(fd int) {
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+}
+
 func rawShutdownWrite(fd int) {
 	_, _, _ = unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
 }

@@ -34,7 +34,10 @@
 // open must deliver every byte by itself; an EOF cannot rescue a stall. A
 // reset must end the other side (never a hang), and may reach it as a
 // clean EOF only after every byte the resetting end's kernel had seen
-// acknowledged (otherwise the reset hid a truncation).
+// acknowledged (otherwise the reset hid a truncation), or on a socket
+// the reset closed (the kernel reports a reset's error to one call only,
+// which may be the end's own send). socat and HAProxy pass a reset on as
+// a FIN, so behind them a clean EOF is accepted.
 //
 // Topologies (topology_test.go): 1, 2 and 3 chained attache hops with
 // mixed engines (event loops by default, goroutines with

@@ -238,6 +238,10 @@ type inStream struct {
 	stops []int64         // for recvStop: offsets at which it stops
 	pause time.Duration   // how long each stop lasts
 	got   atomic.Int64    // bytes received and checked so far
+	// closedAtEOF: when the read returned EOF, the socket was already
+	// closed (TCP_CLOSE), as a reset leaves it, not half-open as a FIN
+	// alone does (see resetSeen).
+	closedAtEOF bool
 }
 
 func newInStream(ctx context.Context, c sock, how receiver, d direction, p payload, want int64, rng *rand.Rand, pause time.Duration) *inStream {
@@ -330,12 +334,29 @@ func (in *inStream) readToEnd() (eof bool, err error) {
 			in.got.Store(in.v.got)
 		}
 		if rerr == io.EOF {
+			in.closedAtEOF = tcpClosed(in.c)
 			return true, nil
 		}
 		if rerr != nil {
 			return false, rerr
 		}
 	}
+}
+
+// tcpClosed reports whether c's TCP state is CLOSE: a reset came (or the
+// connection ended both ways), unlike a FIN alone, after which a socket
+// that still sends is half-open (CLOSE_WAIT).
+func tcpClosed(c sock) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	_ = raw.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		closed = err == nil && info.State == unix.BPF_TCP_CLOSE
+	})
+	return closed
 }
 
 // sleep waits d or until ctx is done.

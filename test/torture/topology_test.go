@@ -69,6 +69,11 @@ type topology struct {
 	env         *runEnv
 	entry       string // the address the client dials
 	proxyHeader bool   // the client starts with a PROXY protocol header
+	// resetsAsFIN: a front that passes a peer's reset on as a FIN stands
+	// before attache (socat always; HAProxy without option nolinger, which
+	// would reset clean ends too), so a reset may reach the other end as
+	// a clean EOF through no fault of attache's.
+	resetsAsFIN bool
 	procs       []*proc
 	ports       []int       // the listening ports of its proxies, for ss
 	dumped      atomic.Bool // its processes were SIGQUIT for their stacks
@@ -234,6 +239,7 @@ func (env *runEnv) haproxyFront(topo *topology) *topology {
     server hop1 %s
 `, addr, topo.entry), addr)
 	topo.entry = addr
+	topo.resetsAsFIN = true
 	topo.ports = append([]int{port}, topo.ports...)
 	return topo
 }
@@ -264,6 +270,7 @@ func (env *runEnv) socatFront(topo *topology) *topology {
 	testenv.WaitFor(t, "socat listening", func() bool { return listening(port) })
 	topo.entry = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	topo.ports = append([]int{port}, topo.ports...)
+	topo.resetsAsFIN = true
 	return topo
 }
 

@@ -1,0 +1,282 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/attache/attache/internal/testenv"
+)
+
+// engines are the two TCP engines every data-path test runs on.
+var engines = []struct {
+	name  string
+	loops int
+}{{"loops", 1}, {"goroutines", -1}}
+
+// resetHard closes c with a reset (RST) instead of a FIN.
+func resetHard(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	if err := c.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+// TestResetCrossesTheProxy: when one peer resets in the middle of a
+// stream, the other must see a reset too, never a clean EOF: a cut upload
+// delivered as a normal end of stream is data loss for any protocol that
+// ends on EOF. Each way, on each engine, with the connection otherwise
+// open (no FIN from the surviving peer to end it anyway).
+func TestResetCrossesTheProxy(t *testing.T) {
+	const chunk = 64 << 10
+	for _, engine := range engines {
+		t.Run(engine.name+"/client-resets", func(t *testing.T) {
+			got := make(chan int64, 1)
+			seen := make(chan error, 1)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.Serve(t, ln, func(c net.Conn) {
+				c.SetDeadline(time.Now().Add(deadlineFor))
+				if _, err := io.CopyN(io.Discard, c, chunk); err != nil {
+					seen <- err
+					return
+				}
+				got <- chunk
+				_, err := io.Copy(io.Discard, c)
+				seen <- err // nil: a clean EOF
+			})
+			p := &Proxy{Loops: engine.loops}
+			l := start(t, p, &Route{Service: "reset", Backends: Addrs(ln.Addr().String())}, 0)
+			c := dial(t, l.Addr().String())
+			c.SetDeadline(time.Now().Add(deadlineFor))
+			if _, err := c.Write(make([]byte, chunk)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-got:
+			case err := <-seen:
+				t.Fatalf("backend: %v before the first %d bytes", err, chunk)
+			case <-time.After(deadlineFor):
+				t.Fatal("the backend did not get the first bytes")
+			}
+			resetHard(t, c)
+			select {
+			case err := <-seen:
+				if !errors.Is(err, unix.ECONNRESET) {
+					t.Fatalf("the client reset; the backend read %v, want a reset (a clean EOF passes the cut upload off as complete)", err)
+				}
+			case <-time.After(deadlineFor):
+				t.Fatal("the client reset; the backend saw nothing")
+			}
+		})
+		t.Run(engine.name+"/backend-resets", func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent := make(chan struct{})
+			reset := make(chan struct{})
+			testenv.Serve(t, ln, func(c net.Conn) {
+				c.SetDeadline(time.Now().Add(deadlineFor))
+				if _, err := c.Write(make([]byte, chunk)); err != nil {
+					return
+				}
+				close(sent)
+				<-reset
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			})
+			p := &Proxy{Loops: engine.loops}
+			l := start(t, p, &Route{Service: "reset", Backends: Addrs(ln.Addr().String())}, 0)
+			c := dial(t, l.Addr().String())
+			c.SetDeadline(time.Now().Add(deadlineFor))
+			if _, err := io.ReadFull(c, make([]byte, chunk)); err != nil {
+				t.Fatal(err)
+			}
+			<-sent
+			close(reset)
+			_, err = io.Copy(io.Discard, c)
+			if !errors.Is(err, unix.ECONNRESET) {
+				t.Fatalf("the backend reset; the client read %v, want a reset", err)
+			}
+		})
+	}
+}
+
+// TestOutOfDescriptorsCopiesInstead (issue 19 item 2): a stream that
+// would splice but cannot get a pipe (the process is out of descriptors)
+// copies through a buffer instead; running out of descriptors must not
+// cut a transfer. The test lowers its own open-file limit and fills it,
+// with the connection's sockets already open, then sends 20 MB through
+// a connection held open: the backend checks every byte.
+func TestOutOfDescriptorsCopiesInstead(t *testing.T) {
+	const size = 20 << 20
+	for _, engine := range engines {
+		t.Run(engine.name, func(t *testing.T) {
+			payload := make([]byte, size)
+			rand.Read(payload)
+			backend, accepted := checksumServerAccepting(t, size, sha256.Sum256(payload))
+			p := &Proxy{Loops: engine.loops}
+			l := start(t, p, &Route{Service: "nofile", Backends: Addrs(backend)}, 0)
+			c := dial(t, l.Addr().String())
+			// Every descriptor the transfer needs is open: both of the
+			// proxy's sockets, and the backend's (its accept needs one).
+			testenv.WaitFor(t, "the connection to start", func() bool {
+				cs := p.Connections()
+				return len(cs) == 1 && cs[0].Backend != ""
+			})
+			select {
+			case <-accepted:
+			case <-time.After(deadlineFor):
+				t.Fatal("the backend did not accept the proxy's connection")
+			}
+			p.syncLoops()
+			pipePool.drain()
+			release := exhaustDescriptors(t)
+			defer release()
+			c.SetWriteDeadline(time.Now().Add(deadlineFor))
+			if _, err := c.Write(payload); err != nil {
+				release()
+				t.Fatalf("write: %v", err)
+			}
+			awaitOK(t, c, size)
+		})
+	}
+}
+
+// exhaustDescriptors lowers the process's open-file limit to a little
+// above what it holds and opens files up to it, so that the next pipe(2)
+// or socket(2) fails with EMFILE. release closes them and restores the
+// limit; it may be called more than once.
+func exhaustDescriptors(t *testing.T) (release func()) {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	probe, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	highest := probe.Fd()
+	probe.Close()
+	lowered := old
+	lowered.Cur = uint64(highest) + 64
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lowered); err != nil {
+		t.Fatal(err)
+	}
+	var held []int
+	for {
+		fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if !errors.Is(err, unix.EMFILE) {
+				t.Fatalf("filling the descriptor table: %v", err)
+			}
+			break
+		}
+		held = append(held, fd)
+	}
+	done := false
+	return func() {
+		if done {
+			return
+		}
+		done = true
+		for _, fd := range held {
+			unix.Close(fd)
+		}
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+			t.Errorf("restoring the open-file limit: %v", err)
+		}
+	}
+}
+
+// drain closes the pool's idle pipes, so that the next get makes one.
+func (pp *pipes) drain() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	for _, p := range pp.free {
+		unix.Close(p.r)
+		unix.Close(p.w)
+	}
+	pp.free = nil
+}
+
+// TestUnreachableBackendErrorSaysItOnce (issue 19 item 6): a connection
+// whose every dial fails logs one "no backend reachable" line whose error
+// names the failure once, with how many dials met it, on one line (not
+// the same "connection refused" once per retry, joined by newlines). On
+// each engine: the loops dial themselves, the goroutine engine in dial.
+func TestUnreachableBackendErrorSaysItOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ln.Addr().String()
+	ln.Close() // nothing listens there: every dial is refused
+	for _, engine := range engines {
+		t.Run(engine.name, func(t *testing.T) {
+			var logs testenv.LogBuffer
+			p := &Proxy{Loops: engine.loops, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+			l := start(t, p, &Route{Service: "gone", Backends: Addrs(gone), Retries: 3}, 0)
+			c := dial(t, l.Addr().String())
+			c.SetReadDeadline(time.Now().Add(deadlineFor))
+			if n, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatalf("read %d bytes from a connection with no backend", n)
+			}
+			testenv.WaitFor(t, "the failure to be logged", func() bool { return len(logs.Lines("no backend reachable")) == 1 })
+			line := logs.Lines("no backend reachable")[0]
+			if strings.Count(line, gone+": ") != 1 || !strings.Contains(line, "connection refused (4 dials)") || strings.Contains(line, `\n`) {
+				t.Errorf("the error should say the failure once, with its count (4 dials), on one line:\n%s", line)
+			}
+		})
+	}
+}
+
+// TestAbortWhileWriteBlocked: a connection whose backend stopped reading
+// holds its client's bytes in a blocked write; closing it (here the idle
+// timeout, as a forced shutdown or close_on_remove would) must end it,
+// not wait for that write. On the goroutine engine the write blocks
+// inside the read of the client socket, and closing that socket waited
+// for the read to return: the connection and its goroutines stayed for
+// good, and so did a shutdown.
+func TestAbortWhileWriteBlocked(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			testenv.Serve(t, ln, func(c net.Conn) {
+				c.Read(make([]byte, 1)) // and no more: the stream waits on it
+				<-done
+			})
+			t.Cleanup(func() { close(done) }) // before Serve's, which waits for the handler
+			p := &Proxy{Loops: engine.loops}
+			l := start(t, p, &Route{Service: "stuck", Backends: Addrs(ln.Addr().String()), IdleTimeout: 300 * time.Millisecond}, 0)
+			c := dial(t, l.Addr().String())
+			c.SetDeadline(time.Now().Add(deadlineFor))
+			// Far more than the socket buffers on the way hold.
+			go c.Write(make([]byte, 64<<20))
+			testenv.WaitFor(t, "the idle timeout to close the connection", func() bool {
+				return len(p.Connections()) == 0 && l.Stats.Active.Load() == 0
+			})
+			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, unix.ECONNRESET) {
+				t.Fatalf("client: %v, want an end of stream", err)
+			}
+		})
+	}
+}

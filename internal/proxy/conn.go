@@ -61,6 +61,9 @@ type conn struct {
 	// the adds never contend across connections.
 	movedIn, movedOut atomic.Int64
 	pending           atomic.Int32 // copy goroutines still running
+	// backendDone: the backend ended its side and the client was told
+	// (its write side shut); only the client's side may still be open.
+	backendDone atomic.Bool
 
 	// Written before the copy goroutines start, or by one of them before
 	// its pending.Add; read by finish after both.
@@ -510,6 +513,43 @@ func (p *Proxy) backendToClient(c *conn) {
 	}
 	if c.pending.Load() == 2 {
 		_ = asSock(c.client).CloseWrite()
+		c.backendDown(p)
+	}
+}
+
+// backendDown records that the backend ended its side of c, and during a
+// shutdown ends c (endDrained): a drain waits for exchanges in flight, and
+// this one's answer is complete.
+func (c *conn) backendDown(p *Proxy) {
+	c.backendDone.Store(true)
+	if p.draining.Load() {
+		c.endDrained()
+	}
+}
+
+// endDrained ends a connection during a drain once its backend has ended
+// its side: the client's read side is shut, so the proxy reads an EOF
+// from it and the connection finishes as if the client had closed,
+// instead of holding the shutdown for its whole grace period while an
+// idle client (a redis-cli, a pool) keeps its side open. What the client
+// sends from then on is not read.
+func (c *conn) endDrained() {
+	switch s := asSock(c.client).(type) {
+	case *rawSock:
+		s.shutdownRead()
+	case *net.TCPConn:
+		shutdownRead(s)
+	case *tls.Conn:
+		if tc, ok := s.NetConn().(*net.TCPConn); ok {
+			shutdownRead(tc)
+		}
+	}
+}
+
+// shutdownRead shuts c's read side: its blocked and later reads return EOF.
+func shutdownRead(c *net.TCPConn) {
+	if raw, err := c.SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RD) })
 	}
 }
 

@@ -774,6 +774,9 @@ func (pr *pair) eof(d *dir) {
 		return
 	}
 	rawShutdownWrite(d.dst.fd)
+	if d == &pr.down {
+		pr.c.backendDown(pr.p)
+	}
 }
 
 // fail ends the pair after an error in d: a reset stream cannot be

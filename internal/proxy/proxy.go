@@ -142,12 +142,15 @@ type Proxy struct {
 	// Unix sockets or over links use the goroutines either way.
 	Loops int
 
-	loops    loops
-	mu       sync.Mutex
-	conns    map[*conn]struct{}
-	lastID   uint64        // the last connection id given out
-	drained  chan struct{} // closed when conns becomes empty during shutdown
-	closing  bool
+	loops   loops
+	mu      sync.Mutex
+	conns   map[*conn]struct{}
+	lastID  uint64        // the last connection id given out
+	drained chan struct{} // closed when conns becomes empty during shutdown
+	closing bool
+	// draining is closing, readable without p.mu by the copy paths: a
+	// connection whose backend ended its side then ends (see endDrained).
+	draining atomic.Bool
 	handlers sync.WaitGroup
 }
 
@@ -470,10 +473,16 @@ func (p *Proxy) Active() int {
 func (p *Proxy) Shutdown(ctx context.Context) int {
 	p.mu.Lock()
 	p.closing = true
+	p.draining.Store(true)
 	var drained chan struct{}
 	if len(p.conns) > 0 {
 		drained = make(chan struct{})
 		p.drained = drained
+	}
+	for c := range p.conns {
+		if c.backendDone.Load() {
+			c.endDrained()
+		}
 	}
 	p.mu.Unlock()
 	forced := 0

@@ -158,6 +158,27 @@ func (s *rawSock) closedByLoop() {
 	s.closed.Store(true)
 }
 
+// shutdownRead shuts the socket's read side (see conn.endDrained); a loop
+// that owns it does so on its own goroutine, the only one that may touch
+// an adopted descriptor.
+func (s *rawSock) shutdownRead() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case rawOpen:
+		_ = unix.Shutdown(s.fd, unix.SHUT_RD)
+	case rawOwned:
+		pr := s.pr
+		s.lp.post(func() {
+			if !pr.closed {
+				_ = unix.Shutdown(pr.client.fd, unix.SHUT_RD)
+			}
+		})
+	case rawNet:
+		shutdownRead(s.conv)
+	}
+}
+
 func (s *rawSock) CloseWrite() error {
 	if c := s.netConn(); c != nil {
 		return c.CloseWrite()

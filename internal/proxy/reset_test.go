@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -276,6 +278,96 @@ func TestAbortWhileWriteBlocked(t *testing.T) {
 			})
 			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, unix.ECONNRESET) {
 				t.Fatalf("client: %v, want an end of stream", err)
+			}
+		})
+	}
+}
+
+// TestDrainEndsConnectionsTheBackendEnded (issue 19 item 6, demo --stay
+// slow to stop): during a shutdown's drain, a connection whose backend
+// has closed its side, with an idle client that keeps its own side open
+// (redis-cli, a pool), ends at once: its answer is complete, and holding
+// the shutdown for the grace period helps nobody. Both cases: the backend
+// closed before the shutdown began, and while it drains. A connection the
+// backend keeps open still holds the drain (nothing is cut).
+func TestDrainEndsConnectionsTheBackendEnded(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var backends []net.Conn
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			testenv.Serve(t, ln, func(c net.Conn) {
+				mu.Lock()
+				backends = append(backends, c)
+				mu.Unlock()
+				c.Write([]byte("hi"))
+				<-done
+			})
+			t.Cleanup(func() { close(done) })
+			p := &Proxy{Loops: engine.loops}
+			lnp, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := NewListener(lnp, &Route{Service: "drain", Backends: Addrs(ln.Addr().String())}, 0)
+			ctx, cancel := context.WithCancel(context.Background())
+			served := make(chan error, 1)
+			go func() { served <- p.Serve(ctx, l) }()
+			var clients []*net.TCPConn
+			for range 3 {
+				c := dial(t, l.Addr().String())
+				c.SetDeadline(time.Now().Add(deadlineFor))
+				if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+					t.Fatal(err)
+				}
+				clients = append(clients, c)
+			}
+			mu.Lock()
+			if len(backends) != 3 {
+				t.Fatalf("%d backend connections, want 3", len(backends))
+			}
+			closeBefore, closeDuring, keep := backends[0], backends[1], backends[2]
+			mu.Unlock()
+			// The first one's backend ends its side before the shutdown.
+			closeBefore.(*net.TCPConn).CloseWrite()
+			if _, err := io.Copy(io.Discard, clients[0]); err != nil {
+				t.Fatalf("client 0: %v, want the backend's EOF", err)
+			}
+			cancel()
+			if err := <-served; err != nil {
+				t.Fatal(err)
+			}
+			grace, stop := context.WithCancel(context.Background())
+			defer stop()
+			result := make(chan int, 1)
+			go func() { result <- p.Shutdown(grace) }()
+			// The second one's backend ends its side during the drain.
+			closeDuring.(*net.TCPConn).CloseWrite()
+			for i := range 2 {
+				if _, err := io.Copy(io.Discard, clients[i]); err != nil {
+					t.Fatalf("client %d: %v, want an EOF", i, err)
+				}
+			}
+			// Only the third, whose backend keeps its side open, holds
+			// the drain now; it still works.
+			testenv.WaitFor(t, "the two ended connections to finish", func() bool { return p.Active() == 1 })
+			keep.Write([]byte("!"))
+			if _, err := io.ReadFull(clients[2], make([]byte, 1)); err != nil {
+				t.Fatalf("the connection the backend keeps open broke during the drain: %v", err)
+			}
+			select {
+			case n := <-result:
+				t.Fatalf("Shutdown returned (%d forced) with a connection in flight", n)
+			default:
+			}
+			keep.Close()
+			clients[2].Close()
+			if n := <-result; n != 0 {
+				t.Fatalf("forced = %d, want 0: every connection ended during the drain", n)
 			}
 		})
 	}

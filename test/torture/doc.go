@@ -37,7 +37,8 @@
 // acknowledged (otherwise the reset hid a truncation), or on a socket
 // the reset closed (the kernel reports a reset's error to one call only,
 // which may be the end's own send). socat and HAProxy pass a reset on as
-// a FIN, so behind them a clean EOF is accepted.
+// a FIN, and a Unix socket has no reset, so behind those fronts and in
+// front of a Unix backend a clean EOF is accepted.
 //
 // Topologies (topology_test.go): 1, 2 and 3 chained attache hops with
 // mixed engines (event loops by default, goroutines with

@@ -71,8 +71,9 @@ type topology struct {
 	proxyHeader bool   // the client starts with a PROXY protocol header
 	// resetsAsFIN: a front that passes a peer's reset on as a FIN stands
 	// before attache (socat always; HAProxy without option nolinger, which
-	// would reset clean ends too), so a reset may reach the other end as
-	// a clean EOF through no fault of attache's.
+	// would reset clean ends too), or the backend is a Unix socket (which
+	// has no reset), so a reset may reach the other end as a clean EOF
+	// through no fault of attache's.
 	resetsAsFIN bool
 	procs       []*proc
 	ports       []int       // the listening ports of its proxies, for ss
@@ -224,6 +225,12 @@ func (env *runEnv) proxyProtocol(name string, backend string, h hop) *topology {
 	p, entry := env.startAttache(name, h.env(), forwardingRE, "-c", cfg)
 	return &topology{name: name, env: env, entry: entry, proxyHeader: true, procs: []*proc{p},
 		ports: []int{portOf(entry)}}
+}
+
+// resetsAsFIN marks topo as one where a reset may arrive as a FIN.
+func resetsAsFIN(topo *topology) *topology {
+	topo.resetsAsFIN = true
+	return topo
 }
 
 // haproxyFront puts HAProxy, splicing both ways (option splice-auto),

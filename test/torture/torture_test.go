@@ -172,8 +172,10 @@ func (env *runEnv) topologies() []*topology {
 		{"link-goroutines", func(n string) *topology { return env.link(n, b.tcp, G) }},
 		{"proxy-protocol-loops", func(n string) *topology { return env.proxyProtocol(n, b.tcp, L) }},
 		{"proxy-protocol-goroutines", func(n string) *topology { return env.proxyProtocol(n, b.tcp, G) }},
-		{"unix-backend-loops", func(n string) *topology { return env.chain(n, b.unix, L) }},
-		{"unix-backend-goroutines", func(n string) *topology { return env.chain(n, b.unix, G) }},
+		// A Unix stream has no reset: a client's reset reaches a Unix
+		// backend as an EOF, the best attache can do.
+		{"unix-backend-loops", func(n string) *topology { return resetsAsFIN(env.chain(n, b.unix, L)) }},
+		{"unix-backend-goroutines", func(n string) *topology { return resetsAsFIN(env.chain(n, b.unix, G)) }},
 		{"slow-accept-loops", func(n string) *topology { return env.chain(n, b.slow, L) }},
 		{"slow-accept-goroutines", func(n string) *topology { return env.chain(n, b.slow, G) }},
 		{"haproxy-splice+loops", func(n string) *topology { return env.haproxyFront(env.chain(n, b.tcp, L)) }},

@@ -71,7 +71,7 @@ type pipes struct {
 	mu   sync.Mutex
 	free []*pipe
 	max  int
-	// size is the capacity asked of new pipes (0: pipeSize). The kernel
+	// size is the capacity asked of new pipes. The kernel
 	// may grant less (a user past fs.pipe-user-pages-soft gets a pipe of
 	// a page or two): nothing may assume a splice fills it.
 	size int
@@ -79,17 +79,17 @@ type pipes struct {
 
 // envPipeSize reads $ATTACHE_PIPE_SIZE, the bytes to ask of each splice
 // pipe: a way to run with a small pipe budget (tests do, to stand for a
-// user whose pipes the kernel keeps small). 0 (pipeSize) when unset or
-// not a positive number.
+// user whose pipes the kernel keeps small); pipeSize when unset or not a
+// positive number.
 func envPipeSize() int {
 	v := os.Getenv("ATTACHE_PIPE_SIZE")
 	if v == "" {
-		return 0
+		return pipeSize
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n <= 0 {
 		slog.Warn("ignoring ATTACHE_PIPE_SIZE: want a positive number of bytes", "value", v)
-		return 0
+		return pipeSize
 	}
 	return n
 }
@@ -102,16 +102,13 @@ func (pp *pipes) get() (*pipe, error) {
 		pp.mu.Unlock()
 		return p, nil
 	}
+	size := pp.size
 	pp.mu.Unlock()
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, err
 	}
 	// Best effort: a smaller pipe still works, with more syscalls.
-	size := pp.size
-	if size <= 0 {
-		size = pipeSize
-	}
 	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, size)
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }

@@ -634,7 +634,7 @@ func (lp *loop) move(d *dir) bool {
 		return false
 	}
 	if n < len(lp.scratch) && !d.src.hup && !d.src.urgent {
-		// Rule 2 (see the top of this file): a short read(2) emptied the
+		// Rule 2 (see the package doc): a short read(2) emptied the
 		// socket, and the next bytes bring a new edge.
 		d.src.readable = false
 	}
@@ -775,7 +775,13 @@ func (pr *pair) eof(d *dir) {
 	}
 	rawShutdownWrite(d.dst.fd)
 	if d == &pr.down {
-		pr.c.backendDown(pr.p)
+		// The backend ended its side (see conn.endDrained): during a
+		// drain, so does the client's read side, here and now, since
+		// this goroutine owns the descriptor.
+		pr.c.backendDone.Store(true)
+		if pr.p.draining.Load() {
+			rawShutdownRead(pr.client.fd)
+		}
 	}
 }
 

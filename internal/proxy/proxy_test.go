@@ -58,6 +58,12 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// engines are the two TCP engines every data-path test runs on.
+var engines = []struct {
+	name  string
+	loops int
+}{{"loops", 1}, {"goroutines", -1}}
+
 // deadlineFor bounds a blocking test step so a bug fails the test instead of
 // hanging it; it is not a performance threshold.
 const deadlineFor = 20 * time.Second
@@ -650,10 +656,7 @@ func TestLeastConnBurstSpreads(t *testing.T) {
 // close reason, on either engine: "eof" for a connection that ends
 // normally, the daemon's reason for one it closes (CloseBackend).
 func TestAccessLog(t *testing.T) {
-	for _, engine := range []struct {
-		name  string
-		loops int
-	}{{"loops", 1}, {"goroutines", -1}} {
+	for _, engine := range engines {
 		t.Run(engine.name, func(t *testing.T) {
 			echo := testenv.Echo(t, "127.0.0.1:0")
 			var buf testenv.LogBuffer

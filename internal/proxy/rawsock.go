@@ -171,7 +171,7 @@ func (s *rawSock) shutdownRead() {
 		pr := s.pr
 		s.lp.post(func() {
 			if !pr.closed {
-				_ = unix.Shutdown(pr.client.fd, unix.SHUT_RD)
+				rawShutdownRead(pr.client.fd)
 			}
 		})
 	case rawNet:

@@ -19,12 +19,6 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
-// engines are the two TCP engines every data-path test runs on.
-var engines = []struct {
-	name  string
-	loops int
-}{{"loops", 1}, {"goroutines", -1}}
-
 // resetHard closes c with a reset (RST) instead of a FIN.
 func resetHard(t *testing.T, c *net.TCPConn) {
 	t.Helper()
@@ -203,17 +197,6 @@ func exhaustDescriptors(t *testing.T) (release func()) {
 			t.Errorf("restoring the open-file limit: %v", err)
 		}
 	}
-}
-
-// drain closes the pool's idle pipes, so that the next get makes one.
-func (pp *pipes) drain() {
-	pp.mu.Lock()
-	defer pp.mu.Unlock()
-	for _, p := range pp.free {
-		unix.Close(p.r)
-		unix.Close(p.w)
-	}
-	pp.free = nil
 }
 
 // TestUnreachableBackendErrorSaysItOnce (issue 19 item 6): a connection

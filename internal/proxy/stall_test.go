@@ -75,27 +75,29 @@ func awaitOK(t *testing.T, c net.Conn, size int) {
 	}
 }
 
+// drain closes the pool's idle pipes, so that the next get makes one.
+func (pp *pipes) drain() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	for _, p := range pp.free {
+		unix.Close(p.r)
+		unix.Close(p.w)
+	}
+	pp.free = nil
+}
+
 // withPipeSize makes the splice pipes made from now on ask for size
 // bytes, as a user whose pipes the kernel keeps small gets, until the test
 // ends. Pooled pipes of the old size are closed first.
 func withPipeSize(t *testing.T, size int) {
 	t.Helper()
-	drain := func() {
-		pipePool.mu.Lock()
-		defer pipePool.mu.Unlock()
-		for _, p := range pipePool.free {
-			unix.Close(p.r)
-			unix.Close(p.w)
-		}
-		pipePool.free = nil
-	}
-	drain()
+	pipePool.drain()
 	pipePool.mu.Lock()
 	old := pipePool.size
 	pipePool.size = size
 	pipePool.mu.Unlock()
 	t.Cleanup(func() {
-		drain()
+		pipePool.drain()
 		pipePool.mu.Lock()
 		pipePool.size = old
 		pipePool.mu.Unlock()

@@ -961,13 +961,12 @@ type loops struct {
 }
 
 // DefaultLoops is how many event loops a Proxy runs when Loops is 0: one
-// per CPU the Go runtime may use. On this project's 2-CPU bench machine a
-// second loop took new connections/s from 0.75-0.83x of HAProxy's (with its
-// two threads) to 0.92-0.95x in the same runs, with requests/s and
-// throughput unchanged (with one loop, 9% of the machine stayed idle under
-// that load, against 2% under HAProxy: one loop cannot use the CPU that
-// frees up first). An idle loop gives its P back (see serve), so the rest
-// of the process still runs.
+// per CPU the Go runtime may use. Fewer loops than CPUs leave CPU idle
+// under a connection-rate load (one loop cannot take the CPU that frees up
+// first while it runs on the other); more add nothing but wake-ups. An
+// idle loop gives its P back (see serve), so the rest of the process still
+// runs. The measurements behind this are in bench/README.md ("How the
+// event loops got there").
 func DefaultLoops() int { return max(runtime.GOMAXPROCS(0), 1) }
 
 // envLoops reads $ATTACHE_LOOPS (the count, or -1 for goroutines), which

@@ -114,8 +114,8 @@ func (ll *loopListener) detach(loops []*loop) {
 
 // accept takes one connection waiting on s's listener. The listener is
 // level-triggered: epoll reports it again while more wait, so one accept per
-// event saves the accept4 that would only say EAGAIN (taking up to 16 per
-// event measured no better).
+// event saves the accept4 that would only say EAGAIN (taking several per
+// event gained nothing; see bench/README.md).
 func (lp *loop) accept(s *side) {
 	fd, sa, err := acceptTCP(s.fd)
 	switch {
@@ -217,13 +217,12 @@ func (lp *loop) acceptFailed(s *side, err error) {
 // to the loops in turn (by its id), as HAProxy's listener multi-queue
 // deals them out, rather than staying with whichever loop epoll woke:
 // left to epoll, one loop takes runs of connections while the other
-// idles, and the clients of a connection-rate test fall into step with
-// each other (the machine sat 7-9% idle against HAProxy's 2-3%; dealt
-// out, 3.5-4.5%). But only to a loop that is waiting for events: a busy
-// one would leave the connection queued behind the rest of its batch,
-// while the accepting loop is running now (dealing to busy loops too, the
-// connection test's p99 latency came out 5-20% worse, round after round;
-// HAProxy's multi-queue likewise prefers the least loaded thread).
+// idles, and the clients of a connection-rate load fall into step with
+// each other, leaving CPU idle. But only to a loop that is waiting for
+// events: a busy one would leave the connection queued behind the rest of
+// its batch, while the accepting loop is running now (HAProxy's
+// multi-queue likewise prefers the least loaded thread). The runs that
+// measured both choices are in bench/README.md.
 //
 // The connection is tracked here, on the accepting loop, so that a
 // shutdown or an upgrade that begins while it is on its way to the other

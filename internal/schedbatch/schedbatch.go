@@ -8,13 +8,11 @@
 // other's time into slices of a few dozen microseconds. SCHED_BATCH keeps
 // the same share of CPU (same weight, same fairness) but a woken thread
 // does not preempt the running one: it runs when that one sleeps or its
-// slice ends. Measured on a 2-CPU machine with redis-benchmark, attache
-// and redis-server sharing it, context switches per new connection fell
-// by half in attache and by two thirds in the client, and new
-// connections/s rose 2-4% (README, "Performance"). The price is latency
-// under CPU contention: a woken loop may wait up to a scheduler slice (a
-// few ms) for a busy CPU instead of taking it at once; on an idle CPU it
-// runs at once, as before.
+// slice ends, so client, proxy and server switch context less often when
+// they share CPUs (the measurements are in bench/README.md, "--sched-batch").
+// The price is latency under CPU contention: a woken loop may wait up to a
+// scheduler slice (a few ms) for a busy CPU instead of taking it at once;
+// on an idle CPU it runs at once, as before.
 //
 // The policy is per thread on Linux, and a new thread takes its creator's,
 // so switching every thread once at start-up covers the threads the Go

@@ -29,6 +29,7 @@ import (
 	"github.com/attache/attache/internal/health"
 	"github.com/attache/attache/internal/listen"
 	"github.com/attache/attache/internal/proxy"
+	"github.com/attache/attache/internal/sdnotify"
 	"github.com/attache/attache/internal/udp"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -90,6 +91,9 @@ type Options struct {
 	// listener serves, and removed at exit unless a newer process has
 	// rewritten it.
 	PIDFile string
+	// Notifier sends systemd its notify messages (systemd.go); nil sends
+	// nothing.
+	Notifier *sdnotify.Notifier
 	// Version is this build's version (buildinfo.Version), served as the
 	// attache_build_info metric's version label and on the status page;
 	// empty is "dev".
@@ -246,6 +250,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 	}
 	d.announceReady(opts)
+	d.wg.Go(func() { opts.Notifier.Watchdog(serveCtx) }) // WatchdogSec= in the unit
 	if opts.Ready != nil {
 		opts.Ready(bound)
 	}
@@ -274,6 +279,8 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	if handedOver { // the new process answers the admin API now
 		adminWG.Go(func() { retireAdmin(adminLn, stopAdmin) })
+	} else {
+		d.notified(opts.Notifier.Stopping(fmt.Sprintf("stopping: draining %d connections", d.proxy.Active())))
 	}
 	d.open.Store(false)
 	close(d.stopped) // admin reloads asked from now on are refused
@@ -488,7 +495,9 @@ func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummar
 
 // reloadCounted reloads and counts the result in attache_reload_total.
 func (d *daemon) reloadCounted(opts Options, reloads *prometheus.CounterVec) (admin.ReloadSummary, error) {
+	d.notified(opts.Notifier.Reloading("reloading the configuration"))
 	sum, err := d.reload(opts.Load)
+	d.notifyReloaded(opts, err)
 	result := "success"
 	if err != nil {
 		result = "failure"

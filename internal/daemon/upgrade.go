@@ -59,6 +59,8 @@ func (d *daemon) upgrade(opts Options, adminLn net.Listener) bool {
 	pid, err := u.Upgrade(d.ctx, socks)
 	if err != nil {
 		d.log.Error("upgrade failed; this process keeps serving", "pid", os.Getpid(), "error", err)
+		// The failed process may have told systemd it was the main one.
+		d.notified(opts.Notifier.MainPID(os.Getpid(), d.serviceStatus()))
 		// The failed process may have written the pid file (and removed it
 		// on its way out): name this process again.
 		if opts.PIDFile != "" {
@@ -186,7 +188,9 @@ func (d *daemon) announceReady(opts Options) {
 			return
 		}
 	}
-	if opts.Inherited == nil {
+	d.notifyReady(opts) // an upgrade's MAINPID= before the old process lets go
+	if !opts.Inherited.IsUpgrade() {
+		_, _ = opts.Inherited.Ready() // socket activation: nothing to tell
 		return
 	}
 	unused, err := opts.Inherited.Ready()

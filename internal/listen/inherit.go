@@ -28,6 +28,9 @@ type Inherited struct {
 	// unix are the Unix listeners taken: their socket files are removed
 	// on close only once this process has taken over (see Ready).
 	unix []*net.UnixListener
+	// activated are the sockets of socket activation (activation.go), by
+	// network family and configured address; nil in an upgrade.
+	activated map[string]any
 }
 
 // FromEnviron finds the sockets and the ready pipe that an upgrade passed
@@ -166,7 +169,8 @@ func (in *Inherited) Take(kind, network, addr string) net.Listener {
 	defer in.mu.Unlock()
 	q := in.sockets[k]
 	if len(q) == 0 {
-		return nil
+		ln, _ := in.takeActivated(network, addr).(net.Listener)
+		return ln // systemd owns a Unix socket's file: never removed here
 	}
 	ln := q[0]
 	if len(q) == 1 {
@@ -247,6 +251,7 @@ func (in *Inherited) closeSockets() []string {
 		}
 	}
 	clear(in.sockets)
+	names = append(names, in.closeActivated()...)
 	slices.Sort(names)
 	return names
 }

@@ -1,130 +1,114 @@
 package cli
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/attache/attache/internal/certs"
 	"github.com/attache/attache/internal/config"
 )
 
-const certsUsage = `Usage:
-  attache certs init [--dir D] [--name fleet-ca] [--days 3650] [--force]
-      create the fleet's CA: D/NAME.crt and D/NAME.key (0600)
-  attache certs issue NAME [--dir D] [--ca fleet-ca] [--dns N,...] [--ip A,...] [--days 365] [--force]
-      issue a host certificate signed by the CA in D: D/NAME.crt and D/NAME.key (0600),
-      for TLS server and client use, with NAME (and --dns) as DNS names
-
-`
-
-// runCerts is `attache certs init|issue`.
-func runCerts(e Env, args []string) int {
-	if len(args) == 0 {
-		fmt.Fprint(e.Stderr, "attache certs: want a subcommand, init or issue\n\n"+certsUsage)
-		return ExitUsage
+func certsCommand(e Env) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "certs init|issue ...",
+		Short: "make the fleet CA and host certificates for links",
+		Long: `Certs makes the certificates attache links use: one CA for the fleet
+(certs init), and a certificate per host signed by it (certs issue).`,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: cobra.NoFileCompletions,
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("want a subcommand, init or issue")
+			}
+			return usageError("unknown subcommand %q (want init or issue)", args[0])
+		},
 	}
-	switch args[0] {
-	case "init":
-		return certsInit(e, args[1:])
-	case "issue":
-		return certsIssue(e, args[1:])
-	case "help", "-h", "--help":
-		fmt.Fprint(e.Stdout, certsUsage)
-		return ExitOK
-	}
-	fmt.Fprintf(e.Stderr, "attache certs: unknown subcommand %q (want init or issue)\n\n%s", args[0], certsUsage)
-	return ExitUsage
+	c.AddCommand(certsInitCommand(e), certsIssueCommand(e))
+	return c
 }
 
-func certsFlagSet(name string, e Env) *flag.FlagSet {
-	fs := flag.NewFlagSet("attache certs "+name, flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	fs.Usage = func() {
-		fmt.Fprint(e.Stderr, certsUsage)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-func certsInit(e Env, args []string) int {
+func certsInitCommand(e Env) *cobra.Command {
 	var o certs.InitOptions
-	fs := certsFlagSet("init", e)
+	c := &cobra.Command{
+		Use:   "init [--dir DIR] [--name fleet-ca] [--days 3650] [--force]",
+		Short: "create the fleet's CA: DIR/NAME.crt and DIR/NAME.key (0600)",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError("unexpected arguments %q (the name is --name)", strings.Join(args, " "))
+			}
+			return nil
+		},
+		RunE: func(*cobra.Command, []string) error {
+			f, err := certs.Init(o)
+			if err != nil {
+				fmt.Fprintf(e.Stderr, "attache certs init: %v\n", err)
+				return exitCode(ExitUsage)
+			}
+			fmt.Fprintf(e.Stdout, "CA certificate: %s\nCA key:         %s (keep it private; it signs host certificates)\n", f.Cert, f.Key)
+			return nil
+		},
+	}
+	fs := c.Flags()
 	fs.StringVar(&o.Dir, "dir", ".", "the directory `DIR` to write the CA's files into")
 	fs.StringVar(&o.Name, "name", certs.DefaultCAName, "the CA's `NAME` (file names and subject)")
 	fs.IntVar(&o.Days, "days", certs.DefaultCADays, "validity in `DAYS`")
 	fs.BoolVar(&o.Force, "force", false, "replace existing files")
-	rest, err := parseInterspersed(fs, args)
-	if err != nil {
-		return helpOrUsage(err)
-	}
-	if len(rest) > 0 {
-		fmt.Fprintf(e.Stderr, "attache certs init: unexpected arguments %q (the name is --name)\n", strings.Join(rest, " "))
-		return ExitUsage
-	}
-	f, err := certs.Init(o)
-	if err != nil {
-		fmt.Fprintf(e.Stderr, "attache certs init: %v\n", err)
-		return ExitUsage
-	}
-	fmt.Fprintf(e.Stdout, "CA certificate: %s\nCA key:         %s (keep it private; it signs host certificates)\n", f.Cert, f.Key)
-	return ExitOK
+	return c
 }
 
-func certsIssue(e Env, args []string) int {
+func certsIssueCommand(e Env) *cobra.Command {
 	var (
 		o   certs.IssueOptions
 		dns listFlag
 		ips listFlag
 	)
-	fs := certsFlagSet("issue", e)
+	c := &cobra.Command{
+		Use:   "issue NAME [--dir DIR] [--ca fleet-ca] [--dns N,...] [--ip A,...] [--days 365] [--force]",
+		Short: "issue a host certificate signed by the CA in DIR: DIR/NAME.crt and DIR/NAME.key (0600), for TLS server and client use, with NAME (and --dns) as DNS names",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError("want exactly one NAME, got %d arguments", len(args))
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			o.Name = args[0]
+			o.DNS = dns
+			for _, s := range ips {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return usageError("--ip: want an IP address, got %q", s)
+				}
+				o.IPs = append(o.IPs, ip)
+			}
+			f, err := certs.Issue(o)
+			if err != nil {
+				fmt.Fprintf(e.Stderr, "attache certs issue: %v\n", err)
+				return exitCode(ExitUsage)
+			}
+			fmt.Fprintf(e.Stdout, "certificate: %s\nkey:         %s\n", f.Cert, f.Key)
+			return nil
+		},
+	}
+	fs := c.Flags()
 	fs.StringVar(&o.Dir, "dir", ".", "the directory `DIR` holding the CA, where the new files are written")
 	fs.StringVar(&o.CAName, "ca", certs.DefaultCAName, "the CA's `NAME`")
 	fs.Var(&dns, "dns", "further DNS `NAMES` (comma-separated, repeatable)")
 	fs.Var(&ips, "ip", "IP `ADDRESSES` to include (comma-separated, repeatable)")
 	fs.IntVar(&o.Days, "days", certs.DefaultDays, "validity in `DAYS`")
 	fs.BoolVar(&o.Force, "force", false, "replace existing files")
-	rest, err := parseInterspersed(fs, args)
-	if err != nil {
-		return helpOrUsage(err)
-	}
-	if len(rest) != 1 {
-		fmt.Fprintf(e.Stderr, "attache certs issue: want exactly one NAME, got %d arguments\n\n%s", len(rest), certsUsage)
-		return ExitUsage
-	}
-	o.Name = rest[0]
-	o.DNS = dns
-	for _, s := range ips {
-		ip := net.ParseIP(s)
-		if ip == nil {
-			fmt.Fprintf(e.Stderr, "attache certs issue: --ip: want an IP address, got %q\n", s)
-			return ExitUsage
-		}
-		o.IPs = append(o.IPs, ip)
-	}
-	f, err := certs.Issue(o)
-	if err != nil {
-		fmt.Fprintf(e.Stderr, "attache certs issue: %v\n", err)
-		return ExitUsage
-	}
-	fmt.Fprintf(e.Stdout, "certificate: %s\nkey:         %s\n", f.Cert, f.Key)
-	return ExitOK
-}
-
-func helpOrUsage(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return ExitOK
-	}
-	return ExitUsage
+	return c
 }
 
 // listFlag collects comma-separated values over repeated flags.
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Type() string   { return "strings" }
 func (l *listFlag) Set(v string) error {
 	for s := range strings.SplitSeq(v, ",") {
 		if s = strings.TrimSpace(s); s != "" {

@@ -88,6 +88,11 @@ func runProxy(cmd *cobra.Command, e Env, f *runFlags, positional []string, check
 		fmt.Fprintf(e.Stderr, "attache: upgrade hand-over: %v\n", err)
 		return ExitUsage
 	}
+	notifier, inherited, err := systemd(ctx, e, cfg, f.admin, inherited)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
+		return ExitUsage
+	}
 	if f.schedBatch {
 		if n, err := schedbatch.Apply(); err != nil {
 			log.Warn("threads stay under their CPU scheduling policy (see --sched-batch)", "error", err)
@@ -99,7 +104,7 @@ func runProxy(cmd *cobra.Command, e Env, f *runFlags, positional []string, check
 		Logger: log, Grace: f.grace, Ready: e.Ready, AccessLog: f.accessLog,
 		LogOutput: logOut, LogHandler: handler, // access lines: buffered, see daemon/accesslog.go
 		Admin: f.admin, AdminReady: e.AdminReady, AdminToken: token,
-		Upgrade: e.Upgrade, Inherited: inherited, PIDFile: f.pidFile,
+		Upgrade: e.Upgrade, Inherited: inherited, PIDFile: f.pidFile, Notifier: notifier,
 		Reload: e.Reload, Loops: f.loops, Version: buildinfo.Version(Version),
 		Load: func() (*config.Config, error) { return config.Load(src) },
 	})

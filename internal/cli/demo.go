@@ -3,29 +3,41 @@ package cli
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/daemon"
 	"github.com/attache/attache/internal/demo"
 )
 
+func demoCommand(e Env) *cobra.Command {
+	var (
+		stay   bool
+		listen string
+	)
+	c := &cobra.Command{
+		Use:   "demo [--stay] [--listen HOST:PORT]",
+		Short: "run a live demo: an embedded backend behind an ambassador",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return exitWith(runDemo(cmd.Context(), e, stay, listen))
+		},
+	}
+	c.Flags().BoolVar(&stay, "stay", false, "keep the demo running until Ctrl-C")
+	c.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "ambassador listen `ADDRESS` (HOST:PORT)")
+	return c
+}
+
 // runDemo starts the embedded key-value backend, an ambassador in front of
 // it, and sends a few commands through the ambassador, printing each one.
 // With --stay it keeps both running so redis-cli can be pointed at it.
-func runDemo(ctx context.Context, e Env, args []string) int {
-	fs := flag.NewFlagSet("attache demo", flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	stay := fs.Bool("stay", false, "keep the demo running until Ctrl-C")
-	listen := fs.String("listen", "127.0.0.1:0", "ambassador listen `ADDRESS` (HOST:PORT)")
-	if err := fs.Parse(args); err != nil {
-		return ExitUsage
-	}
+func runDemo(ctx context.Context, e Env, stay bool, listen string) int {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -39,7 +51,7 @@ func runDemo(ctx context.Context, e Env, args []string) int {
 	srv := &demo.Server{}
 	wg.Go(func() { _ = srv.Serve(ctx, backendLn) })
 
-	cfg, err := config.Load(config.Sources{Forwards: []string{*listen + "=" + backendLn.Addr().String()}})
+	cfg, err := config.Load(config.Sources{Forwards: []string{listen + "=" + backendLn.Addr().String()}})
 	if err != nil {
 		printErrors(e.Stderr, err)
 		return ExitUsage
@@ -66,7 +78,7 @@ func runDemo(ctx context.Context, e Env, args []string) int {
 		<-done
 		return ExitRuntime
 	}
-	if *stay {
+	if stay {
 		_, port, _ := net.SplitHostPort(amb)
 		fmt.Fprintf(e.Stdout, "\nStill running; try: redis-cli -p %s ping   (Ctrl-C to stop)\n", port)
 		<-ctx.Done()

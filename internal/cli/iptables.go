@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/attache/attache/internal/transparent"
 )
@@ -20,41 +21,51 @@ import (
 // --apply installs them, waits for SIGINT or SIGTERM, and removes exactly
 // what it installed. No privileged helper image is needed: the command
 // runs where attache runs (or names the namespace with --netns).
-func runIptables(ctx context.Context, e Env, args []string) int {
-	fs := flag.NewFlagSet("attache iptables", flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	var (
-		spec    transparent.Spec
-		sources multiFlag
-		uids    multiFlag
-		ports   string
-	)
+func iptablesCommand(e Env) *cobra.Command {
+	var o iptablesOptions
+	c := &cobra.Command{
+		Use:   "iptables [--transparent PORT] (--source CIDR | --uid N)... --ports P[,P...] [--netns NAME] [--tproxy [--mark M] [--table T]] [--apply]",
+		Short: "print (or install until exit) the rules that redirect connections to --transparent",
+		Long: `Iptables prints the iptables/ip6tables nat rules that redirect the source's
+connections to the given ports to attache's transparent listener (with
+--tproxy: mangle TPROXY rules, plus the ip rule and route they need). With
+--apply, it installs them and removes them on exit.`,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: cobra.NoFileCompletions,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitWith(runIptables(cmd.Context(), e, &o, args))
+		},
+	}
+	fs := c.Flags()
+	spec := &o.spec
 	fs.IntVar(&spec.ToPort, "transparent", 10000, "the transparent listener's `PORT` (attache --transparent)")
-	fs.Var(&sources, "source", "redirect connections from this `CIDR` (a container network routed through this host: PREROUTING; repeatable; IPv6 makes ip6tables rules)")
-	fs.Var(&uids, "uid", "redirect the connections of local user `N` (OUTPUT, owner match; repeatable; attache must run as another user)")
-	fs.StringVar(&ports, "ports", "", "destination `PORTS` to redirect, comma-separated (e.g. 6379,5432)")
+	fs.Var(&o.sources, "source", "redirect connections from this `CIDR` (a container network routed through this host: PREROUTING; repeatable; IPv6 makes ip6tables rules)")
+	fs.Var(&o.uids, "uid", "redirect the connections of local user `N` (OUTPUT, owner match; repeatable; attache must run as another user)")
+	fs.StringVar(&o.ports, "ports", "", "destination `PORTS` to redirect, comma-separated (e.g. 6379,5432)")
 	fs.StringVar(&spec.Netns, "netns", "", "run the rules inside network namespace `NAME` (ip netns exec), where attache listens")
 	fs.StringVar(&spec.Chain, "chain", "", "nat `CHAIN` to put the rules in (default ATTACHE)")
 	fs.BoolVar(&spec.TProxy, "tproxy", false, "make mangle-table TPROXY rules (for attache --transparent --tproxy) instead of nat REDIRECT ones, with the ip rule and local route they need")
-	mark := fs.Uint("mark", 0, "with --tproxy: the firewall `MARK` of TPROXY'd packets, matched as MARK/MARK (default 1)")
+	fs.UintVar(&o.mark, "mark", 0, "with --tproxy: the firewall `MARK` of TPROXY'd packets, matched as MARK/MARK (default 1)")
 	fs.IntVar(&spec.Table, "table", 0, "with --tproxy: the routing `TABLE` of the local route marked packets take (default 100)")
-	apply := fs.Bool("apply", false, "install the rules, wait for SIGINT or SIGTERM, then remove them")
-	fs.Usage = func() {
-		fmt.Fprint(e.Stderr, "Usage: attache iptables [--transparent PORT] (--source CIDR | --uid N)... --ports P[,P...] [--netns NAME] [--tproxy [--mark M] [--table T]] [--apply]\n\n"+
-			"Prints the iptables/ip6tables nat rules that redirect the source's connections to the given\n"+
-			"ports to attache's transparent listener (with --tproxy: mangle TPROXY rules, plus the ip rule\n"+
-			"and route they need). With --apply, installs them and removes them on exit.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitUsage
-	}
+	fs.BoolVar(&o.apply, "apply", false, "install the rules, wait for SIGINT or SIGTERM, then remove them")
+	return c
+}
+
+// iptablesOptions are the flags of `attache iptables`.
+type iptablesOptions struct {
+	spec    transparent.Spec
+	sources multiFlag
+	uids    multiFlag
+	ports   string
+	mark    uint
+	apply   bool
+}
+
+func runIptables(ctx context.Context, e Env, o *iptablesOptions, args []string) int {
+	spec, sources, uids, ports, mark, apply := o.spec, o.sources, o.uids, o.ports, o.mark, o.apply
 	var errs []error
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	if len(args) > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q", args[0]))
 	}
 	for _, s := range sources {
 		p, err := netip.ParsePrefix(s)
@@ -87,10 +98,10 @@ func runIptables(ctx context.Context, e Env, args []string) int {
 			spec.Ports = append(spec.Ports, n)
 		}
 	}
-	if *mark > 0xffffffff {
-		errs = append(errs, fmt.Errorf("--mark: want a 32-bit mark, got %d", *mark))
+	if mark > 0xffffffff {
+		errs = append(errs, fmt.Errorf("--mark: want a 32-bit mark, got %d", mark))
 	}
-	spec.Mark = uint32(*mark)
+	spec.Mark = uint32(mark)
 	if len(errs) == 0 {
 		errs = append(errs, spec.Validate())
 	}
@@ -100,7 +111,7 @@ func runIptables(ctx context.Context, e Env, args []string) int {
 		}
 		return ExitUsage
 	}
-	if !*apply {
+	if !apply {
 		for _, c := range spec.Rules() {
 			fmt.Fprintln(e.Stdout, c)
 		}

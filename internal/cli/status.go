@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/attache/attache/internal/admin"
 )
@@ -39,35 +39,44 @@ func readToken(path, adminAddr string) (string, error) {
 	return tok, nil
 }
 
+func statusCommand(e Env) *cobra.Command {
+	var (
+		addr string
+		raw  bool
+	)
+	c := &cobra.Command{
+		Use:   "status [--admin HOST:PORT] [--json]",
+		Short: "print a running attache's services and backends (through its admin API)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("admin") {
+				if a := lookupEnv(e.Environ, envAdmin); a != "" {
+					addr = a
+				}
+			}
+			return exitWith(runStatus(cmd.Context(), e, addr, raw))
+		},
+	}
+	c.Flags().StringVar(&addr, "admin", DefaultAdmin, "the admin API's `HOST:PORT` (default $"+envAdmin+", else "+DefaultAdmin+")")
+	c.Flags().BoolVar(&raw, "json", false, "print the raw JSON of /v1/services")
+	return c
+}
+
 // runStatus is `attache status`: GET /v1/services of a running attache and
 // print it as a table, or as the raw JSON with --json.
-func runStatus(ctx context.Context, e Env, args []string) int {
-	fs := flag.NewFlagSet("attache status", flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	addr := fs.String("admin", DefaultAdmin, "the admin API's `HOST:PORT`")
-	raw := fs.Bool("json", false, "print the raw JSON of /v1/services")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.Stderr, "attache status: unexpected argument %q\n", fs.Arg(0))
-		return ExitUsage
-	}
-	body, err := fetchServices(ctx, *addr)
+func runStatus(ctx context.Context, e Env, addr string, raw bool) int {
+	body, err := fetchServices(ctx, addr)
 	if err != nil {
 		fmt.Fprintf(e.Stderr, "attache status: %v\n", err)
 		return ExitRuntime
 	}
-	if *raw {
+	if raw {
 		e.Stdout.Write(body)
 		return ExitOK
 	}
 	var v struct{ Services []admin.Service }
 	if err := json.Unmarshal(body, &v); err != nil {
-		fmt.Fprintf(e.Stderr, "attache status: decoding the answer of %s: %v\n", *addr, err)
+		fmt.Fprintf(e.Stderr, "attache status: decoding the answer of %s: %v\n", addr, err)
 		return ExitRuntime
 	}
 	printStatus(e.Stdout, v.Services)

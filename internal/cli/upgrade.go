@@ -3,10 +3,11 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/attache/attache/internal/pidfile"
 )
@@ -16,47 +17,50 @@ import (
 // sockets. With --pid-file it then waits until the new process has
 // rewritten the pid file (which it does once it serves every listener) and
 // prints the old and new pids.
-func runUpgrade(ctx context.Context, e Env, args []string) int {
-	fs := flag.NewFlagSet("attache upgrade", flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	path := fs.String("pid-file", "", "the running attache's pid file (its --pid-file `PATH`); the command waits for the new process")
-	pid := fs.Int("pid", 0, "the running attache's process id `PID`, when it has no pid file (the command does not wait)")
-	wait := fs.Duration("wait", time.Minute, "with --pid-file, how long to wait for the new process, a `DURATION` (0: do not wait)")
-	fs.Usage = func() {
-		fmt.Fprint(e.Stderr, "Usage: attache upgrade (--pid-file PATH | --pid PID) [--wait D]\n\n"+
-			"Sends SIGUSR2: the running attache starts the binary now at its path with the same\n"+
-			"arguments, hands it the listening sockets and drains. No connection is refused.\n\n")
-		fs.PrintDefaults()
+func upgradeCommand(e Env) *cobra.Command {
+	var (
+		path string
+		pid  int
+		wait time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "upgrade (--pid-file PATH | --pid PID) [--wait DURATION]",
+		Short: "zero-downtime upgrade of a running attache (SIGUSR2)",
+		Long: `Upgrade sends SIGUSR2: the running attache starts the binary now at its path
+with the same arguments, hands it the listening sockets and drains. No
+connection is refused.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return exitWith(runUpgrade(cmd.Context(), e, path, pid, wait))
+		},
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitUsage
-	}
+	c.Flags().StringVar(&path, "pid-file", "", "the running attache's pid file (its --pid-file `PATH`); the command waits for the new process")
+	c.Flags().IntVar(&pid, "pid", 0, "the running attache's process id `PID`, when it has no pid file (the command does not wait)")
+	c.Flags().DurationVar(&wait, "wait", time.Minute, "with --pid-file, how long to wait for the new process, a `DURATION` (0: do not wait)")
+	return c
+}
+
+func runUpgrade(ctx context.Context, e Env, path string, pid int, wait time.Duration) int {
 	switch {
-	case fs.NArg() > 0:
-		fmt.Fprintf(e.Stderr, "attache upgrade: unexpected argument %q\n", fs.Arg(0))
-		return ExitUsage
-	case (*path == "") == (*pid == 0):
+	case (path == "") == (pid == 0):
 		fmt.Fprintln(e.Stderr, "attache upgrade: want exactly one of --pid-file PATH or --pid PID")
 		return ExitUsage
-	case *pid < 0:
-		fmt.Fprintf(e.Stderr, "attache upgrade: flag --pid: want a process id, got %d\n", *pid)
+	case pid < 0:
+		fmt.Fprintf(e.Stderr, "attache upgrade: flag --pid: want a process id, got %d\n", pid)
 		return ExitUsage
-	case *wait < 0:
-		fmt.Fprintf(e.Stderr, "attache upgrade: flag --wait: want a duration of 0 or more, got %v\n", *wait)
+	case wait < 0:
+		fmt.Fprintf(e.Stderr, "attache upgrade: flag --wait: want a duration of 0 or more, got %v\n", wait)
 		return ExitUsage
 	}
-	old := *pid
+	old := pid
 	from := ""
-	if *path != "" {
+	if path != "" {
 		var err error
-		if old, err = pidfile.Read(*path); err != nil {
+		if old, err = pidfile.Read(path); err != nil {
 			fmt.Fprintf(e.Stderr, "attache upgrade: %v\n", err)
 			return ExitRuntime
 		}
-		from = " (from " + *path + ")"
+		from = " (from " + path + ")"
 	}
 	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 		if errors.Is(err, syscall.ESRCH) {
@@ -66,11 +70,11 @@ func runUpgrade(ctx context.Context, e Env, args []string) int {
 		}
 		return ExitRuntime
 	}
-	if *path == "" || *wait == 0 {
+	if path == "" || wait == 0 {
 		fmt.Fprintf(e.Stdout, "sent SIGUSR2 to pid %d\n", old)
 		return ExitOK
 	}
-	newPID, err := awaitSuccessor(ctx, *path, old, *wait)
+	newPID, err := awaitSuccessor(ctx, path, old, wait)
 	if err != nil {
 		fmt.Fprintf(e.Stderr, "attache upgrade: %v\n", err)
 		return ExitRuntime

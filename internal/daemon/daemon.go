@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	listeners, err := openAll(ctx, opts.Inherited, tcpServices)
 	var udpListeners []*udp.Listener
 	if err == nil {
-		if udpListeners, err = openUDP(ctx, udpServices); err != nil {
+		if udpListeners, err = openUDP(ctx, opts.Inherited, udpServices); err != nil {
 			for _, l := range listeners {
 				l.Close()
 			}
@@ -305,6 +305,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if forced := d.proxy.Shutdown(graceCtx); forced > 0 {
 		log.Warn("grace period over; closed remaining connections", "connections", forced)
 	}
+	d.link.close()
 	stopAdmin()
 	adminWG.Wait()
 	d.releasePIDFile(opts)

@@ -18,6 +18,7 @@ import (
 	"github.com/attache/attache/internal/balance"
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/health"
+	"github.com/attache/attache/internal/listen"
 	"github.com/attache/attache/internal/udp"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -105,8 +106,9 @@ func udpNetwork(addr string) string {
 const udpReadBuffer = 4 << 20
 
 // openUDP opens every UDP service's socket, or none: on the first failure
-// it closes those already open and reports which service failed.
-func openUDP(ctx context.Context, services []config.Service) ([]*udp.Listener, error) {
+// it closes those already open and reports which service failed. A socket
+// passed by systemd's socket activation is taken instead (in may be nil).
+func openUDP(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*udp.Listener, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
@@ -118,7 +120,11 @@ func openUDP(ctx context.Context, services []config.Service) ([]*udp.Listener, e
 	}}
 	var out []*udp.Listener
 	for _, s := range services {
-		pc, err := lc.ListenPacket(ctx, udpNetwork(s.Listen), s.Listen)
+		pc := in.TakePacket(udpNetwork(s.Listen), s.Listen)
+		var err error
+		if pc == nil {
+			pc, err = lc.ListenPacket(ctx, udpNetwork(s.Listen), s.Listen)
+		}
 		if err != nil {
 			for _, l := range out {
 				l.Close()
@@ -286,7 +292,7 @@ func (d *daemon) prepareUDP(cfg *config.Config) (*udpReload, error) {
 		plan.added = append(plan.added, s)
 	}
 	d.mu.Unlock()
-	opened, err := openUDP(d.ctx, plan.added)
+	opened, err := openUDP(d.ctx, nil, plan.added)
 	if err != nil {
 		return nil, err
 	}

@@ -113,13 +113,12 @@ func (n *Notifier) Send(assignments ...string) error {
 			return fmt.Errorf("notify %s: assignment %q: want VARIABLE=value on one line", n.addr.Name, a)
 		}
 	}
-	c, err := net.ListenUnixgram("unixgram", nil)
+	c, err := net.DialUnix("unixgram", nil, n.addr)
 	if err != nil {
-		return fmt.Errorf("notify %s: open a socket: %w", n.addr.Name, err)
+		return fmt.Errorf("notify %s: %w", n.addr.Name, unwrapOp(err))
 	}
 	defer c.Close()
-	msg := []byte(strings.Join(assignments, "\n"))
-	if _, err := c.WriteToUnix(msg, n.addr); err != nil {
+	if _, err := c.Write([]byte(strings.Join(assignments, "\n"))); err != nil {
 		return fmt.Errorf("notify %s: %w", n.addr.Name, unwrapOp(err))
 	}
 	return nil

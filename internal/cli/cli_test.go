@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/attache/attache/internal/daemon"
 	"github.com/attache/attache/internal/testenv"
 )
@@ -198,23 +201,23 @@ func TestAdminFlag(t *testing.T) {
 // lowercase word reads as part of the sentence ("-grace long",
 // "-idle-timeout long" were the examples).
 func TestHelpPlaceholders(t *testing.T) {
-	flagLine := regexp.MustCompile(`(?m)^  -(\S+)(?: (.+))?$`)
-	for _, args := range [][]string{
-		{"--help"}, {"demo", "-h"}, {"status", "-h"}, {"upgrade", "-h"}, {"iptables", "-h"},
-		{"certs", "init", "-h"}, {"certs", "issue", "-h"},
-	} {
-		_, stdout, stderr := run(t, nil, args...)
-		lines := flagLine.FindAllStringSubmatch(stdout+stderr, -1)
-		if len(lines) == 0 {
-			t.Errorf("attache %s: no flags in the help:\n%s%s", strings.Join(args, " "), stdout, stderr)
+	flagLine := regexp.MustCompile(`(?m)^ +(?:-\w, )?--(\S+)(?: (\S+))?(?:  |$)`)
+	forEachCommand(NewCommand(Env{}), func(cmd *cobra.Command) {
+		args := append(strings.Fields(cmd.CommandPath())[1:], "--help")
+		_, stdout, _ := run(t, nil, args...)
+		lines := flagLine.FindAllStringSubmatch(stdout, -1)
+		n := 1 // --help
+		cmd.Flags().VisitAll(func(*pflag.Flag) { n++ })
+		if len(lines) != n {
+			t.Errorf("attache %s: %d flags in the help, want every one:\n%s", strings.Join(args, " "), len(lines), stdout)
 		}
 		for _, m := range lines {
 			if regexp.MustCompile(`^[a-z]+$`).MatchString(m[2]) {
-				t.Errorf("attache %s: -%s %s: the placeholder is a lowercase word; name the value in capitals",
+				t.Errorf("attache %s: --%s %s: the placeholder is a lowercase word; name the value in capitals",
 					strings.Join(args, " "), m[1], m[2])
 			}
 		}
-	}
+	})
 }
 
 // TestBarePortListensOnEveryInterface: a listen address given as a bare

@@ -36,6 +36,10 @@ type Link struct {
 	Cert, Key, CA string
 	// HandshakeTimeout bounds a link server's handshakes; 0 is the default.
 	HandshakeTimeout time.Duration
+	// Mode is how this host's attache:// backends carry their connections:
+	// LinkMultiplexed (the default: streams on a few pooled connections
+	// per link server) or LinkPerConnection (a TLS connection each).
+	Mode string
 	// Offer are the services the link server routes to, each with its
 	// allow list.
 	Offer []LinkOffer
@@ -44,6 +48,12 @@ type Link struct {
 	// Origin is where the link block is ("attache.yaml:3"), for errors.
 	Origin string
 }
+
+// Link modes.
+const (
+	LinkMultiplexed   = "multiplexed"
+	LinkPerConnection = "per_connection"
+)
 
 // LinkOffer is one service offered on the link server.
 type LinkOffer struct {
@@ -188,8 +198,17 @@ func (p *fileParser) link(n *yaml.Node) Link {
 		"key":               file("key"),
 		"ca":                file("ca"),
 		"handshake_timeout": func(v *yaml.Node) { l.HandshakeTimeout = p.duration(v, "handshake_timeout", false) },
-		"offer":             func(v *yaml.Node) { l.Offer = p.linkOffers(v) },
-		"register":          func(v *yaml.Node) { l.Register = p.linkRegister(v) },
+		"mode": func(v *yaml.Node) {
+			if s, ok := p.scalar(v, "mode"); ok {
+				if s != LinkMultiplexed && s != LinkPerConnection {
+					p.errorf(v, "mode", "want %s or %s, got %q", LinkMultiplexed, LinkPerConnection, s)
+					return
+				}
+				l.Mode = s
+			}
+		},
+		"offer":    func(v *yaml.Node) { l.Offer = p.linkOffers(v) },
+		"register": func(v *yaml.Node) { l.Register = p.linkRegister(v) },
 	})
 	n = deref(n)
 	if n.Kind != yaml.MappingNode {

@@ -120,7 +120,7 @@ func TestLinkErrors(t *testing.T) {
 		{"missing files", "link:\n  listen: 7443\n  offer: {redis: [a]}\n" + svc,
 			[]string{"f.yaml:2: link: missing cert, key, ca: a link needs this host's certificate"}},
 		{"unknown key", "link:\n" + files + "  lsten: 7443\n" + svc,
-			[]string{"f.yaml:5: lsten: unknown key in link (want one of: ca, cert, handshake_timeout, key, listen, offer, register)"}},
+			[]string{"f.yaml:5: lsten: unknown key in link (want one of: ca, cert, handshake_timeout, key, listen, mode, offer, register)"}},
 		{"offer without listen", "link:\n" + files + "  offer: {redis: [a]}\n" + svc,
 			[]string{"f.yaml:5: offer: only a link server takes offer: set link.listen too"}},
 		{"listen without offer", "link:\n" + files + "  listen: 7443\n" + svc,

@@ -53,7 +53,7 @@ func newLink(cfg *config.Config, log *slog.Logger) (*linkRun, error) {
 		return nil, fmt.Errorf("link (%s): %w", cfg.Link.Origin, err)
 	}
 	lr := &linkRun{cfg: cfg.Link, etcd: cfg.Discovery.Etcd, log: log, id: id, stats: stats,
-		client: &link.Client{Identity: id, Stats: stats}}
+		client: &link.Client{Identity: id, Stats: stats, PerConnection: cfg.Link.Mode == config.LinkPerConnection}}
 	lr.setOffers(cfg.Link.Offer)
 	return lr, nil
 }
@@ -148,6 +148,19 @@ func (d *daemon) linkDial(s config.Service) func(ctx context.Context, network, a
 	return d.link.client.DialFunc(s.Backends[0].Link)
 }
 
+// close closes the link's pooled connections, once every connection
+// has ended or been closed (after the drain): the streams they carried
+// are over by then.
+func (lr *linkRun) close() {
+	if lr == nil {
+		return
+	}
+	if lr.server != nil {
+		_ = lr.server.Close()
+	}
+	_ = lr.client.Close()
+}
+
 // checkLinkReload refuses a reload the running link cannot serve: link
 // backends without a link identity (the certificate files are read at
 // start). Other link changes are logged as taking effect on restart.
@@ -175,7 +188,7 @@ func (d *daemon) reloadLink(cfg *config.Config) {
 	cur := lr.cfg
 	cur.Offer, next.Offer, cur.Origin, next.Origin = nil, nil, "", ""
 	if !reflect.DeepEqual(cur, next) {
-		d.log.Warn("reload: link listen, certificate files, handshake timeout and registration take effect on restart; offered services and allow lists changed now")
+		d.log.Warn("reload: link listen, certificate files, handshake timeout, mode and registration take effect on restart; offered services and allow lists changed now")
 	}
 }
 

@@ -325,17 +325,30 @@ services:
 		}
 	})
 
-	t.Run("session resumption", func(t *testing.T) {
+	t.Run("streams share one pooled connection", func(t *testing.T) {
+		client := map[string]string{"side": "client"}
+		before := value(a.scrape(t), "attache_link_streams_opened_total", client)
 		for range 3 {
 			c := dial(t, "s")
-			roundTrip(t, c, "resume")
+			roundTrip(t, c, "pooled")
 			c.Close()
 		}
-		if v := value(a.scrape(t), "attache_link_handshakes_total", map[string]string{"side": "client", "resumed": "true"}); v < 1 {
-			t.Errorf("client resumed handshakes %v, want at least 1", v)
+		m := a.scrape(t)
+		if v := value(m, "attache_link_streams_opened_total", client); v < before+3 {
+			t.Errorf("client streams opened went from %v to %v, want at least 3 more", before, v)
 		}
-		if v := value(b.scrape(t), "attache_link_handshakes_total", map[string]string{"side": "server", "resumed": "true"}); v < 1 {
-			t.Errorf("server resumed handshakes %v, want at least 1", v)
+		// Every stream so far (these, the other subtests', the health
+		// checks') went over one TLS connection to the one link server.
+		if v := value(m, "attache_link_sessions_opened_total", client); v != 1 {
+			t.Errorf("client opened %v pooled connections, want 1", v)
+		}
+		full := value(m, "attache_link_handshakes_total", map[string]string{"side": "client", "resumed": "false"})
+		resumed := value(m, "attache_link_handshakes_total", map[string]string{"side": "client", "resumed": "true"})
+		if full+resumed != 1 {
+			t.Errorf("client TLS handshakes %v, want 1", full+resumed)
+		}
+		if v := value(b.scrape(t), "attache_link_sessions", map[string]string{"side": "server"}); v != 1 {
+			t.Errorf("the link server has %v pooled connections open, want 1", v)
 		}
 	})
 

@@ -27,9 +27,13 @@ type Client struct {
 	// Timeout bounds a dial that ctx does not bound (connect, handshake and
 	// the server's status byte); zero means 10s.
 	Timeout time.Duration
+	// PerConnection gives every stream a TLS connection of its own
+	// (attache/1) instead of a stream on a pooled connection (attache/2).
+	PerConnection bool
 
 	once  sync.Once
 	cache tls.ClientSessionCache
+	pool  pool
 }
 
 // DialFunc is the client's dialer for one remote service, in the shape the
@@ -42,9 +46,18 @@ func (c *Client) DialFunc(service string) func(ctx context.Context, network, add
 
 // Dial opens a stream to service through the link server at addr. It
 // returns once the server has authorised this host and connected to the
-// service's backend (see the package doc), as a *tls.Conn.
+// service's backend (see the package doc): a *Stream on a pooled
+// connection, or a *tls.Conn of its own with PerConnection.
 func (c *Client) Dial(ctx context.Context, service, addr string) (net.Conn, error) {
-	conn, err := c.dial(ctx, service, addr)
+	var (
+		conn net.Conn
+		err  error
+	)
+	if c.PerConnection {
+		conn, err = c.dialPerConn(ctx, service, addr)
+	} else {
+		conn, err = c.dialStream(ctx, service, addr)
+	}
 	if err != nil {
 		c.Stats.dialError()
 		return nil, err
@@ -52,18 +65,24 @@ func (c *Client) Dial(ctx context.Context, service, addr string) (net.Conn, erro
 	return conn, nil
 }
 
-func (c *Client) dial(ctx context.Context, service, addr string) (*tls.Conn, error) {
+// dialTimeout bounds ctx with the client's Timeout unless it has a
+// deadline already.
+func (c *Client) dialTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	return context.WithTimeout(ctx, timeout)
+}
+
+// handshake connects to the link server at addr and runs the TLS handshake
+// offering protos, with service in the SNI.
+func (c *Client) handshake(ctx context.Context, service, addr string, protos []string) (*tls.Conn, error) {
 	if c.Identity == nil {
 		return nil, ErrNoIdentity
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		timeout := c.Timeout
-		if timeout <= 0 {
-			timeout = 10 * time.Second
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
 	}
 	c.once.Do(func() { c.cache = tls.NewLRUClientSessionCache(DefaultSessionCacheSize) })
 	keepAlive := c.KeepAlive
@@ -80,7 +99,7 @@ func (c *Client) dial(ctx context.Context, service, addr string) (*tls.Conn, err
 	tc := tls.Client(raw, &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: ServerName(service),
-		NextProtos: []string{ALPN},
+		NextProtos: protos,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return id.Certificate(), nil
 		},
@@ -97,8 +116,7 @@ func (c *Client) dial(ctx context.Context, service, addr string) (*tls.Conn, err
 			}
 			return nil
 		},
-		// The cache is keyed by address as well as by the SNI, which is
-		// the same for every link server offering the service: a ticket
+		// The cache is keyed by address as well as by the SNI: a ticket
 		// is only good with the server that issued it.
 		ClientSessionCache: addrCache{c.cache, addr},
 	})
@@ -106,27 +124,48 @@ func (c *Client) dial(ctx context.Context, service, addr string) (*tls.Conn, err
 		raw.Close()
 		return nil, fmt.Errorf("link handshake with %s: %w", addr, err)
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = tc.SetReadDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = tc.SetReadDeadline(time.Unix(1, 0)) })
-	var status [1]byte
-	_, err = io.ReadFull(tc, status[:])
-	stopped := stop()
+	return tc, nil
+}
+
+// dialPerConn opens a link connection of its own for one stream
+// (attache/1): a TLS handshake, then the server's status byte.
+func (c *Client) dialPerConn(ctx context.Context, service, addr string) (*tls.Conn, error) {
+	ctx, cancel := c.dialTimeout(ctx)
+	defer cancel()
+	tc, err := c.handshake(ctx, service, addr, []string{ALPN})
 	if err != nil {
-		tc.Close()
-		if !stopped || ctx.Err() != nil {
-			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
-		}
-		return nil, fmt.Errorf("link server %s did not answer for service %q: %w", addr, service, err)
+		return nil, err
 	}
-	_ = tc.SetReadDeadline(time.Time{})
-	if status[0] != statusOK {
+	if err := readStatus(ctx, tc, service, addr); err != nil {
 		tc.Close()
-		return nil, &RefusedError{Service: service, Addr: addr, Status: status[0]}
+		return nil, err
 	}
 	c.Stats.handshake(false, tc.ConnectionState().DidResume)
 	return tc, nil
+}
+
+// readStatus reads the link server's answer to a stream: nil when it has
+// connected the stream to the service's backend, a *RefusedError when it
+// refused, or why no answer came.
+func readStatus(ctx context.Context, c net.Conn, service, addr string) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
+	var status [1]byte
+	_, err := io.ReadFull(c, status[:])
+	stopped := stop()
+	if err != nil {
+		if !stopped || ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
+		return fmt.Errorf("link server %s did not answer for service %q: %w", addr, service, err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if status[0] != statusOK {
+		return &RefusedError{Service: service, Addr: addr, Status: status[0]}
+	}
+	return nil
 }
 
 // addrCache scopes a session cache to one server address.

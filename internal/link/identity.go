@@ -41,6 +41,9 @@ type Identity struct {
 	stats *Stats
 
 	cur atomic.Pointer[material]
+	// gen counts the reloads that swapped material in: pooled link
+	// connections set up under an older one retire.
+	gen atomic.Uint64
 
 	mu     sync.Mutex // serialises reloads
 	stamps [3]stamp   // of the files as last read
@@ -72,6 +75,7 @@ func NewIdentity(f Files, log *slog.Logger, stats *Stats) (*Identity, error) {
 		return nil, err
 	}
 	id.cur.Store(m)
+	id.gen.Add(1)
 	id.stamps = stamps
 	id.warnExpiry(m)
 	return id, nil
@@ -82,6 +86,9 @@ func (id *Identity) Stats() *Stats { return id.stats }
 
 // Files are the paths the identity is read from.
 func (id *Identity) Files() Files { return id.files }
+
+// Generation changes each time a reload puts new material in use.
+func (id *Identity) Generation() uint64 { return id.gen.Load() }
 
 // Certificate is the current certificate, for a handshake.
 func (id *Identity) Certificate() *tls.Certificate { return id.cur.Load().cert }
@@ -197,6 +204,7 @@ func (id *Identity) Reload() (bool, error) {
 		return false, err
 	}
 	id.cur.Store(m)
+	id.gen.Add(1)
 	id.stamps = stamps
 	id.failed = [32]byte{}
 	id.stats.reload(true)

@@ -71,6 +71,7 @@ const (
 	statusNotAllowed byte = 1
 	statusUnknown    byte = 2
 	statusNoBackend  byte = 3
+	statusExpired    byte = 4 // the client's certificate expired during a multiplexed connection
 )
 
 // Refusal reasons, as logs and the attache_link_refused_total metric name
@@ -130,6 +131,8 @@ func (e *RefusedError) Error() string {
 		return fmt.Sprintf("link server %s refused: it does not offer service %q", e.Addr, e.Service)
 	case statusNoBackend:
 		return fmt.Sprintf("link server %s could not reach a backend of service %q", e.Addr, e.Service)
+	case statusExpired:
+		return fmt.Sprintf("link server %s refused service %q: this host's certificate has expired", e.Addr, e.Service)
 	}
 	return fmt.Sprintf("link server %s refused service %q with unknown status %d", e.Addr, e.Service, e.Status)
 }

@@ -137,6 +137,7 @@ func startServerTimeout(t *testing.T, id *Identity, targets map[string]Target, h
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
+		ls.srv.Close()
 		if t.Failed() {
 			t.Logf("link server log:\n%s", ls.log)
 		}
@@ -151,6 +152,29 @@ func echoTarget(t *testing.T, allow ...string) Target {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
 	})}
+}
+
+// modes are the two ways a client carries streams; tests of behaviour
+// both must have run once per mode.
+var modes = []struct {
+	name    string
+	perConn bool
+}{{"multiplexed", false}, {"per-connection", true}}
+
+func forModes(t *testing.T, f func(t *testing.T, perConn bool)) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { f(t, m.perConn) })
+	}
+}
+
+// connState is the TLS state a dialled stream travels on.
+func connState(t *testing.T, c net.Conn) tls.ConnectionState {
+	t.Helper()
+	cs, ok := c.(interface{ ConnectionState() tls.ConnectionState })
+	if !ok {
+		t.Fatalf("%T has no TLS state", c)
+	}
+	return cs.ConnectionState()
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -177,18 +201,26 @@ func roundTrip(t *testing.T, c net.Conn, msg string) {
 }
 
 func TestLinkStreamHalfCloseAndResumption(t *testing.T) {
+	forModes(t, testLinkStreamHalfClose)
+}
+
+func testLinkStreamHalfClose(t *testing.T, perConn bool) {
 	p := newPKI(t, "fleet")
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")})
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()}
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), PerConnection: perConn}
+	defer cl.Close()
 
 	c, err := cl.Dial(ctxT(t), "echo", srv.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	tc := c.(*tls.Conn)
-	if cs := tc.ConnectionState(); cs.Version != tls.VersionTLS13 || cs.NegotiatedProtocol != ALPN {
-		t.Fatalf("version %x, ALPN %q: want TLS 1.3 and %s", cs.Version, cs.NegotiatedProtocol, ALPN)
+	want := ALPN2
+	if perConn {
+		want = ALPN
+	}
+	if cs := connState(t, c); cs.Version != tls.VersionTLS13 || cs.NegotiatedProtocol != want {
+		t.Fatalf("version %x, ALPN %q: want TLS 1.3 and %s", cs.Version, cs.NegotiatedProtocol, want)
 	}
 	roundTrip(t, c, "hello over the link")
 
@@ -197,7 +229,7 @@ func TestLinkStreamHalfCloseAndResumption(t *testing.T) {
 	big := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB, more than the socket buffers
 	go func() {
 		_, _ = c.Write(big)
-		_ = tc.CloseWrite()
+		_ = c.(interface{ CloseWrite() error }).CloseWrite()
 	}()
 	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	got, err := io.ReadAll(c)
@@ -208,16 +240,32 @@ func TestLinkStreamHalfCloseAndResumption(t *testing.T) {
 		t.Fatalf("after half-close got %d bytes back, want the %d sent", len(got), len(big))
 	}
 
-	// A second dial resumes the session.
 	c2, err := cl.Dial(ctxT(t), "echo", srv.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if !c2.(*tls.Conn).ConnectionState().DidResume {
+	roundTrip(t, c2, "again")
+	if !perConn {
+		// Both streams on one pooled connection: one handshake.
+		if total, _ := cl.Stats.ClientHandshakes(); total != 1 {
+			t.Errorf("client handshakes %d, want 1 (one pooled connection)", total)
+		}
+		if total, _ := srv.stats.ServerHandshakes(); total != 1 {
+			t.Errorf("server handshakes %d, want 1", total)
+		}
+		if _, opened := cl.Stats.Streams("client"); opened != 2 {
+			t.Errorf("client streams opened %d, want 2", opened)
+		}
+		if _, opened := srv.stats.Streams("server"); opened != 2 {
+			t.Errorf("server streams opened %d, want 2", opened)
+		}
+		return
+	}
+	// A second connection resumes the TLS session.
+	if !connState(t, c2).DidResume {
 		t.Errorf("second dial did not resume the TLS session")
 	}
-	roundTrip(t, c2, "again")
 	if total, resumed := cl.Stats.ClientHandshakes(); total != 2 || resumed != 1 {
 		t.Errorf("client handshakes %d (resumed %d), want 2 (1)", total, resumed)
 	}
@@ -229,7 +277,9 @@ func TestLinkStreamHalfCloseAndResumption(t *testing.T) {
 // TestLinkRefusals sends every kind of unwelcome client at one server and
 // checks each is refused, logged with who and why, and counted, and that a
 // good client is served after each.
-func TestLinkRefusals(t *testing.T) {
+func TestLinkRefusals(t *testing.T) { forModes(t, testLinkRefusals) }
+
+func testLinkRefusals(t *testing.T, perConn bool) {
 	p := newPKI(t, "fleet")
 	other := newPKI(t, "other-fleet")
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{
@@ -239,7 +289,8 @@ func TestLinkRefusals(t *testing.T) {
 			return nil, errors.New("connection refused (test)")
 		})},
 	})
-	good := &Client{Identity: p.identity("host-a", nil, certs.Request{})}
+	good := &Client{Identity: p.identity("host-a", nil, certs.Request{}), PerConnection: perConn}
+	defer good.Close()
 	now := time.Now()
 	tests := []struct {
 		name   string
@@ -250,11 +301,13 @@ func TestLinkRefusals(t *testing.T) {
 		{"other CA", ReasonUnknownCA, "intruder", func(t *testing.T) error {
 			// Trusts the fleet's CA (so it accepts the server) but is
 			// signed by another one.
-			cl := &Client{Identity: other.identity("intruder", p, certs.Request{})}
+			cl := &Client{Identity: other.identity("intruder", p, certs.Request{}), PerConnection: perConn}
+			defer cl.Close()
 			return dialAndRead(t, cl, "echo", srv.addr)
 		}},
 		{"expired certificate", ReasonExpired, "old-host", func(t *testing.T) error {
-			cl := &Client{Identity: p.identity("old-host", nil, certs.Request{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})}
+			cl := &Client{Identity: p.identity("old-host", nil, certs.Request{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}), PerConnection: perConn}
+			defer cl.Close()
 			return dialAndRead(t, cl, "echo", srv.addr)
 		}},
 		{"not allowed", ReasonNotAllowed, "host-a", func(t *testing.T) error {
@@ -414,7 +467,9 @@ func TestLinkHandshakeTimeout(t *testing.T) {
 // TestLinkCertificateRotation replaces the server's certificate on disk
 // while a stream is open: the stream carries on, new connections get the
 // new certificate, and a broken file keeps the previous one.
-func TestLinkCertificateRotation(t *testing.T) {
+func TestLinkCertificateRotation(t *testing.T) { forModes(t, testLinkCertificateRotation) }
+
+func testLinkCertificateRotation(t *testing.T, perConn bool) {
 	p := newPKI(t, "fleet")
 	logs := &testenv.LogBuffer{}
 	f := p.files("host-b", nil, certs.Request{})
@@ -427,7 +482,8 @@ func TestLinkCertificateRotation(t *testing.T) {
 	wg.Go(func() { id.Watch(ctx, 20*time.Millisecond) })
 	defer func() { cancel(); wg.Wait() }()
 	srv := startServer(t, id, map[string]Target{"echo": echoTarget(t, AllowAny)})
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{})}
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), PerConnection: perConn}
+	defer cl.Close()
 
 	open, err := cl.Dial(ctxT(t), "echo", srv.addr)
 	if err != nil {
@@ -435,7 +491,7 @@ func TestLinkCertificateRotation(t *testing.T) {
 	}
 	defer open.Close()
 	roundTrip(t, open, "before rotation")
-	firstSerial := open.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber
+	firstSerial := connState(t, open).PeerCertificates[0].SerialNumber
 
 	// A new certificate for the same host, written as a tool would:
 	// the key, then the certificate, each renamed into place.
@@ -449,12 +505,16 @@ func TestLinkCertificateRotation(t *testing.T) {
 	roundTrip(t, open, "after rotation, same stream")
 	// A fresh client: a resumed session would show the certificate of the
 	// session it resumes.
-	fresh := func() *Client { return &Client{Identity: cl.Identity} }
+	fresh := func() *Client {
+		c := &Client{Identity: cl.Identity, PerConnection: perConn}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
 	c, err := fresh().Dial(ctxT(t), "echo", srv.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := c.(*tls.Conn).ConnectionState().PeerCertificates[0]
+	got := connState(t, c).PeerCertificates[0]
 	c.Close()
 	if got.SerialNumber.Cmp(firstSerial) == 0 || !strings.Contains(strings.Join(got.DNSNames, ","), "host-b.rotated") {
 		t.Errorf("new connection got certificate %v %v, want the rotated one", got.SerialNumber, got.DNSNames)
@@ -476,7 +536,7 @@ func TestLinkCertificateRotation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial after a broken certificate file: %v", err)
 	}
-	if got := c.(*tls.Conn).ConnectionState().PeerCertificates[0]; got.SerialNumber.Cmp(cert.SerialNumber) != 0 {
+	if got := connState(t, c).PeerCertificates[0]; got.SerialNumber.Cmp(cert.SerialNumber) != 0 {
 		t.Errorf("after a failed reload the server presents serial %v, want %v", got.SerialNumber, cert.SerialNumber)
 	}
 	roundTrip(t, c, "served with the previous certificate")

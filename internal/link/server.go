@@ -60,6 +60,7 @@ type Server struct {
 
 	once sync.Once
 	conf *tls.Config
+	sess sessions
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -95,22 +96,31 @@ func (s *Server) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error
 	if !ok {
 		return nil, &refusal{reason: ReasonNoService, detail: fmt.Sprintf("SNI %q names no service (want <service>%s)", hello.ServerName, sniSuffix)}
 	}
+	if slices.Contains(hello.SupportedProtos, ALPN2) {
+		// A multiplexed connection: its streams name their services
+		// and are checked one by one (the SNI names the first).
+		return s.tlsConfig(ALPN2), nil
+	}
 	if !slices.Contains(hello.SupportedProtos, ALPN) {
 		return nil, &refusal{reason: ReasonHandshake, service: service, detail: fmt.Sprintf("client does not speak %s (ALPN %q)", ALPN, hello.SupportedProtos)}
 	}
 	if _, ok := s.Lookup(service); !ok {
 		return nil, &refusal{reason: ReasonUnknownService, service: service, detail: "service not offered on this link"}
 	}
+	return s.tlsConfig(ALPN), nil
+}
+
+func (s *Server) tlsConfig(proto string) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{*s.Identity.Certificate()},
-		NextProtos:   []string{ALPN},
+		NextProtos:   []string{proto},
 		// Go checks that the client owns the certificate's key;
 		// verifyClient checks the chain against the CA current at this
 		// handshake, on resumed sessions too.
 		ClientAuth:       tls.RequireAnyClientCert,
 		VerifyConnection: s.verifyClient,
-	}, nil
+	}
 }
 
 func (s *Server) verifyClient(cs tls.ConnectionState) error {
@@ -164,7 +174,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.Identity == nil || s.Lookup == nil {
 		return errors.New("link server: Identity and Lookup are required")
 	}
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.goAwayAll()
+	})
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -223,40 +236,69 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn) {
 		return
 	}
 	cs := tc.ConnectionState()
+	leaf := cs.PeerCertificates[0]
+	if cs.NegotiatedProtocol == ALPN2 {
+		_ = raw.SetDeadline(time.Time{})
+		s.startSession(ctx, tc, leaf, cs.DidResume)
+		return
+	}
 	service, _ := ServiceFromSNI(cs.ServerName)
-	names := certs.Names(cs.PeerCertificates[0])
+	s.serveStream(ctx, tc, service, leaf, func() {
+		s.Stats.handshake(true, cs.DidResume)
+		_ = raw.SetDeadline(time.Time{})
+		s.logger().Debug("link stream", "service", service, "peer", certs.Names(leaf), "remote", raw.RemoteAddr().String(), "resumed", cs.DidResume)
+	})
+}
+
+// serveStream authorises a stream to service for the peer with
+// certificate leaf and hands it to the service's handler; authorised runs
+// once the checks pass, before the handler. c is a *tls.Conn of its own
+// (attache/1) or a *Stream of a multiplexed connection (attache/2).
+func (s *Server) serveStream(ctx context.Context, c net.Conn, service string, leaf *x509.Certificate, authorised func()) {
+	names := certs.Names(leaf)
+	if now := time.Now(); now.After(leaf.NotAfter) {
+		// Checked per stream: a multiplexed connection outlives the
+		// handshake that checked the certificate.
+		s.refuseStream(c, statusExpired, &refusal{reason: ReasonExpired, service: service, names: names,
+			detail: fmt.Sprintf("certificate expired at %s", leaf.NotAfter.Format(time.RFC3339))})
+		return
+	}
 	t, ok := s.Lookup(service)
-	if !ok { // removed by a reload since the handshake
-		s.refuseStream(tc, statusUnknown, &refusal{reason: ReasonUnknownService, service: service, names: names, detail: "service not offered on this link"})
+	if !ok { // not offered, or removed by a reload since the handshake
+		s.refuseStream(c, statusUnknown, &refusal{reason: ReasonUnknownService, service: service, names: names, detail: "service not offered on this link"})
 		return
 	}
 	if !Allowed(t.Allow, names) {
-		s.refuseStream(tc, statusNotAllowed, &refusal{reason: ReasonNotAllowed, service: service, names: names,
+		s.refuseStream(c, statusNotAllowed, &refusal{reason: ReasonNotAllowed, service: service, names: names,
 			detail: fmt.Sprintf("certificate names %q are not on the service's allow list", names)})
 		return
 	}
-	s.Stats.handshake(true, cs.DidResume)
-	_ = raw.SetDeadline(time.Time{})
-	s.logger().Debug("link stream", "service", service, "peer", names, "remote", raw.RemoteAddr().String(), "resumed", cs.DidResume)
+	authorised()
 	called := false
-	t.Handle(ctx, tc, func(err error) error {
+	timeout := s.handshakeTimeout()
+	t.Handle(ctx, c, func(err error) error {
 		if called {
 			return errors.New("link: ready called twice")
 		}
 		called = true
 		if err != nil {
-			s.refuseStream(tc, statusNoBackend, &refusal{reason: ReasonNoBackend, service: service, names: names, detail: err.Error()})
+			s.refuseStream(c, statusNoBackend, &refusal{reason: ReasonNoBackend, service: service, names: names, detail: err.Error()})
 			return err
 		}
-		_ = tc.SetWriteDeadline(time.Now().Add(timeout))
-		_, werr := tc.Write([]byte{statusOK})
-		_ = tc.SetWriteDeadline(time.Time{})
+		_ = c.SetWriteDeadline(time.Now().Add(timeout))
+		_, werr := c.Write([]byte{statusOK})
+		_ = c.SetWriteDeadline(time.Time{})
+		if werr == nil {
+			if st, ok := c.(*Stream); ok {
+				st.opened()
+			}
+		}
 		return werr
 	})
 }
 
 // refuseStream tells an authenticated client why, then closes.
-func (s *Server) refuseStream(tc *tls.Conn, status byte, r *refusal) {
+func (s *Server) refuseStream(tc net.Conn, status byte, r *refusal) {
 	_ = tc.SetWriteDeadline(time.Now().Add(s.handshakeTimeout()))
 	_, _ = tc.Write([]byte{status})
 	s.refused(tc, r)

@@ -19,6 +19,65 @@ type Stats struct {
 	refused    map[string]*atomic.Int64
 	reloads    atomic.Int64
 	reloadErrs atomic.Int64
+	// Multiplexed links, by side (client, server): sessions (pooled TLS
+	// connections) open and opened, streams open and opened.
+	sessions, sessionsOpened [2]atomic.Int64
+	streams, streamsOpened   [2]atomic.Int64
+}
+
+// Sides of a link, as the metrics' side label names them.
+const (
+	sideClient = 0
+	sideServer = 1
+)
+
+var sideNames = [2]string{"client", "server"}
+
+func (s *Stats) sessionOpened(side int) {
+	if s != nil {
+		s.sessions[side].Add(1)
+		s.sessionsOpened[side].Add(1)
+	}
+}
+
+func (s *Stats) sessionClosed(side int) {
+	if s != nil {
+		s.sessions[side].Add(-1)
+	}
+}
+
+func (s *Stats) streamOpened(side int) {
+	if s != nil {
+		s.streams[side].Add(1)
+		s.streamsOpened[side].Add(1)
+	}
+}
+
+func (s *Stats) streamClosed(side int) {
+	if s != nil {
+		s.streams[side].Add(-1)
+	}
+}
+
+// Sessions is how many multiplexed sessions are open on side ("client" or
+// "server") and how many were opened.
+func (s *Stats) Sessions(side string) (open, opened int64) {
+	i := sideIndex(side)
+	return s.sessions[i].Load(), s.sessionsOpened[i].Load()
+}
+
+// Streams is how many multiplexed streams are open on side and how many
+// were opened.
+func (s *Stats) Streams(side string) (open, opened int64) {
+	i := sideIndex(side)
+	return s.streams[i].Load(), s.streamsOpened[i].Load()
+}
+
+func sideIndex(side string) int {
+	if side == "server" {
+		return sideServer
+	}
+	return sideClient
 }
 
 // NewStats makes a Stats with every refusal reason at 0.
@@ -102,7 +161,7 @@ func (s *Stats) reload(ok bool) {
 
 var (
 	descHandshakes = prometheus.NewDesc("attache_link_handshakes_total",
-		"Link streams set up: side server (authorised incoming) or client (successful dials), resumed true when the TLS session was resumed.",
+		"Link TLS connections set up: side server (authorised incoming) or client (successful dials), resumed true when the TLS session was resumed. A multiplexed link counts one per pooled connection, a per-connection link one per stream.",
 		[]string{"side", "resumed"}, nil)
 	descRefused = prometheus.NewDesc("attache_link_refused_total",
 		"Incoming link connections the server refused, by reason.", []string{"reason"}, nil)
@@ -110,6 +169,14 @@ var (
 		"Link dials that failed: connect, handshake, or refused by the link server.", nil, nil)
 	descReloads = prometheus.NewDesc("attache_link_certificate_reloads_total",
 		"Reloads of the link certificate files after they changed on disk, by result.", []string{"result"}, nil)
+	descSessions = prometheus.NewDesc("attache_link_sessions",
+		"Multiplexed link connections (pooled mutual-TLS connections carrying streams) open, by side.", []string{"side"}, nil)
+	descSessionsOpened = prometheus.NewDesc("attache_link_sessions_opened_total",
+		"Multiplexed link connections opened, by side.", []string{"side"}, nil)
+	descStreams = prometheus.NewDesc("attache_link_streams",
+		"Streams open on multiplexed link connections, by side.", []string{"side"}, nil)
+	descStreamsOpened = prometheus.NewDesc("attache_link_streams_opened_total",
+		"Streams set up on multiplexed link connections (client: dials answered OK; server: streams authorised), by side.", []string{"side"}, nil)
 	descExpiry = prometheus.NewDesc("attache_link_certificate_expiry_timestamp_seconds",
 		"When the link certificate in use expires, in seconds since the epoch.", nil, nil)
 )
@@ -126,7 +193,8 @@ type collector struct {
 }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHandshakes, descRefused, descDialErrors, descReloads, descExpiry} {
+	for _, d := range []*prometheus.Desc{descHandshakes, descRefused, descDialErrors, descReloads, descExpiry,
+		descSessions, descSessionsOpened, descStreams, descStreamsOpened} {
 		ch <- d
 	}
 }
@@ -146,6 +214,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDialErrors, s.dialErrors.Load())
 	counter(descReloads, s.reloads.Load(), "success")
 	counter(descReloads, s.reloadErrs.Load(), "failure")
+	for i, side := range sideNames {
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.sessions[i].Load()), side)
+		counter(descSessionsOpened, s.sessionsOpened[i].Load(), side)
+		ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(s.streams[i].Load()), side)
+		counter(descStreamsOpened, s.streamsOpened[i].Load(), side)
+	}
 	if c.id != nil {
 		ch <- prometheus.MustNewConstMetric(descExpiry, prometheus.GaugeValue, float64(c.id.NotAfter().Unix()))
 	}

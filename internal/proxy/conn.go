@@ -129,10 +129,16 @@ func closeConn(h halfConn, reset bool) {
 			closeConn(tc, true)
 		}
 		s.Close()
+	case resetter:
+		_ = s.Reset() // a stream of a multiplexed link: its peer sees a reset
 	default:
 		h.Close()
 	}
 }
+
+// resetter is a connection that can end with a reset rather than an EOF:
+// a stream of a multiplexed link (link.Stream).
+type resetter interface{ Reset() error }
 
 // markAborted records why c ends, unless it was aborted already, without
 // closing anything (the caller closes).
@@ -543,6 +549,8 @@ func (c *conn) endDrained() {
 		if tc, ok := s.NetConn().(*net.TCPConn); ok {
 			shutdownRead(tc)
 		}
+	case interface{ CloseRead() error }:
+		_ = s.CloseRead() // a link stream: its reads return EOF from now on
 	}
 }
 

@@ -166,6 +166,9 @@ var streamBufPool = sync.Pool{New: func() any { b := make([]byte, streamBufSize)
 // so the buffer is held while the direction waits: the price of a link
 // connection, next to the TLS state it keeps anyway.
 func copyFromStream(dst io.Writer, src io.Reader, moved *atomic.Int64) (int64, error) {
+	if w, ok := src.(readWaiter); ok {
+		return copyFromWaiter(dst, w, moved)
+	}
 	b := streamBufPool.Get().(*[]byte)
 	defer streamBufPool.Put(b)
 	var total int64
@@ -179,6 +182,46 @@ func copyFromStream(dst io.Writer, src io.Reader, moved *atomic.Int64) (int64, e
 				return total, werr
 			}
 		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// readWaiter is a stream that can wait for bytes without a buffer: a
+// stream of a multiplexed link (link.Stream), whose bytes wait in the
+// session's pooled buffers.
+type readWaiter interface {
+	io.Reader
+	WaitRead() error
+}
+
+// copyFromWaiter copies a readWaiter into dst, holding a pooled buffer only
+// while there are bytes to move: an idle direction holds none.
+func copyFromWaiter(dst io.Writer, src readWaiter, moved *atomic.Int64) (int64, error) {
+	var total int64
+	for {
+		if err := src.WaitRead(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return total, nil
+			}
+			return total, err
+		}
+		b := streamBufPool.Get().(*[]byte)
+		n, err := src.Read(*b)
+		if n > 0 {
+			w, werr := dst.Write((*b)[:n])
+			total += int64(w)
+			moved.Add(int64(w))
+			if werr != nil {
+				streamBufPool.Put(b)
+				return total, werr
+			}
+		}
+		streamBufPool.Put(b)
 		if errors.Is(err, io.EOF) {
 			return total, nil
 		}

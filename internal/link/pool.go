@@ -1,0 +1,317 @@
+package link
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-yamux/v5"
+)
+
+// How a Client spreads streams over pooled connections to one link server:
+// streams go to the least loaded connection; once every connection carries
+// streamsPerSession, another one is opened (the new streams go on meanwhile
+// on the existing ones), up to sessionsPerPeer. Several connections spread
+// the encryption of busy links over the send loops of several sessions.
+const (
+	streamsPerSession = 64
+	sessionsPerPeer   = 4
+)
+
+// ErrClientClosed is returned by dials after Client.Close.
+var ErrClientClosed = errors.New("link: client closed")
+
+// errLegacyServer is what waiters for a pooled connection hear when the
+// link server only speaks attache/1: they dial a connection of their own.
+var errLegacyServer = errors.New("link server speaks attache/1 only")
+
+// pool holds a Client's multiplexed sessions, per link server address.
+type pool struct {
+	mu     sync.Mutex
+	peers  map[string]*peer
+	closed bool
+	ctx    context.Context // ends background dials at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// peer is what the pool keeps for one link server.
+type peer struct {
+	sessions []*clientSession
+	dial     *sessionDial // in flight, or nil
+	// legacy is set when the server answered attache/1 only (an older
+	// attache): its streams get connections of their own.
+	legacy bool
+}
+
+type sessionDial struct {
+	done chan struct{}
+	err  error
+}
+
+// clientSession is one pooled connection.
+type clientSession struct {
+	mux   *yamux.Session
+	tls   *tls.Conn
+	addr  string
+	gen   uint64 // the identity generation it was set up with
+	stats *Stats
+	// streams counts the streams open on it, retired that it takes no
+	// more (its certificate is replaced, or the server said go away): it
+	// closes once its last stream ends.
+	streams atomic.Int64
+	retired atomic.Bool
+	used    atomic.Bool // has carried a stream
+}
+
+func (c *Client) streamPool() *pool {
+	p := &c.pool
+	p.mu.Lock()
+	if p.peers == nil {
+		p.peers = map[string]*peer{}
+		p.ctx, p.cancel = context.WithCancel(context.Background())
+	}
+	p.mu.Unlock()
+	return p
+}
+
+// Close closes the client's pooled connections (their open streams fail)
+// and waits for dials in flight. Dials after Close fail.
+func (c *Client) Close() error {
+	p := c.streamPool()
+	p.mu.Lock()
+	p.closed = true
+	var all []*clientSession
+	for _, pe := range p.peers {
+		all = append(all, pe.sessions...)
+		pe.sessions = nil
+	}
+	p.mu.Unlock()
+	p.cancel()
+	for _, cs := range all {
+		_ = cs.mux.Close()
+	}
+	p.wg.Wait()
+	return nil
+}
+
+// session returns a pooled session to the link server at addr, dialling
+// one if there is none (or growing the pool in the background when every
+// session is busy).
+func (c *Client) session(ctx context.Context, service, addr string) (*clientSession, error) {
+	p := c.streamPool()
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClientClosed
+		}
+		pe := p.peers[addr]
+		if pe == nil {
+			pe = &peer{}
+			p.peers[addr] = pe
+		}
+		if pe.legacy {
+			p.mu.Unlock()
+			return nil, errLegacyServer
+		}
+		best := pe.pick(c.Identity.Generation())
+		if best != nil && (best.streams.Load() < streamsPerSession || len(pe.sessions) >= sessionsPerPeer) {
+			p.mu.Unlock()
+			return best, nil
+		}
+		d := pe.dial
+		if d == nil {
+			d = &sessionDial{done: make(chan struct{})}
+			pe.dial = d
+			p.wg.Go(func() { c.dialSession(p, pe, d, service, addr) })
+		}
+		p.mu.Unlock()
+		if best != nil {
+			return best, nil
+		}
+		select {
+		case <-d.done:
+			if d.err != nil {
+				return nil, d.err
+			}
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
+}
+
+// pick drops the sessions that closed or belong to an older certificate
+// and returns the least loaded of the others, or nil. The pool's lock is
+// held.
+func (pe *peer) pick(gen uint64) *clientSession {
+	var best *clientSession
+	kept := pe.sessions[:0]
+	for _, cs := range pe.sessions {
+		if cs.mux.IsClosed() || cs.retired.Load() {
+			continue
+		}
+		if cs.gen != gen {
+			cs.retire()
+			continue
+		}
+		kept = append(kept, cs)
+		if best == nil || cs.streams.Load() < best.streams.Load() {
+			best = cs
+		}
+	}
+	clear(pe.sessions[len(kept):])
+	pe.sessions = kept
+	return best
+}
+
+// dialSession sets up a pooled connection to addr and tells the waiters.
+func (c *Client) dialSession(p *pool, pe *peer, d *sessionDial, service, addr string) {
+	ctx, cancel := c.dialTimeout(p.ctx)
+	defer cancel()
+	cs, err := c.newSession(ctx, service, addr)
+	p.mu.Lock()
+	switch {
+	case errors.Is(err, errLegacyServer):
+		pe.legacy = true
+	case err == nil && p.closed:
+		err = ErrClientClosed
+		defer cs.mux.Close()
+	case err == nil:
+		pe.sessions = append(pe.sessions, cs)
+	}
+	pe.dial = nil
+	d.err = err
+	close(d.done)
+	p.mu.Unlock()
+}
+
+// newSession runs the handshake of a pooled connection. A server that
+// answers attache/1 only is an older attache: errLegacyServer.
+func (c *Client) newSession(ctx context.Context, service, addr string) (*clientSession, error) {
+	gen := c.Identity.Generation()
+	tc, err := c.handshake(ctx, service, addr, []string{ALPN2, ALPN})
+	if err != nil {
+		return nil, err
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != ALPN2 {
+		tc.Close()
+		return nil, errLegacyServer
+	}
+	c.Stats.handshake(false, cs.DidResume)
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	mux, err := yamux.Client(newBatchWriter(tc), muxConfig(timeout), nil)
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("link session with %s: %w", addr, err)
+	}
+	s := &clientSession{mux: mux, tls: tc, addr: addr, gen: gen, stats: c.Stats}
+	c.Stats.sessionOpened(sideClient)
+	// Owned by the session: it ends when the session closes (peer gone,
+	// retired and idle, or Client.Close).
+	go func() {
+		<-mux.CloseChan()
+		c.Stats.sessionClosed(sideClient)
+	}()
+	return s, nil
+}
+
+// retire takes the session out of use; it closes with its last stream.
+func (cs *clientSession) retire() {
+	cs.retired.Store(true)
+	if cs.streams.Load() == 0 {
+		_ = cs.mux.Close()
+	}
+}
+
+// release is called once per stream when it ends.
+func (cs *clientSession) release() {
+	if cs.streams.Add(-1) == 0 && cs.retired.Load() {
+		_ = cs.mux.Close()
+	}
+}
+
+// dialStream opens a stream to service on a pooled connection to addr and
+// waits for the server's answer. A session that carried streams before but
+// cannot open this one (the server went away, the connection died) is
+// retired and the open retried once on another.
+func (c *Client) dialStream(ctx context.Context, service, addr string) (net.Conn, error) {
+	if c.Identity == nil {
+		return nil, ErrNoIdentity
+	}
+	hdr, err := encodeStreamHeader(service)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := c.dialTimeout(ctx)
+	defer cancel()
+	var lastErr error
+	for range 2 {
+		cs, err := c.session(ctx, service, addr)
+		if errors.Is(err, errLegacyServer) {
+			tc, err := c.dialPerConn(ctx, service, addr)
+			if err != nil {
+				return nil, err
+			}
+			return tc, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		st, err := cs.open(ctx, hdr, service, addr)
+		if err == nil {
+			cs.used.Store(true)
+			return st, nil
+		}
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			return nil, err
+		}
+		// No answer: the connection may be dead without a word (a cable
+		// pulled, a host gone) until its keepalive notices; the next
+		// streams go to a new one.
+		cs.retire()
+		if ctx.Err() != nil || !cs.used.Load() {
+			// A new connection that cannot carry a stream: the server
+			// refused this host (a TLS 1.3 server checks the client's
+			// certificate after the client's handshake is done).
+			return nil, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// open opens a stream on the session, sends its header and reads the
+// server's answer.
+func (cs *clientSession) open(ctx context.Context, hdr []byte, service, addr string) (*Stream, error) {
+	ys, err := cs.mux.OpenStream(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("link session with %s: open a stream: %w", addr, err)
+	}
+	cs.streams.Add(1)
+	st := newStream(ys, cs.tls, cs.stats, sideClient, cs.release)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetWriteDeadline(dl)
+	}
+	if _, err := st.Write(hdr); err != nil {
+		st.Reset()
+		return nil, fmt.Errorf("link session with %s: %w", addr, err)
+	}
+	_ = st.SetWriteDeadline(time.Time{})
+	if err := readStatus(ctx, st, service, addr); err != nil {
+		st.Reset()
+		return nil, err
+	}
+	st.opened()
+	return st, nil
+}

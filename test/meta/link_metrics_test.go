@@ -13,6 +13,14 @@ import (
 // TestLinkMetricNames lints the link's metrics as a daemon with a link
 // server serves them (TestMetricNames covers the rest).
 func TestLinkMetricNames(t *testing.T) {
+	lintServed(t, linkConfig(t), "attache_link_handshakes_total", "attache_link_refused_total", "attache_link_dial_errors_total",
+		"attache_link_certificate_reloads_total", "attache_link_certificate_expiry_timestamp_seconds")
+}
+
+// linkConfig has a link server offering a service, made with real
+// certificates.
+func linkConfig(t *testing.T) *config.Config {
+	t.Helper()
 	dir := t.TempDir()
 	if _, err := certs.Init(certs.InitOptions{Dir: dir}); err != nil {
 		t.Fatal(err)
@@ -35,6 +43,5 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	lintServed(t, cfg, "attache_link_handshakes_total", "attache_link_refused_total", "attache_link_dial_errors_total",
-		"attache_link_certificate_reloads_total", "attache_link_certificate_expiry_timestamp_seconds")
+	return cfg
 }

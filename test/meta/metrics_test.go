@@ -22,6 +22,16 @@ import (
 // provider), and lints what it serves with promlint, plus the project's
 // own rule: every name is attache_<subsystem>_<name>.
 func TestMetricNames(t *testing.T) {
+	lintServed(t, servicesConfig(t), "attache_proxy_connections_accepted_total", "attache_backend_healthy",
+		"attache_reload_total", "attache_discovery_up", "attache_proxy_dial_duration_seconds",
+		"attache_discovery_errors_total", "attache_access_log_dropped_total", "attache_build_info",
+		"go_goroutines", "process_open_fds")
+}
+
+// servicesConfig has a service with a fixed backend and a DNS one, so that
+// the proxy, backend and discovery series appear.
+func servicesConfig(t *testing.T) *config.Config {
+	t.Helper()
 	echo := testenv.Echo(t, "127.0.0.1:0")
 	dns := testenv.StartDNS(t)
 	dns.SetA("echo.test", "127.0.0.1")
@@ -35,10 +45,42 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	lintServed(t, cfg, "attache_proxy_connections_accepted_total", "attache_backend_healthy",
-		"attache_reload_total", "attache_discovery_up", "attache_proxy_dial_duration_seconds",
-		"attache_discovery_errors_total", "attache_access_log_dropped_total", "attache_build_info",
-		"go_goroutines", "process_open_fds")
+	return cfg
+}
+
+// TestMetricsDocumented: the metrics table of docs/admin-and-metrics.md
+// names exactly the attache_* metrics that daemons configured to show
+// every kind of series (services, UDP, a link server, a transparent
+// listener) serve.
+func TestMetricsDocumented(t *testing.T) {
+	served := map[string]bool{}
+	for _, cfg := range []*config.Config{servicesConfig(t), udpConfig(t), linkConfig(t), transparentConfig(t)} {
+		for n := range servedNames(t, cfg) {
+			served[n] = true
+		}
+	}
+	doc, err := readPage("docs/admin-and-metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	row := regexp.MustCompile("(?m)^\\| `attache_[^|]*\\|")
+	name := regexp.MustCompile("`(attache_[a-z0-9_]+)`")
+	for _, r := range row.FindAllString(doc, -1) {
+		for _, m := range name.FindAllStringSubmatch(r, -1) {
+			documented[m[1]] = true
+		}
+	}
+	for n := range served {
+		if !standard(n) && !documented[n] {
+			t.Errorf("metric %s is served but not in the table of docs/admin-and-metrics.md", n)
+		}
+	}
+	for n := range documented {
+		if !served[n] {
+			t.Errorf("docs/admin-and-metrics.md lists %s, which no daemon served", n)
+		}
+	}
 }
 
 // standard reports whether name comes from client_golang's Go runtime
@@ -49,11 +91,8 @@ func standard(name string) bool {
 	return strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_")
 }
 
-// lintServed runs a daemon with cfg, scrapes its /metrics, lints what it
-// serves with promlint plus the project's own rule (every name is
-// attache_<subsystem>_<name>, but for the standard collectors'), and checks that each of want was served, so
-// a lint that passes is known to have covered them.
-func lintServed(t *testing.T, cfg *config.Config, want ...string) {
+// scrape runs a daemon with cfg and returns what its /metrics serves.
+func scrape(t *testing.T, cfg *config.Config) []byte {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	adminAddr := make(chan net.Addr, 1)
@@ -74,6 +113,17 @@ func lintServed(t *testing.T, cfg *config.Config, want ...string) {
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	}
+	// Every provider has reported once the daemon is ready, so the
+	// series of discovery are there to see.
+	ready := strings.TrimSuffix(url, "metrics") + "readyz"
+	testenv.WaitFor(t, "the daemon to be ready", func() bool {
+		resp, err := http.Get(ready)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +133,28 @@ func lintServed(t *testing.T, cfg *config.Config, want ...string) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
+	return body
+}
 
+var typeRE = regexp.MustCompile(`(?m)^# TYPE (\S+)`)
+
+// servedNames is the set of metric names a daemon with cfg serves.
+func servedNames(t *testing.T, cfg *config.Config) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	for _, m := range typeRE.FindAllSubmatch(scrape(t, cfg), -1) {
+		out[string(m[1])] = true
+	}
+	return out
+}
+
+// lintServed runs a daemon with cfg, scrapes its /metrics, lints what it
+// serves with promlint plus the project's own rule (every name is
+// attache_<subsystem>_<name>, but for the standard collectors'), and checks that each of want was served, so
+// a lint that passes is known to have covered them.
+func lintServed(t *testing.T, cfg *config.Config, want ...string) {
+	t.Helper()
+	body := scrape(t, cfg)
 	problems, err := promlint.New(strings.NewReader(string(body))).Lint()
 	if err != nil {
 		t.Fatalf("promlint: %v", err)

@@ -1,5 +1,7 @@
-// Package meta holds checks over the repository itself: the README's
-// examples are real, and the code keeps the habits the project chose.
+// Package meta holds checks over the repository itself: the examples of
+// README.md and docs/ are real (docs_test.go), the metrics are named as the
+// project chose and documented (metrics_test.go), and the code keeps the
+// habits the project chose.
 package meta
 
 import (
@@ -9,8 +11,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/attache/attache/internal/config"
 )
 
 func readme(t *testing.T) string {
@@ -20,24 +20,6 @@ func readme(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// TestReadmeConfigExampleLoads loads every YAML block of the README.
-func TestReadmeConfigExampleLoads(t *testing.T) {
-	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(readme(t), -1)
-	if len(blocks) == 0 {
-		t.Fatal("README has no yaml example")
-	}
-	for i, b := range blocks {
-		cfg, err := config.Load(config.Sources{File: "README.md", FileData: []byte(b[1])})
-		if err != nil {
-			t.Errorf("README yaml block %d: %v", i, err)
-			continue
-		}
-		if len(cfg.Services) == 0 {
-			t.Errorf("README yaml block %d defines no service", i)
-		}
-	}
 }
 
 // TestReadmeFirstLinesAreTheCommands pins the two commands a fresh clone

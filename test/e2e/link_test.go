@@ -92,6 +92,23 @@ link:
     retry_timeout: 10s
     health_check: {interval: 300ms, timeout: 300ms, send: "PING\r\n", expect: "+PONG", rise: 1, fall: 1}
 `, etcdAddr, files("host-a"))
+	// The LAN carries TLS only: capture on the hub (every host's cable)
+	// from before the first connection (so the handshakes of the pooled
+	// link connections are in it) while values go back and forth.
+	marker := randomHex(t)
+	capture := filepath.Join(dir, "link.pcap")
+	dump := hosts.Hub.Command("tcpdump", "-i", "any", "--immediate-mode", "-U", "-s", "0", "-w", capture, "tcp", "port", "7443")
+	var dumpErr testenv.LogBuffer // written by the process while the test reads it
+	dump.Stderr = &dumpErr
+	if err := dump.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	stopDump := func() {
+		_ = dump.Process.Signal(syscall.SIGTERM)
+		_ = dump.Wait()
+	}
+	t.Cleanup(stopDump)
+	testenv.WaitFor(t, "tcpdump listening", func() bool { return strings.Contains(dumpErr.String(), "listening on any") })
 	pa := startAttacheIn(t, a, writeLinkFile(t, dir, "attache-a.yaml", cfgA))
 	pa.listenAddrs(t, 1)
 	local := "127.0.0.1:6379"
@@ -115,22 +132,6 @@ link:
 		return s["b"] > 0 && s["c"] > 0
 	})
 
-	// The LAN carries TLS only: capture on the hub (every host's cable) while values
-	// go back and forth.
-	marker := randomHex(t)
-	capture := filepath.Join(dir, "link.pcap")
-	dump := hosts.Hub.Command("tcpdump", "-i", "any", "-U", "-s", "0", "-w", capture, "tcp", "port", "7443")
-	var dumpErr testenv.LogBuffer // written by the process while the test reads it
-	dump.Stderr = &dumpErr
-	if err := dump.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	stopDump := func() {
-		_ = dump.Process.Signal(syscall.SIGTERM)
-		_ = dump.Wait()
-	}
-	t.Cleanup(stopDump)
-	testenv.WaitFor(t, "tcpdump listening", func() bool { return strings.Contains(dumpErr.String(), "listening on any") })
 	for i := range 10 {
 		key := fmt.Sprintf("secret-key-%s-%d", marker, i)
 		if got := redisVia(t, a, local, "SET "+key+" plaintext-value-"+marker); got != "+OK" {

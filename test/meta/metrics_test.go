@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -180,6 +182,41 @@ func lintServed(t *testing.T, cfg *config.Config, want ...string) {
 	for _, w := range want {
 		if !seen[w] {
 			t.Errorf("metric %s not served; the lint did not cover it", w)
+		}
+	}
+}
+
+// TestAdminEndpointsDocumented: every route the admin API registers
+// (internal/admin's ServeMux patterns) has its row in the endpoint table
+// of docs/admin-and-metrics.md, and every row is a registered route.
+func TestAdminEndpointsDocumented(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join(repoRoot(), "internal", "admin", "admin.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := map[string]bool{}
+	for _, m := range regexp.MustCompile(`Handle(?:Func)?\("((?:GET|POST|PUT|DELETE) /[^"]*)"`).FindAllSubmatch(src, -1) {
+		routes[strings.Replace(string(m[1]), "{$}", "", 1)] = true
+	}
+	if len(routes) < 10 {
+		t.Fatalf("found only %d admin routes: %v", len(routes), routes)
+	}
+	doc, err := readPage("docs/admin-and-metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `((?:GET|POST|PUT|DELETE) /[^`]*)`").FindAllStringSubmatch(doc, -1) {
+		documented[m[1]] = true
+	}
+	for r := range routes {
+		if !documented[r] {
+			t.Errorf("admin route %q is not in the table of docs/admin-and-metrics.md", r)
+		}
+	}
+	for d := range documented {
+		if !routes[d] {
+			t.Errorf("docs/admin-and-metrics.md documents %q, which internal/admin does not register", d)
 		}
 	}
 }

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/etcdclient"
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // Announcer registers a link server's offered services in etcd, so that
@@ -27,10 +29,14 @@ import (
 type Announcer struct {
 	Endpoints          []string
 	Username, Password string
-	DialTimeout        time.Duration // 0: 5s
-	Prefix             string        // e.g. /attache/links
-	Advertise          string        // host:port peers dial
-	TTL                time.Duration // 0: 10s; etcd counts whole seconds
+	// TLS, when set, reaches etcd over TLS with these files; nil leaves
+	// it to etcdctl's variables and the endpoints' scheme, as for etcd
+	// discovery (package etcdclient).
+	TLS         *tlsclient.Files
+	DialTimeout time.Duration // 0: 5s
+	Prefix      string        // e.g. /attache/links
+	Advertise   string        // host:port peers dial
+	TTL         time.Duration // 0: 10s; etcd counts whole seconds
 	// Services returns the services offered now; Run follows its changes
 	// (reloads) within a third of TTL.
 	Services func() []string
@@ -67,29 +73,30 @@ func (a *Announcer) Run(ctx context.Context) error {
 	if dialTimeout <= 0 {
 		dialTimeout = 5 * time.Second
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: a.Endpoints, Username: a.Username, Password: a.Password,
-		DialTimeout: dialTimeout, DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: dialTimeout,
-		Context: ctx, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			// gRPC's default reconnect back-off grows to 120 s; a host
-			// whose network comes back must announce itself again
-			// within about a TTL.
-			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: a.ttl() / 2},
-			MinConnectTimeout: dialTimeout,
-		})},
+	cli, err := etcdclient.New(ctx, etcdclient.Config{
+		Endpoints: a.Endpoints, Username: a.Username, Password: a.Password, TLS: a.TLS,
+		DialTimeout: dialTimeout,
+		// gRPC's default reconnect back-off grows to 120 s; a host whose
+		// network comes back must announce itself again within about a
+		// TTL.
+		Backoff: backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: a.ttl() / 2},
 	})
 	if err != nil {
-		return fmt.Errorf("link announcer: etcd client: %w", err)
+		return fmt.Errorf("link announcer: %w", err)
 	}
 	defer cli.Close()
 	wait := 200 * time.Millisecond
+	var repeats discovery.Repeats
 	for ctx.Err() == nil {
-		err := a.session(ctx, cli)
+		announced, err := a.session(ctx, cli.Client)
 		if ctx.Err() != nil {
 			return nil
 		}
-		a.logger().Warn("link announcement in etcd lost; announcing again", "error", err, "retry_in", wait)
+		if announced {
+			repeats.Recovered()
+		}
+		err = cli.Explain(err)
+		a.logger().Log(ctx, repeats.Level(err), "link announcement in etcd lost; announcing again", "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -103,15 +110,16 @@ func (a *Announcer) Run(ctx context.Context) error {
 }
 
 // session grants a lease, puts the keys and keeps both up to date until
-// the lease is lost or ctx is done (then it revokes the lease).
-func (a *Announcer) session(ctx context.Context, cli *clientv3.Client) error {
+// the lease is lost or ctx is done (then it revokes the lease). announced
+// reports whether the keys were put.
+func (a *Announcer) session(ctx context.Context, cli *clientv3.Client) (announced bool, err error) {
 	ttl := a.ttl()
 	opCtx := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, ttl) }
 	c, cancel := opCtx()
 	lease, err := cli.Grant(c, int64((ttl+time.Second-1)/time.Second))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("grant lease: %w", err)
+		return false, fmt.Errorf("grant lease: %w", err)
 	}
 	defer func() {
 		// Revoke on the way out, so the keys go now rather than after the
@@ -124,7 +132,7 @@ func (a *Announcer) session(ctx context.Context, cli *clientv3.Client) error {
 	defer stopKA()
 	ka, err := cli.KeepAlive(kaCtx, lease.ID)
 	if err != nil {
-		return fmt.Errorf("keep the lease alive: %w", err)
+		return false, fmt.Errorf("keep the lease alive: %w", err)
 	}
 	put := map[string]bool{} // keys put under this lease
 	sync := func() error {
@@ -159,7 +167,7 @@ func (a *Announcer) session(ctx context.Context, cli *clientv3.Client) error {
 		return nil
 	}
 	if err := sync(); err != nil {
-		return err
+		return false, err
 	}
 	a.logger().Info("link services announced in etcd", "keys", slices.Sorted(maps.Keys(put)), "ttl", ttl)
 	tick := time.NewTicker(ttl / 3)
@@ -167,14 +175,14 @@ func (a *Announcer) session(ctx context.Context, cli *clientv3.Client) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return true, ctx.Err()
 		case _, ok := <-ka:
 			if !ok {
-				return errors.New("lease keep-alive ended (etcd unreachable, or the lease expired)")
+				return true, errors.New("lease keep-alive ended (etcd unreachable, or the lease expired)")
 			}
 		case <-tick.C:
 			if err := sync(); err != nil {
-				return err
+				return true, err
 			}
 		}
 	}

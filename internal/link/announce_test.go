@@ -24,19 +24,7 @@ func TestAnnouncer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	keys := func() []string {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		resp, err := cli.Get(ctx, "/links/", clientv3.WithPrefix())
-		if err != nil {
-			return []string{"error: " + err.Error()}
-		}
-		var out []string
-		for _, kv := range resp.Kvs {
-			out = append(out, string(kv.Key)+"="+string(kv.Value))
-		}
-		return out
-	}
+	keys := prefixKeys(cli, "/links/")
 	var offered atomic.Pointer[[]string]
 	offer := func(s ...string) { offered.Store(&s) }
 	offer("redis", "pg")

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -32,6 +33,10 @@ type Etcd struct {
 
 	logs lockedBuilder
 
+	// tls is set for a member that serves its clients over TLS
+	// (StartEtcdTLS); nil serves plain HTTP.
+	tls *EtcdTLS
+
 	mu  sync.Mutex
 	srv *embed.Etcd      // nil while stopped
 	cli *clientv3.Client // used by Put and Delete; renewed by Restart
@@ -42,10 +47,19 @@ type Etcd struct {
 // the test fails.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
+	return startEtcd(t, nil)
+}
+
+func startEtcd(t testing.TB, tlsInfo *EtcdTLS) *Etcd {
+	t.Helper()
 	e := &Etcd{
 		dir:       t.TempDir(),
 		clientURL: url.URL{Scheme: "http", Host: freeLoopbackAddr(t)},
 		peerURL:   url.URL{Scheme: "http", Host: freeLoopbackAddr(t)},
+		tls:       tlsInfo,
+	}
+	if tlsInfo != nil {
+		e.clientURL.Scheme = "https"
 	}
 	// Server errors are kept and shown only when the test fails: a clean
 	// stop logs a few "server closed" errors that would be noise.
@@ -103,6 +117,12 @@ func (e *Etcd) config() *embed.Config {
 		zapcore.ErrorLevel,
 	))
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	if e.tls != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile: e.tls.certFile, KeyFile: e.tls.keyFile,
+			TrustedCAFile: e.tls.clientCA, ClientCertAuth: true,
+		}
+	}
 	return cfg
 }
 
@@ -121,11 +141,15 @@ func (e *Etcd) start(t testing.TB) {
 		srv.Close()
 		t.Fatalf("etcd: server on %s not ready after %v", e.clientURL.Host, etcdReadyTimeout)
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cc := clientv3.Config{
 		Endpoints:   []string{e.clientURL.Host},
 		DialTimeout: 10 * time.Second,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if e.tls != nil {
+		cc.TLS = e.tls.clientConfig(t)
+	}
+	cli, err := clientv3.New(cc)
 	if err != nil {
 		srv.Close()
 		t.Fatalf("etcd: test client for %s: %v", e.clientURL.Host, err)

@@ -66,14 +66,14 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/attache/attache/internal/backend"
 	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/etcdclient"
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 const (
@@ -90,12 +90,18 @@ const (
 // Watches are required.
 type Config struct {
 	// Endpoints are the etcd members' client addresses, "127.0.0.1:2379" or
-	// "http://127.0.0.1:2379" ("https://" uses TLS with the system roots).
-	// The client balances across them and fails over.
+	// "http://127.0.0.1:2379" ("https://" uses TLS: see TLS). The client
+	// balances across them and fails over.
 	Endpoints []string
 	// Username and Password authenticate to etcd when it has auth enabled.
 	// Give both or neither.
 	Username, Password string
+	// TLS, when set, reaches the members over TLS with these files (see
+	// etcdclient.Config.TLS); nil leaves TLS to etcdctl's variables
+	// ETCDCTL_CACERT, ETCDCTL_CERT and ETCDCTL_KEY, and without them to
+	// the endpoints' scheme. New reads the files, so a missing or
+	// unreadable one is an error before anything starts.
+	TLS *tlsclient.Files
 	// DialTimeout bounds connecting and each full read of the watched keys.
 	// Zero means 5 s.
 	DialTimeout time.Duration
@@ -142,6 +148,7 @@ type Provider struct {
 	endpoints   []string
 	username    string
 	password    string
+	tls         *tlsclient.Files
 	dialTimeout time.Duration
 	watches     []Watch
 	log         *slog.Logger
@@ -174,6 +181,9 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.DialTimeout < 0 {
 		return nil, fmt.Errorf("etcd: dial timeout %v is negative", cfg.DialTimeout)
 	}
+	if err := etcdclient.Check(etcdclient.Config{Endpoints: cfg.Endpoints, TLS: cfg.TLS}); err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
 	if len(cfg.Watches) == 0 {
 		return nil, errors.New("etcd: no watches: want at least one service and key")
 	}
@@ -192,6 +202,7 @@ func New(cfg Config) (*Provider, error) {
 		endpoints:   append([]string(nil), cfg.Endpoints...),
 		username:    cfg.Username,
 		password:    cfg.Password,
+		tls:         cfg.TLS,
 		dialTimeout: cfg.DialTimeout,
 		watches:     append([]Watch(nil), cfg.Watches...),
 		log:         cfg.Logger,
@@ -346,8 +357,9 @@ func (p *Provider) Run(ctx context.Context, out chan<- discovery.Snapshot) error
 	}()
 	st := newState(p)
 	wait := p.minBackoff
+	var repeats discovery.Repeats
 	for {
-		established, err := st.session(ctx, cli, out)
+		established, err := st.session(ctx, cli.Client, out)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -355,9 +367,11 @@ func (p *Provider) Run(ctx context.Context, out chan<- discovery.Snapshot) error
 			// The last session got as far as a full read, so this is a new
 			// failure rather than the same one again: start waiting short.
 			wait = p.minBackoff
+			repeats.Recovered()
 		}
+		err = cli.Explain(err)
 		p.recordError(err)
-		p.log.Warn("etcd watch interrupted; keeping the last endpoints", "err", err, "retry_in", wait)
+		p.log.Log(ctx, repeats.Level(err), "etcd watch interrupted; keeping the last endpoints", "err", err, "retry_in", wait)
 		if !sleep(ctx, wait) {
 			return nil
 		}
@@ -368,26 +382,20 @@ func (p *Provider) Run(ctx context.Context, out chan<- discovery.Snapshot) error
 // connect creates the client, retrying with back-off: without credentials
 // that cannot fail on a valid config, but with credentials the client
 // authenticates at once and etcd may be down.
-func (p *Provider) connect(ctx context.Context) (*clientv3.Client, error) {
+func (p *Provider) connect(ctx context.Context) (*etcdclient.Client, error) {
 	wait := p.minBackoff
+	var repeats discovery.Repeats
 	for {
-		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:            p.endpoints,
-			Username:             p.username,
-			Password:             p.password,
-			DialTimeout:          p.dialTimeout,
-			DialKeepAliveTime:    keepAliveTime,
-			DialKeepAliveTimeout: p.dialTimeout,
-			Context:              ctx,
-			// The client logs through zap; what matters to an operator is
-			// reported by Run through slog instead.
-			Logger: zap.NewNop(),
-			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-				// gRPC's default reconnect back-off grows to 120 s; cap it at
-				// ours so a restarted etcd is found as soon as Run retries.
-				Backoff:           backoff.Config{BaseDelay: p.minBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: p.maxBackoff},
-				MinConnectTimeout: p.dialTimeout,
-			})},
+		cli, err := etcdclient.New(ctx, etcdclient.Config{
+			Endpoints:   p.endpoints,
+			Username:    p.username,
+			Password:    p.password,
+			TLS:         p.tls,
+			DialTimeout: p.dialTimeout,
+			KeepAlive:   keepAliveTime,
+			// gRPC's default reconnect back-off grows to 120 s; cap it at
+			// ours so a restarted etcd is found as soon as Run retries.
+			Backoff: backoff.Config{BaseDelay: p.minBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: p.maxBackoff},
 		})
 		if err == nil {
 			return cli, nil
@@ -397,7 +405,7 @@ func (p *Provider) connect(ctx context.Context) (*clientv3.Client, error) {
 		}
 		err = fmt.Errorf("connect to %s: %w", strings.Join(p.endpoints, ","), err)
 		p.recordError(err)
-		p.log.Warn("etcd client", "err", err, "retry_in", wait)
+		p.log.Log(ctx, repeats.Level(err), "etcd client", "err", err, "retry_in", wait)
 		if !sleep(ctx, wait) {
 			return nil, ctx.Err()
 		}

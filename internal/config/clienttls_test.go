@@ -73,3 +73,52 @@ func TestParseFileDockerTLSErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestParseFileEtcdConsulTLS(t *testing.T) {
+	in := `discovery:
+  etcd:
+    endpoints: ["https://etcd-1:2379", "etcd-2:2379"]
+    tls: {ca: /etc/etcd/ca.pem, cert: /etc/etcd/client.pem, key: /etc/etcd/client-key.pem, server_name: etcd.internal}
+  consul:
+    address: consul.internal:8501
+    tls: {ca: /etc/consul/ca.pem}
+`
+	f, err := ParseFile("f.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEtcd := EtcdDiscovery{Endpoints: []string{"https://etcd-1:2379", "etcd-2:2379"}, TLS: &ClientTLS{
+		CA: "/etc/etcd/ca.pem", Cert: "/etc/etcd/client.pem", Key: "/etc/etcd/client-key.pem", ServerName: "etcd.internal"}}
+	if !reflect.DeepEqual(f.Discovery.Etcd, wantEtcd) {
+		t.Errorf("etcd: got %+v (TLS %+v), want %+v", f.Discovery.Etcd, f.Discovery.Etcd.TLS, wantEtcd)
+	}
+	wantConsul := ConsulDiscovery{Address: "consul.internal:8501", TLS: &ClientTLS{CA: "/etc/consul/ca.pem"}}
+	if !reflect.DeepEqual(f.Discovery.Consul, wantConsul) {
+		t.Errorf("consul: got %+v (TLS %+v), want %+v", f.Discovery.Consul, f.Discovery.Consul.TLS, wantConsul)
+	}
+}
+
+func TestParseFileEtcdConsulTLSErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		errs []string
+	}{
+		{"etcd: unknown key", "discovery:\n  etcd:\n    tls: {cacert: ca.pem}\n",
+			[]string{"f.yaml:3: cacert: unknown key in discovery.etcd.tls (want one of: ca, cert, key, server_name)"}},
+		{"etcd: cert without key", "discovery:\n  etcd:\n    tls: {cert: c.pem}\n",
+			[]string{"f.yaml:3: discovery.etcd.tls: cert and key go together"}},
+		{"etcd: a plain http endpoint", "discovery:\n  etcd:\n    endpoints: ['http://etcd:2379']\n    tls: {}\n",
+			[]string{"f.yaml:4: tls: endpoint http://etcd:2379 is plain http://: write https:// or host:port"}},
+		{"consul: key without cert", "discovery:\n  consul:\n    tls: {key: k.pem}\n",
+			[]string{"f.yaml:3: discovery.consul.tls: cert and key go together"}},
+		{"consul: a plain http address", "discovery:\n  consul:\n    address: 'http://consul:8500'\n    tls: {ca: ca.pem}\n",
+			[]string{"f.yaml:4: tls: the agent at http://consul:8500 is plain http://: write https:// or host:port"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseFile("f.yaml", []byte(tt.in))
+			checkErrors(t, err, tt.errs)
+		})
+	}
+}

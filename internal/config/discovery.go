@@ -36,11 +36,22 @@ type EtcdDiscovery struct {
 	Endpoints          []string
 	Username, Password string
 	DialTimeout        time.Duration
+	// TLS, when set, is how the members are reached over TLS (endpoints
+	// host:port or https://); nil leaves it to etcdctl's variables
+	// ETCDCTL_CACERT, ETCDCTL_CERT and ETCDCTL_KEY, and to https://
+	// endpoints. Link registration uses it too.
+	TLS *ClientTLS
 }
 
 // ConsulDiscovery configures consul and consul_kv backends.
 type ConsulDiscovery struct {
 	Address, Token, Datacenter string
+	// TLS, when set, is how the agent is reached over HTTPS (the address
+	// host:port or https://, as are the consul:// URLs' hosts); nil leaves
+	// it to the consul CLI's variables (CONSUL_HTTP_SSL, CONSUL_CACERT,
+	// CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME) and
+	// to an https:// address.
+	TLS *ClientTLS
 }
 
 // DockerDiscovery configures docker backends.
@@ -84,14 +95,24 @@ func (p *fileParser) discovery(n *yaml.Node) Discovery {
 				"username":     func(v *yaml.Node) { d.Etcd.Username, _ = p.scalar(v, "username") },
 				"password":     func(v *yaml.Node) { d.Etcd.Password, _ = p.scalar(v, "password") },
 				"dial_timeout": func(v *yaml.Node) { d.Etcd.DialTimeout = p.duration(v, "dial_timeout", false) },
+				"tls":          func(v *yaml.Node) { d.Etcd.TLS = p.clientTLS(v, "discovery.etcd.tls") },
 			})
+			for _, ep := range d.Etcd.Endpoints {
+				if tn := keyNode(deref(v), "tls"); tn != nil && strings.HasPrefix(ep, "http://") {
+					p.errorf(tn, "tls", "endpoint %s is plain http://: write https:// or host:port to reach it over TLS", ep)
+				}
+			}
 		},
 		"consul": func(v *yaml.Node) {
 			p.fields(v, "discovery.consul", map[string]func(*yaml.Node){
 				"address":    func(v *yaml.Node) { d.Consul.Address = p.serverAddr(v, "address") },
 				"token":      func(v *yaml.Node) { d.Consul.Token, _ = p.scalar(v, "token") },
 				"datacenter": func(v *yaml.Node) { d.Consul.Datacenter, _ = p.scalar(v, "datacenter") },
+				"tls":        func(v *yaml.Node) { d.Consul.TLS = p.clientTLS(v, "discovery.consul.tls") },
 			})
+			if tn := keyNode(deref(v), "tls"); tn != nil && strings.HasPrefix(d.Consul.Address, "http://") {
+				p.errorf(tn, "tls", "the agent at %s is plain http://: write https:// or host:port to reach it over TLS", d.Consul.Address)
+			}
 		},
 		"docker": func(v *yaml.Node) {
 			p.fields(v, "discovery.docker", map[string]func(*yaml.Node){

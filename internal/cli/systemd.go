@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/listen"
@@ -17,7 +19,7 @@ import (
 // takes descriptors 3, 4… for systemd's nor thinks the watchdog is another
 // process's. inherited is what an upgrade handed over (nil if none); when
 // there are activated sockets they are returned in its place.
-func systemd(ctx context.Context, e Env, cfg *config.Config, admin string, inherited *listen.Inherited) (*sdnotify.Notifier, *listen.Inherited, error) {
+func systemd(ctx context.Context, e Env, log *slog.Logger, cfg *config.Config, admin string, inherited *listen.Inherited) (*sdnotify.Notifier, *listen.Inherited, error) {
 	n, err := sdnotify.FromEnviron(e.Environ, os.Getpid())
 	if err != nil {
 		return nil, nil, err
@@ -41,10 +43,15 @@ func systemd(ctx context.Context, e Env, cfg *config.Config, admin string, inher
 		}
 		return nil, nil, fmt.Errorf("socket activation: %d sockets passed (LISTEN_FDS) to a process started by an upgrade", len(passed))
 	}
+	labels := make([]string, len(passed))
+	for i, p := range passed {
+		labels[i] = p.Label()
+	}
 	activated, err := listen.Activated(ctx, passed, activationWants(cfg, admin))
 	if err != nil {
 		return nil, nil, err
 	}
+	log.Info("socket activation: serving the sockets systemd passed", "sockets", strings.Join(labels, ", "))
 	return n, activated, nil
 }
 

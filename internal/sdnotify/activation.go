@@ -74,7 +74,7 @@ func Activation(environ []string, pid int) ([]Passed, error) {
 		return nil, fmt.Errorf("%s=%q: want a number of descriptors (0 to %d)", EnvListenFDs, fds, maxListenFDs)
 	}
 	var names []string
-	if v, ok := lookupOK(environ, EnvListenFDNames); ok {
+	if v := lookup(environ, EnvListenFDNames); v != "" { // set but empty: no names
 		names = strings.Split(v, ":")
 		if len(names) != n {
 			return nil, fmt.Errorf("%s=%q names %d sockets, but %s=%d", EnvListenFDNames, v, len(names), EnvListenFDs, n)
@@ -98,13 +98,4 @@ func Activation(environ []string, pid int) ([]Passed, error) {
 		out[i] = Passed{Name: name, FD: fd, File: os.NewFile(uintptr(fd), "listen-fd-"+strconv.Itoa(fd))}
 	}
 	return out, nil
-}
-
-func lookupOK(environ []string, name string) (string, bool) {
-	for _, kv := range environ {
-		if k, _, ok := strings.Cut(kv, "="); ok && k == name {
-			return lookup(environ, name), true
-		}
-	}
-	return "", false
 }

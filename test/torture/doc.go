@@ -44,7 +44,7 @@
 // mixed engines (event loops by default, goroutines with
 // ATTACHE_LOOPS=-1), one-page splice pipes (ATTACHE_PIPE_SIZE=4096), a
 // link hop (mutual TLS between two ambassadors, certificates from
-// `attache certs`), a listener reading the PROXY protocol (the client
+// `attache certs`; multiplexed on pooled connections, and per connection), a listener reading the PROXY protocol (the client
 // sends a v1 or v2 header), a Unix-socket backend, a backend that delays
 // its accepts (the client's bytes arrive first), and fronts before the
 // first hop: HAProxy splicing (option splice-auto) and socat. A "direct"
@@ -72,6 +72,5 @@
 // the raw dumps kept in a directory named by the seed.
 //
 // The harness (plans, payloads, peers, shapes) knows nothing of attache:
-// any path from a client to the torture backend can be put under it, for
-// instance link multiplexing later.
+// any path from a client to the torture backend can be put under it.
 package torture

@@ -183,8 +183,9 @@ func (env *runEnv) chain(name string, backend string, hops ...hop) *topology {
 
 // link starts a link server (offering the service "torture" to host-a)
 // before backend, and a client-side ambassador (host-a) that reaches it
-// over mutual TLS.
-func (env *runEnv) link(name string, backend string, h hop) *topology {
+// over mutual TLS, its connections multiplexed on pooled TLS connections
+// or, with mode "per_connection", each on its own.
+func (env *runEnv) link(name string, backend string, h hop, mode string) *topology {
 	pki := env.certs()
 	files := func(host string) string {
 		return fmt.Sprintf("  cert: %s\n  key: %s\n  ca: %s\n", filepath.Join(pki, host+".crt"),
@@ -201,11 +202,12 @@ services:
 `, files("host-b"), backend))
 	ps, linkAddr := env.startAttache(name+" link server", h.env(), linkRE, "-c", server)
 	client := env.writeConfig(name+"-client.yaml", fmt.Sprintf(`link:
-%sservices:
+%s  mode: %s
+services:
   - name: torture
     listen: 127.0.0.1:0
     backends: ["attache://%s/torture"]
-`, files("host-a"), linkAddr))
+`, files("host-a"), mode, linkAddr))
 	pc, entry := env.startAttache(name+" link client", h.env(), forwardingRE, "-c", client)
 	return &topology{name: name, env: env, entry: entry, procs: []*proc{pc, ps},
 		ports: []int{portOf(entry), portOf(linkAddr)}}

@@ -168,8 +168,9 @@ func (env *runEnv) topologies() []*topology {
 		{"goroutines,loops,goroutines", func(n string) *topology { return env.chain(n, b.tcp, G, L, G) }},
 		{"loops-pipe4k,loops-pipe4k", func(n string) *topology { return env.chain(n, b.tcp, Ls, Ls) }},
 		{"goroutines-pipe4k", func(n string) *topology { return env.chain(n, b.tcp, Gs) }},
-		{"link-loops", func(n string) *topology { return env.link(n, b.tcp, L) }},
-		{"link-goroutines", func(n string) *topology { return env.link(n, b.tcp, G) }},
+		{"link-loops", func(n string) *topology { return env.link(n, b.tcp, L, "multiplexed") }},
+		{"link-goroutines", func(n string) *topology { return env.link(n, b.tcp, G, "multiplexed") }},
+		{"link-per-connection", func(n string) *topology { return env.link(n, b.tcp, L, "per_connection") }},
 		{"proxy-protocol-loops", func(n string) *topology { return env.proxyProtocol(n, b.tcp, L) }},
 		{"proxy-protocol-goroutines", func(n string) *topology { return env.proxyProtocol(n, b.tcp, G) }},
 		// A Unix stream has no reset: a client's reset reaches a Unix

@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/attache/attache/internal/cli.Version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test deps lint unit fuzz-smoke build image image-smoke demo bench torture
+.PHONY: test deps lint unit fuzz-smoke build image image-smoke demo bench torture man
 
 test: deps lint unit fuzz-smoke image-smoke
 
@@ -43,6 +43,11 @@ fuzz-smoke:
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/attache ./cmd/attache
+
+# Man pages for every command (dist/man/attache.1, attache-check.1 …),
+# written from the command tree the binary runs; read one with man -l.
+man:
+	$(GO) run -ldflags "-X github.com/attache/attache/internal/cli.Version=$(VERSION)" ./internal/cli/genman dist/man
 
 image: build
 	docker build -f Dockerfile -t attache:dev dist

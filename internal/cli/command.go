@@ -73,6 +73,7 @@ func NewCommand(e Env) *cobra.Command {
 		},
 	}
 	addRunFlags(root.Flags(), &f)
+	completeRunFlags(root)
 	root.Flags().BoolVar(&f.version, "version", false, "print the version and exit")
 	_ = root.Flags().SetAnnotation("version", groupKey, []string{groupOther})
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
@@ -118,6 +119,7 @@ any listener; every error is printed, and the exit status is 2.`,
 		},
 	}
 	addRunFlags(c.Flags(), &f)
+	completeRunFlags(c)
 	return c
 }
 
@@ -172,13 +174,27 @@ func printHelp(w io.Writer, cmd *cobra.Command) {
 	}
 }
 
-// printFlagGroups lists fs's flags under their headings (the groupKey
-// annotation); flags without one are listed under "Flags".
+// printFlagGroups lists fs's flags under their headings.
 func printFlagGroups(w io.Writer, fs *pflag.FlagSet) {
+	for _, g := range flagGroups(fs) {
+		fmt.Fprintf(w, "\n%s:\n%s", g.name, g.flags.FlagUsagesWrapped(100))
+	}
+}
+
+// flagGroup is one heading of the help and the flags listed under it.
+type flagGroup struct {
+	name  string
+	flags *pflag.FlagSet
+}
+
+// flagGroups sorts fs's visible flags under their headings (the groupKey
+// annotation), in groupOrder. A command without headings lists its flags
+// under "Flags"; in one with headings, a flag without one (--help) goes
+// under "Other".
+func flagGroups(fs *pflag.FlagSet) []flagGroup {
 	grouped := false
 	fs.VisitAll(func(fl *pflag.Flag) { grouped = grouped || len(fl.Annotations[groupKey]) > 0 })
-	groups := map[string]*pflag.FlagSet{}
-	order := append([]string(nil), groupOrder...)
+	sets := map[string]*pflag.FlagSet{}
 	fs.VisitAll(func(fl *pflag.Flag) {
 		if fl.Hidden {
 			return
@@ -189,22 +205,21 @@ func printFlagGroups(w io.Writer, fs *pflag.FlagSet) {
 		} else if grouped {
 			name = groupOther
 		}
-		set, ok := groups[name]
+		set, ok := sets[name]
 		if !ok {
 			set = pflag.NewFlagSet(name, pflag.ContinueOnError)
 			set.SortFlags = false
-			groups[name] = set
-			if name == "Flags" {
-				order = append([]string{name}, order...)
-			}
+			sets[name] = set
 		}
 		set.AddFlag(fl)
 	})
-	for _, name := range order {
-		if set, ok := groups[name]; ok {
-			fmt.Fprintf(w, "\n%s:\n%s", name, set.FlagUsagesWrapped(100))
+	var groups []flagGroup
+	for _, name := range append([]string{"Flags"}, groupOrder...) {
+		if set, ok := sets[name]; ok {
+			groups = append(groups, flagGroup{name, set})
 		}
 	}
+	return groups
 }
 
 // noArgs refuses any positional argument, naming the first.

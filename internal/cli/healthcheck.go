@@ -24,15 +24,17 @@ const healthcheckLong = `Healthcheck exits 0 when the running attache serves, an
 reason when it does not. It is made for Docker's HEALTHCHECK in a FROM scratch
 image, where there is no shell and no curl:
 
-  HEALTHCHECK CMD ["/attache", "healthcheck"]
+    HEALTHCHECK CMD ["/attache", "healthcheck"]
 
 It needs no arguments there. It works out what the running attache was
 started with, in this order:
+
   1. its own flags and HOST PORT, when given (the same as attache's);
-  2. else, when process --pid (1: the container's main process) is attache,
-     that process's arguments and environment, read from /proc;
+  2. else, when process --pid (1: the container's main process) is
+     attache, that process's arguments and environment, read from /proc;
   3. else, no arguments and its own environment (the link variables and
      $ATTACHE_ADMIN that Docker gives every process of the container).
+
 Then, when an admin address is known (--admin, or $ATTACHE_ADMIN), it asks
 GET /readyz, the daemon's own verdict; otherwise it connects to every TCP
 and Unix listener the configuration names (on loopback for a wildcard
@@ -63,6 +65,7 @@ func healthcheckCommand(e Env) *cobra.Command {
 	}
 	fs := c.Flags()
 	addRunFlags(fs, &f)
+	completeRunFlags(c)
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "give up on the whole check after this `DURATION`")
 	fs.IntVar(&o.pid, "pid", 1, "without flags or HOST PORT, read the arguments and environment of process `PID` when it is attache")
 	for _, n := range []string{"timeout", "pid"} {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/attache/attache/internal/config"
@@ -95,6 +96,21 @@ func addRunFlags(fs *pflag.FlagSet, f *runFlags) {
 	fs.IntVar(&f.loops, "loops", 0, "event loops carrying TCP connections (`N`; 0: one per CPU, or $ATTACHE_LOOPS; -1: two goroutines per connection instead)")
 	fs.BoolVar(&f.schedBatch, "sched-batch", true, "run attache's threads under the SCHED_BATCH CPU policy: a woken event loop does not preempt the client or server running on its CPU (fewer context switches, more requests/s on a busy machine; a woken loop may wait a scheduler slice for a busy CPU); false keeps the policy attache was started with")
 	in(groupProcess, "grace", "pid-file", "loops", "sched-batch")
+}
+
+// completeRunFlags offers the values of the proxy's flags that take one
+// of a few words to shell completion.
+func completeRunFlags(cmd *cobra.Command) {
+	words := map[string][]string{
+		"log-format": {"text", "json"},
+		"log-level":  {"debug", "info", "warn", "error"},
+	}
+	for name, values := range words {
+		_ = cmd.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
+	}
+	for _, name := range []string{"forward", "transparent", "admin", "connect-timeout", "idle-timeout", "keepalive", "max-connections", "grace", "loops"} {
+		_ = cmd.RegisterFlagCompletionFunc(name, cobra.NoFileCompletions)
+	}
 }
 
 // checkRanges refuses the numeric flags outside the ranges their help

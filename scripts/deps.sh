@@ -5,7 +5,7 @@
 # Needs root or sudo; does nothing when everything is present.
 set -euo pipefail
 need=()
-for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 procps git nginx curl iperf3 socat systemd "$@"; do
+for pkg in redis-server redis-tools chromium haproxy tcpdump iptables iproute2 procps git nginx curl iperf3 socat systemd bash-completion man-db groff-base "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -88,7 +88,7 @@ func runProxy(cmd *cobra.Command, e Env, f *runFlags, positional []string, check
 		fmt.Fprintf(e.Stderr, "attache: upgrade hand-over: %v\n", err)
 		return ExitUsage
 	}
-	notifier, inherited, err := systemd(ctx, e, cfg, f.admin, inherited)
+	notifier, inherited, err := systemd(ctx, e, log, cfg, f.admin, inherited)
 	if err != nil {
 		fmt.Fprintf(e.Stderr, "attache: %v\n", err)
 		return ExitUsage

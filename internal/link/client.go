@@ -117,8 +117,11 @@ func (c *Client) handshake(ctx context.Context, service, addr string, protos []s
 			return nil
 		},
 		// The cache is keyed by address as well as by the SNI: a ticket
-		// is only good with the server that issued it.
-		ClientSessionCache: addrCache{c.cache, addr},
+		// is only good with the server that issued it; and by the
+		// certificate's generation: a resumed session carries the
+		// certificate of its first handshake, so after a rotation the
+		// server must see the new one.
+		ClientSessionCache: addrCache{c.cache, fmt.Sprintf("%s|%d", addr, id.Generation())},
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()

@@ -72,6 +72,7 @@ const (
 	statusUnknown    byte = 2
 	statusNoBackend  byte = 3
 	statusExpired    byte = 4 // the client's certificate expired during a multiplexed connection
+	statusGoingAway  byte = 5 // the multiplexed connection takes no more streams: open it on a new one
 )
 
 // Refusal reasons, as logs and the attache_link_refused_total metric name
@@ -131,6 +132,8 @@ func (e *RefusedError) Error() string {
 		return fmt.Sprintf("link server %s refused: it does not offer service %q", e.Addr, e.Service)
 	case statusNoBackend:
 		return fmt.Sprintf("link server %s could not reach a backend of service %q", e.Addr, e.Service)
+	case statusGoingAway:
+		return fmt.Sprintf("link server %s takes no more streams on this connection (stopping, upgrading or changing its certificate)", e.Addr)
 	case statusExpired:
 		return fmt.Sprintf("link server %s refused service %q: this host's certificate has expired", e.Addr, e.Service)
 	}

@@ -113,6 +113,11 @@ func startServer(t *testing.T, id *Identity, targets map[string]Target) *linkSer
 }
 
 func startServerTimeout(t *testing.T, id *Identity, targets map[string]Target, hsTimeout time.Duration) *linkServer {
+	return startServerWith(t, id, targets, func(s *Server) { s.HandshakeTimeout = hsTimeout })
+}
+
+// startServerWith starts a link server set up by opt.
+func startServerWith(t *testing.T, id *Identity, targets map[string]Target, opt func(*Server)) *linkServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -125,10 +130,11 @@ func startServerTimeout(t *testing.T, id *Identity, targets map[string]Target, h
 			tg, ok := targets[s]
 			return tg, ok
 		},
-		HandshakeTimeout: hsTimeout,
+		HandshakeTimeout: 2 * time.Second,
 		Logger:           slog.New(slog.NewTextHandler(ls.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Stats:            ls.stats,
 	}
+	opt(ls.srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ls.srv.Serve(ctx, ln) }()

@@ -273,6 +273,11 @@ func (c *Client) dialStream(ctx context.Context, service, addr string) (net.Conn
 			return st, nil
 		}
 		var refused *RefusedError
+		if errors.As(err, &refused) && refused.Status == statusGoingAway {
+			cs.retire()
+			lastErr = err
+			continue // on a new connection
+		}
 		if errors.As(err, &refused) {
 			return nil, err
 		}

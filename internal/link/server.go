@@ -61,6 +61,9 @@ type Server struct {
 	once sync.Once
 	conf *tls.Config
 	sess sessions
+	// legacyOnly makes the server answer as an attache before multiplexed
+	// links did: attache/1 only (tests of the client's fallback).
+	legacyOnly bool
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -96,7 +99,7 @@ func (s *Server) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error
 	if !ok {
 		return nil, &refusal{reason: ReasonNoService, detail: fmt.Sprintf("SNI %q names no service (want <service>%s)", hello.ServerName, sniSuffix)}
 	}
-	if slices.Contains(hello.SupportedProtos, ALPN2) {
+	if !s.legacyOnly && slices.Contains(hello.SupportedProtos, ALPN2) {
 		// A multiplexed connection: its streams name their services
 		// and are checked one by one (the SNI names the first).
 		return s.tlsConfig(ALPN2), nil

@@ -22,8 +22,8 @@ type serverSession struct {
 	leaf *x509.Certificate
 	gen  uint64 // the server identity's generation at the handshake
 	// streams counts the streams being served; goingAway that the server
-	// sent GO_AWAY (shutdown, upgrade, new certificate): the session closes
-	// once its last stream ends.
+	// takes no more (shutdown, upgrade, new certificate): the session
+	// closes once its last stream ends.
 	streams   atomic.Int64
 	goingAway atomic.Bool
 }
@@ -88,6 +88,10 @@ func (s *Server) acceptStreams(ctx context.Context, ss *serverSession) {
 			// new connection, which sees it, for its next streams.
 			ss.goAway()
 		}
+		if ss.goingAway.Load() {
+			s.sess.wg.Go(func() { refuseGoingAway(st, s.handshakeTimeout()) })
+			continue
+		}
 		s.sess.wg.Go(func() { s.serveSessionStream(ctx, st, ss.leaf) })
 	}
 }
@@ -122,21 +126,29 @@ func (ss *serverSession) release() {
 	}
 }
 
-// goAway tells the client to open no more streams here; the session
-// closes once its last stream ends.
+// goAway takes the session out of service: the streams it carries go on,
+// new ones are answered statusGoingAway (the client opens them again on a
+// new connection), and it closes once its last stream ends. (Not yamux's
+// GO_AWAY: libp2p's yamux ends the whole session when it receives one.)
 func (ss *serverSession) goAway() {
 	if ss.goingAway.Swap(true) {
 		return
 	}
-	_ = ss.mux.GoAway()
 	if ss.streams.Load() == 0 {
 		_ = ss.mux.Close()
 	}
 }
 
-// goAwayAll sends GO_AWAY on every session: the server is stopping (or
-// handing its socket to a new process), so clients open their next streams
-// on new connections, elsewhere, while the streams open here go on.
+// refuseGoingAway answers a stream opened on a session that is going away.
+func refuseGoingAway(st *Stream, timeout time.Duration) {
+	_ = st.SetWriteDeadline(time.Now().Add(timeout))
+	_, _ = st.Write([]byte{statusGoingAway})
+	_ = st.Close()
+}
+
+// goAwayAll takes every session out of service: the server is stopping
+// (or handing its socket to a new process), so clients open their next
+// streams on new connections, elsewhere, while the streams open here go on.
 func (s *Server) goAwayAll() {
 	s.sess.mu.Lock()
 	defer s.sess.mu.Unlock()

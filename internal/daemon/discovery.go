@@ -79,7 +79,7 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 				c := etcdCfgs[name]
 				if c == nil {
 					c = &etcd.Config{Endpoints: eps, Username: cfg.Discovery.Etcd.Username, Password: cfg.Discovery.Etcd.Password,
-						DialTimeout: cfg.Discovery.Etcd.DialTimeout, Logger: log}
+						TLS: tlsFiles(cfg.Discovery.Etcd.TLS), DialTimeout: cfg.Discovery.Etcd.DialTimeout, Logger: log}
 					etcdCfgs[name] = c
 				}
 				if w := (etcd.Watch{Service: svc, Key: e.Name}); !slices.Contains(c.Watches, w) {
@@ -90,13 +90,14 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 				if e.Server != "" {
 					addr = e.Server
 				}
-				name, err := consul.Name(addr)
+				name, err := consul.Name(addr, tlsFiles(cfg.Discovery.Consul.TLS))
 				if err != nil {
 					return nil, fmt.Errorf("discovery (consul): service %s: %w", svc, err)
 				}
 				c := consulCfg[name]
 				if c == nil {
-					c = &consul.Config{Address: addr, Token: cfg.Discovery.Consul.Token, Datacenter: cfg.Discovery.Consul.Datacenter, Logger: log}
+					c = &consul.Config{Address: addr, TLS: tlsFiles(cfg.Discovery.Consul.TLS), Token: cfg.Discovery.Consul.Token,
+						Datacenter: cfg.Discovery.Consul.Datacenter, Logger: log}
 					consulCfg[name] = c
 				}
 				w := consul.Watch{Service: svc, Name: e.Name, Tag: e.Tag}
@@ -151,11 +152,15 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 
 // dockerTLS is the file's discovery.docker.tls for the docker package;
 // nil leaves TLS to the docker CLI's variables.
-func dockerTLS(dc config.DockerDiscovery) *tlsclient.Files {
-	if dc.TLS == nil {
+func dockerTLS(dc config.DockerDiscovery) *tlsclient.Files { return tlsFiles(dc.TLS) }
+
+// tlsFiles is a tls section of the file for the package that dials; nil
+// (no section) leaves TLS to that source's CLI variables.
+func tlsFiles(t *config.ClientTLS) *tlsclient.Files {
+	if t == nil {
 		return nil
 	}
-	f := tlsclient.Files(*dc.TLS)
+	f := tlsclient.Files(*t)
 	return &f
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/attache/attache/internal/config"
+	"github.com/attache/attache/internal/etcdclient"
 	"github.com/attache/attache/internal/link"
 	"github.com/attache/attache/internal/listen"
 	"github.com/attache/attache/internal/proxy"
@@ -51,6 +52,14 @@ func newLink(cfg *config.Config, log *slog.Logger) (*linkRun, error) {
 	id, err := link.NewIdentity(link.Files{Cert: cfg.Link.Cert, Key: cfg.Link.Key, CA: cfg.Link.CA}, log, stats)
 	if err != nil {
 		return nil, fmt.Errorf("link (%s): %w", cfg.Link.Origin, err)
+	}
+	if r := cfg.Link.Register; r != nil {
+		// The TLS files are read now, as for discovery, so a bad one stops
+		// the start instead of the registration later.
+		e := cfg.Discovery.Etcd
+		if err := etcdclient.Check(etcdclient.Config{Endpoints: e.Endpoints, TLS: tlsFiles(e.TLS)}); err != nil {
+			return nil, fmt.Errorf("link registration (%s): etcd: %w", cfg.Link.Origin, err)
+		}
 	}
 	lr := &linkRun{cfg: cfg.Link, etcd: cfg.Discovery.Etcd, log: log, id: id, stats: stats,
 		client: &link.Client{Identity: id, Stats: stats, PerConnection: cfg.Link.Mode == config.LinkPerConnection}}
@@ -207,8 +216,9 @@ func (d *daemon) registerLinkMetrics(reg prometheus.Registerer, lr *linkRun) {
 // it drains).
 func (d *daemon) registerLink(lr *linkRun, r *config.LinkRegister) {
 	a := &link.Announcer{
-		Endpoints: lr.etcd.Endpoints, Username: lr.etcd.Username, Password: lr.etcd.Password, DialTimeout: lr.etcd.DialTimeout,
-		Prefix: r.Prefix, Advertise: r.Advertise, TTL: r.TTL, Logger: lr.log,
+		Endpoints: lr.etcd.Endpoints, Username: lr.etcd.Username, Password: lr.etcd.Password, TLS: tlsFiles(lr.etcd.TLS),
+		DialTimeout: lr.etcd.DialTimeout,
+		Prefix:      r.Prefix, Advertise: r.Advertise, TTL: r.TTL, Logger: lr.log,
 		Services: func() []string {
 			var out []string
 			for s := range *lr.offers.Load() {

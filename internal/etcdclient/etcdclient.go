@@ -76,7 +76,7 @@ type Config struct {
 // from, for errors.
 func (c Config) files(getenv func(string) string) (f *tlsclient.Files, from string) {
 	if c.TLS != nil {
-		return c.TLS, "the tls settings"
+		return c.TLS, "discovery.etcd.tls"
 	}
 	f = &tlsclient.Files{CA: getenv(EnvCACert), Cert: getenv(EnvCert), Key: getenv(EnvKey)}
 	if *f == (tlsclient.Files{}) {

@@ -22,8 +22,7 @@ import (
 // log says so once, naming what failed, however often it retries.
 func TestAnnouncerOverTLS(t *testing.T) {
 	e := testenv.StartEtcdTLS(t)
-	tl := e.TLS()
-	files := &tlsclient.Files{CA: tl.PKI.CAFile, Cert: tl.ClientCert, Key: tl.ClientKey, ServerName: testenv.EtcdTLSName}
+	files := new(tlsclient.Files(e.TLS().ClientFiles()))
 	cli, err := etcdclient.New(t.Context(), etcdclient.Config{Endpoints: []string{e.Endpoint()}, TLS: files})
 	if err != nil {
 		t.Fatal(err)

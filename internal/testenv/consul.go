@@ -37,6 +37,9 @@ type Consul struct {
 	logPath string
 	hc      *http.Client
 
+	// tls is set for an agent that also serves HTTPS (StartConsulTLS).
+	tls *ServerTLS
+
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has been waited for
@@ -44,6 +47,7 @@ type Consul struct {
 
 type consulPorts struct {
 	http, dns, server, serfLAN, serfWAN, grpc, grpcTLS int
+	https                                              int // 0: no HTTPS
 }
 
 // StartConsul starts a dev agent on free 127.0.0.1 ports and returns once it
@@ -53,7 +57,13 @@ type consulPorts struct {
 // file whose tail is included in every failure.
 func StartConsul(t testing.TB) *Consul {
 	t.Helper()
+	return startConsul(t, nil)
+}
+
+func startConsul(t testing.TB, tlsInfo *ServerTLS) *Consul {
+	t.Helper()
 	c := &Consul{
+		tls:     tlsInfo,
 		bin:     consulBinary(t),
 		logPath: filepath.Join(t.TempDir(), "consul.log"),
 		hc:      &http.Client{Timeout: 30 * time.Second},
@@ -66,8 +76,11 @@ func StartConsul(t testing.TB) *Consul {
 	// it (another test's listener or outgoing connection). Seven ports make
 	// that likely enough under parallel tests to retry with new ones.
 	for attempt := 1; ; attempt++ {
-		p := freeTCPUDPPorts(t, 7)
-		c.ports = consulPorts{p[0], p[1], p[2], p[3], p[4], p[5], p[6]}
+		p := freeTCPUDPPorts(t, 8)
+		c.ports = consulPorts{p[0], p[1], p[2], p[3], p[4], p[5], p[6], 0}
+		if c.tls != nil {
+			c.ports.https = p[7]
+		}
 		err := c.start()
 		if err == nil {
 			return c
@@ -124,6 +137,9 @@ func (c *Consul) start() error {
 		"-grpc-tls-port", strconv.Itoa(c.ports.grpcTLS),
 		"-log-level", "info",
 		"-hcl", "disable_update_check = true",
+	}
+	if c.tls != nil {
+		args = append(args, "-hcl", consulHCL(c.tls, c.ports.https))
 	}
 	start, _ := f.Seek(0, io.SeekEnd)
 	fmt.Fprintf(f, "=== testenv: %s %s\n", c.bin, strings.Join(args, " "))

@@ -35,7 +35,7 @@ type Etcd struct {
 
 	// tls is set for a member that serves its clients over TLS
 	// (StartEtcdTLS); nil serves plain HTTP.
-	tls *EtcdTLS
+	tls *ServerTLS
 
 	mu  sync.Mutex
 	srv *embed.Etcd      // nil while stopped
@@ -50,7 +50,7 @@ func StartEtcd(t testing.TB) *Etcd {
 	return startEtcd(t, nil)
 }
 
-func startEtcd(t testing.TB, tlsInfo *EtcdTLS) *Etcd {
+func startEtcd(t testing.TB, tlsInfo *ServerTLS) *Etcd {
 	t.Helper()
 	e := &Etcd{
 		dir:       t.TempDir(),
@@ -120,7 +120,7 @@ func (e *Etcd) config() *embed.Config {
 	if e.tls != nil {
 		cfg.ClientTLSInfo = transport.TLSInfo{
 			CertFile: e.tls.certFile, KeyFile: e.tls.keyFile,
-			TrustedCAFile: e.tls.clientCA, ClientCertAuth: true,
+			TrustedCAFile: e.tls.PKI.CAFile, ClientCertAuth: true,
 		}
 	}
 	return cfg
@@ -147,7 +147,7 @@ func (e *Etcd) start(t testing.TB) {
 		Logger:      zap.NewNop(),
 	}
 	if e.tls != nil {
-		cc.TLS = e.tls.clientConfig(t)
+		cc.TLS = etcdClientTLS(t, e.tls)
 	}
 	cli, err := clientv3.New(cc)
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // This file is the small slice of Consul's HTTP API the provider needs,
@@ -72,7 +74,7 @@ func (c *client) get(ctx context.Context, path string, q url.Values, index uint6
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return response{}, fmt.Errorf("GET %s: %w", path, err)
+		return response{}, fmt.Errorf("GET %s on %s: %w", path, c.base, tlsclient.Explain(err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))

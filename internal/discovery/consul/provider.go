@@ -44,6 +44,7 @@ import (
 
 	"github.com/attache/attache/internal/backend"
 	"github.com/attache/attache/internal/discovery"
+	"github.com/attache/attache/internal/tlsclient"
 )
 
 // Config configures a Provider. The zero value of every field but Watches
@@ -51,8 +52,16 @@ import (
 type Config struct {
 	// Address of the Consul agent's HTTP API: "host:port", "http://host:port"
 	// or "https://host:port". Empty means $CONSUL_HTTP_ADDR, else
-	// 127.0.0.1:8500, as the consul CLI does.
+	// 127.0.0.1:8500, as the consul CLI does. Without a scheme it is
+	// HTTPS when TLS is set or $CONSUL_HTTP_SSL is true.
 	Address string
+	// TLS, when set, is the CA, client certificate and server name the
+	// agent is reached over HTTPS with; nil leaves them to the consul
+	// CLI's variables CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY
+	// and CONSUL_TLS_SERVER_NAME (for an https:// agent). New reads the
+	// files, so a missing or unreadable one is an error before anything
+	// starts.
+	TLS *tlsclient.Files
 	// Token is sent as X-Consul-Token. Empty means $CONSUL_HTTP_TOKEN.
 	Token string
 	// Datacenter to query; empty means the agent's own.
@@ -134,7 +143,7 @@ const (
 
 // New checks cfg and returns a Provider; nothing is contacted until Run.
 func New(cfg Config) (*Provider, error) {
-	base, err := agentURL(cfg.Address)
+	base, err := agentURL(cfg.Address, cfg.TLS, os.Getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -168,10 +177,10 @@ func New(cfg Config) (*Provider, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	name := nameOf(base)
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	// Every watch holds one connection for its blocking query; keep them
-	// all idle between queries instead of redialling.
-	tr.MaxIdleConnsPerHost = len(watches) + 1
+	tr, err := transport(base, cfg.TLS, len(watches)+1)
+	if err != nil {
+		return nil, err
+	}
 	return &Provider{
 		name: name,
 		client: &client{
@@ -216,34 +225,20 @@ func newWatcher(w Watch) (*watcher, error) {
 	return &watcher{w: w, st: WatchStatus{Service: w.Service, Source: source}}, nil
 }
 
-// Name is the name of the provider New makes for address (Config.Address):
-// "consul host:port", or "consul https://host:port" over TLS, after the
-// defaults New applies (CONSUL_HTTP_ADDR, then 127.0.0.1:8500). Providers
-// are told apart by name (the discovery merger keeps one snapshot per name,
-// and metrics label by it); two addresses with one name reach one agent the
-// same way, so the daemon keys its providers by it and gives the watches of
-// both to one provider.
-func Name(address string) (string, error) {
-	base, err := agentURL(address)
+// Name is the name of the provider New makes for address and tlsFiles
+// (Config.Address and Config.TLS): "consul host:port", or "consul
+// https://host:port" over TLS, after the defaults New applies
+// (CONSUL_HTTP_ADDR, then 127.0.0.1:8500; CONSUL_HTTP_SSL). Providers are
+// told apart by name (the discovery merger keeps one snapshot per name,
+// and metrics label by it); two addresses with one name reach one agent
+// the same way, so the daemon keys its providers by it and gives the
+// watches of both to one provider.
+func Name(address string, tlsFiles *tlsclient.Files) (string, error) {
+	base, err := agentURL(address, tlsFiles, os.Getenv)
 	if err != nil {
 		return "", err
 	}
 	return nameOf(base), nil
-}
-
-// agentURL is the agent's base URL for a Config.Address.
-func agentURL(address string) (*url.URL, error) {
-	if address == "" {
-		address = os.Getenv("CONSUL_HTTP_ADDR")
-	}
-	if address == "" {
-		address = defaultAddress
-	}
-	base, err := parseAddress(address)
-	if err != nil {
-		return nil, fmt.Errorf("consul: %w", err)
-	}
-	return base, nil
 }
 
 func nameOf(base *url.URL) string {
@@ -416,6 +411,7 @@ func (p *Provider) watch(ctx context.Context, i int, w *watcher, updates chan<- 
 		lastStart time.Time
 	)
 	source := w.status().Source
+	var repeats discovery.Repeats
 	for {
 		if d := p.minInterval - time.Since(lastStart); d > 0 && !sleep(ctx, d) {
 			return
@@ -429,7 +425,7 @@ func (p *Provider) watch(ctx context.Context, i int, w *watcher, updates chan<- 
 			failures := w.recordError(err)
 			p.CountError()
 			delay := p.backoff(failures)
-			p.log.Warn("consul query failed; keeping the last answer", "service", w.w.Service,
+			p.log.Log(ctx, repeats.Level(err), "consul query failed; keeping the last answer", "service", w.w.Service,
 				"source", source, "failures", failures, "retry_in", delay.Round(time.Millisecond), "err", err)
 			// After a failure we may be talking to a different agent (a
 			// restart, a failover) whose index is unrelated to ours: blocking
@@ -442,6 +438,7 @@ func (p *Provider) watch(ctx context.Context, i int, w *watcher, updates chan<- 
 			continue
 		}
 		index = nextIndex(index, got)
+		repeats.Recovered()
 		if failed := w.recordSuccess(got, len(eps)); failed > 0 {
 			p.log.Info("consul query works again", "service", w.w.Service, "source", source,
 				"after_failures", failed, "endpoints", len(eps))

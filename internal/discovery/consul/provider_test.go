@@ -99,7 +99,7 @@ func TestNewDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("New(address %q, env %q): %v", tt.addr, tt.env, err)
 		}
-		if name, err := Name(tt.addr); p.Name() != tt.name || name != tt.name || err != nil {
+		if name, err := Name(tt.addr, nil); p.Name() != tt.name || name != tt.name || err != nil {
 			t.Errorf("New(address %q, env %q).Name() = %q, Name() = %q, %v; want %q", tt.addr, tt.env, p.Name(), name, err, tt.name)
 		}
 		if p.client.token != "from-env" || p.wait != defaultWait {
@@ -355,9 +355,16 @@ type harness struct {
 // cleanup cancels it and checks that Run returned nil.
 func start(t *testing.T, addr string, watches ...Watch) *harness {
 	t.Helper()
+	return startConfig(t, Config{Address: addr, Watches: watches})
+}
+
+// startConfig is start with the rest of a Config (TLS).
+func startConfig(t *testing.T, cfg Config) *harness {
+	t.Helper()
 	h := &harness{out: make(chan discovery.Snapshot), done: make(chan error, 1), logs: &testenv.LogBuffer{}}
-	logger := slog.New(slog.NewTextHandler(io.MultiWriter(h.logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(Config{Address: addr, Wait: 2 * time.Second, Watches: watches, Logger: logger})
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(h.logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Wait = 2 * time.Second
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -1,27 +1,19 @@
 package etcd
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/attache/attache/internal/certs"
 	"github.com/attache/attache/internal/etcdclient"
 	"github.com/attache/attache/internal/testenv"
 	"github.com/attache/attache/internal/tlsclient"
 )
 
-// tlsFiles is a client's TLS settings for e, a member from StartEtcdTLS:
-// its CA, the client certificate it accepts, and the name in its
-// certificate.
-func tlsFiles(e *testenv.Etcd) *tlsclient.Files {
-	tl := e.TLS()
-	return &tlsclient.Files{CA: tl.PKI.CAFile, Cert: tl.ClientCert, Key: tl.ClientKey, ServerName: testenv.EtcdTLSName}
+// warnings counts the provider's warn lines that contain sub (its quotes
+// escaped, as the text handler writes them).
+func (h *harness) warnings(sub string) int {
+	return len(h.logs.Lines("level=WARN", strings.ReplaceAll(sub, `"`, `\"`)))
 }
-
-// warnings counts the provider's warn lines that contain sub.
-func (h *harness) warnings(sub string) int { return len(h.logs.Lines("level=WARN", sub)) }
 
 // The tls settings reach a member that requires a client certificate:
 // the keys are read and followed over TLS.
@@ -29,7 +21,7 @@ func TestTLSFromSettings(t *testing.T) {
 	e := testenv.StartEtcdTLS(t)
 	e.Put(t, "/svc/tls/a", "10.0.0.1:6379")
 	cfg := oneWatch(e, "tls", "/svc/tls")
-	cfg.TLS = tlsFiles(e)
+	cfg.TLS = new(tlsclient.Files(e.TLS().ClientFiles()))
 	h := startProvider(t, cfg)
 	h.expect("tls", "10.0.0.1:6379")
 	e.Put(t, "/svc/tls/b", "10.0.0.2:6379")
@@ -59,38 +51,18 @@ func TestTLSFromEtcdctlVariables(t *testing.T) {
 func TestTLSRefused(t *testing.T) {
 	e := testenv.StartEtcdTLS(t)
 	e.Put(t, "/svc/no/a", "10.0.0.1:1")
-	good := tlsFiles(e)
-	rogue := testenv.NewPKI(t, "rogue")
-	rogueCert, rogueKey := rogue.Issue(t, certs.Request{Name: "rogue-client"})
-
-	otherCA := *good
-	otherCA.Cert, otherCA.Key = rogueCert, rogueKey
-	untrusted := *good
-	untrusted.CA = rogue.CAFile
-	otherName := *good
-	otherName.ServerName = "wrong.test"
-	noCert := *good
-	noCert.Cert, noCert.Key = "", ""
-	for _, tc := range []struct {
-		name  string
-		files *tlsclient.Files
-		want  string
-	}{
-		{"client certificate from another CA", &otherCA, "TLS: the server refused the client certificate (unknown certificate authority)"},
-		{"no client certificate", &noCert, "TLS: the server requires a client certificate and none is configured"},
-		{"unknown authority", &untrusted, "TLS: unknown authority: the server's certificate is not signed by a CA in the CA file"},
-		{"name mismatch", &otherName, "TLS: name mismatch: the server's certificate is not valid for"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range e.TLS().RefusedClients(t) {
+		t.Run(tc.Name, func(t *testing.T) {
 			cfg := oneWatch(e, "no", "/svc/no")
-			cfg.TLS = tc.files
+			cfg.TLS = new(tlsclient.Files(tc.Files))
 			h := startProvider(t, cfg)
 			base := h.p.Errors()
 			waitFor(t, "three failed attempts", func() bool { return h.p.Errors() >= base+3 })
-			if st := h.p.Status(); !strings.Contains(st.LastError, tc.want) || !strings.Contains(st.LastError, e.Endpoint()) {
-				t.Fatalf("status error %q, want it to contain %q and the member's address %s", st.LastError, tc.want, e.Endpoint())
+			t.Logf("refused: %s", h.p.Status().LastError)
+			if st := h.p.Status(); !strings.Contains(st.LastError, tc.Want) || !strings.Contains(st.LastError, e.Endpoint()) {
+				t.Fatalf("status error %q, want it to contain %q and the member's address %s", st.LastError, tc.Want, e.Endpoint())
 			}
-			if n := h.warnings(tc.want); n != 1 {
+			if n := h.warnings(tc.Want); n != 1 {
 				t.Errorf("logged at warn %d times over %d failures, want once\n%s", n, h.p.Errors()-base, h.logs)
 			}
 			select {
@@ -111,18 +83,15 @@ func TestTLSRefused(t *testing.T) {
 func TestTLSFailureKeepsLastEndpoints(t *testing.T) {
 	e := testenv.StartEtcdTLS(t)
 	e.Put(t, "/svc/keep/a", "10.0.0.1:1")
-	files := *tlsFiles(e)
-	dir := t.TempDir()
-	files.Cert, files.Key = copyFile(t, files.Cert, dir), copyFile(t, files.Key, dir)
+	files := tlsclient.Files(e.TLS().ClientFiles())
+	cert := e.TLS().SwappableClientCert(t)
+	files.Cert, files.Key = cert.Cert, cert.Key
 	cfg := oneWatch(e, "keep", "/svc/keep")
 	cfg.TLS = &files
 	h := startProvider(t, cfg)
 	h.expect("keep", "10.0.0.1:1")
 
-	good := [2][]byte{readFile(t, files.Cert), readFile(t, files.Key)}
-	rogueCert, rogueKey := testenv.NewPKI(t, "rogue").Issue(t, certs.Request{Name: "rogue-client"})
-	writeFile(t, files.Cert, readFile(t, rogueCert))
-	writeFile(t, files.Key, readFile(t, rogueKey))
+	cert.Rogue(t)
 	e.Restart(t) // ends the connection: the provider dials again
 	e.Put(t, "/svc/keep/b", "10.0.0.2:1")
 	const want = "TLS: the server refused the client certificate"
@@ -139,30 +108,6 @@ func TestTLSFailureKeepsLastEndpoints(t *testing.T) {
 	default:
 	}
 
-	writeFile(t, files.Cert, good[0])
-	writeFile(t, files.Key, good[1])
+	cert.Restore(t)
 	h.expect("keep", "10.0.0.1:1", "10.0.0.2:1")
-}
-
-func copyFile(t *testing.T, from, dir string) string {
-	t.Helper()
-	to := filepath.Join(dir, filepath.Base(from))
-	writeFile(t, to, readFile(t, from))
-	return to
-}
-
-func readFile(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func writeFile(t *testing.T, path string, b []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

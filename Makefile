@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/attache/attache/internal/cli.Version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test deps lint unit fuzz-smoke build image image-smoke demo bench torture man
+.PHONY: test deps lint unit fuzz-smoke build image image-source image-smoke demo bench torture man
 
 test: deps lint unit fuzz-smoke image-smoke
 
@@ -49,8 +49,19 @@ build:
 man:
 	$(GO) run -ldflags "-X github.com/attache/attache/internal/cli.Version=$(VERSION)" ./internal/cli/genman dist/man
 
+# The image from the binary `build` made (Dockerfile.dist): fast, and needs
+# no builder image. The root Dockerfile builds the same image from source.
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE_ARGS := --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION)
+
 image: build
-	docker build -f Dockerfile -t attache:dev dist
+	docker build -f Dockerfile.dist $(IMAGE_ARGS) -t attache:dev dist
+
+# The multi-stage Dockerfile, as `docker build -t attache .` runs it, with a
+# builder image made from this machine's Go and module cache instead of the
+# official one (no registry needed; scripts/go-builder-image.sh).
+image-source:
+	docker build --build-arg GO_IMAGE=$$(bash scripts/go-builder-image.sh) $(IMAGE_ARGS) -t attache:dev .
 
 # Build the image and run it once.
 image-smoke: image

@@ -18,7 +18,7 @@ import (
 // The Docker tests run attache's image on the real engine: the seed's
 // two-host ambassador example across user-defined networks, and the classic
 // --link chain on the default bridge. They need no registry: both images are
-// built FROM scratch, attache's from the repository's Dockerfile and a Redis
+// built FROM scratch, attache's from the repository's Dockerfile.dist and a Redis
 // one from the host's redis-server and redis-cli with their shared libraries.
 //
 // They fail when the engine cannot be reached, because a green run that
@@ -331,11 +331,11 @@ func testLink(d docker, id, img, redisImg string) {
 // reachable from other containers.
 var redisServer = []string{"/redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no", "--bind", "0.0.0.0"}
 
-// buildAttacheImage builds the repository's Dockerfile over a context
+// buildAttacheImage builds the repository's Dockerfile.dist over a context
 // holding only the static binary, as the Makefile does with dist/.
 func buildAttacheImage(d docker, tag string) string {
 	t := d.t
-	dockerfile, err := filepath.Abs(filepath.Join("..", "..", "Dockerfile"))
+	dockerfile, err := filepath.Abs(filepath.Join("..", "..", "Dockerfile.dist"))
 	if err != nil {
 		t.Fatal(err)
 	}

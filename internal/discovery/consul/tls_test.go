@@ -125,3 +125,37 @@ func TestTLSBadFile(t *testing.T) {
 		t.Fatalf("New with http:// and TLS: %v, want an error", err)
 	}
 }
+
+// Whether an address is HTTPS, as the provider's name shows: its scheme,
+// else a tls section, else CONSUL_HTTP_SSL; CONSUL_HTTP_ADDR when the
+// address is empty. consul:// URLs give a bare host:port, so they follow
+// the section.
+func TestTLSAddressScheme(t *testing.T) {
+	tests := []struct {
+		addr, envAddr, envSSL string
+		tls                   *tlsclient.Files
+		want                  string // the name, or an error's text
+	}{
+		{addr: "127.0.0.1:8500", want: "consul 127.0.0.1:8500"},
+		{addr: "127.0.0.1:8501", tls: &tlsclient.Files{}, want: "consul https://127.0.0.1:8501"},
+		{addr: "127.0.0.1:8501", envSSL: "true", want: "consul https://127.0.0.1:8501"},
+		{addr: "127.0.0.1:8500", envSSL: "false", want: "consul 127.0.0.1:8500"},
+		{addr: "https://consul:8501", want: "consul https://consul:8501"},
+		{envAddr: "https://consul:8501", want: "consul https://consul:8501"},
+		{envAddr: "consul:8501", envSSL: "1", want: "consul https://consul:8501"},
+		{addr: "127.0.0.1:8500", envSSL: "yes please", want: `CONSUL_HTTP_SSL="yes please": want true or false`},
+		{addr: "http://consul:8500", tls: &tlsclient.Files{}, want: "address http://consul:8500 is plain http://, but TLS settings are given"},
+	}
+	for _, tt := range tests {
+		t.Setenv(EnvAddr, tt.envAddr)
+		t.Setenv(EnvSSL, tt.envSSL)
+		name, err := Name(tt.addr, tt.tls)
+		got := name
+		if err != nil {
+			got = err.Error()
+		}
+		if !strings.Contains(got, tt.want) || err == nil && got != tt.want {
+			t.Errorf("Name(%q, tls %v) with %s=%q %s=%q: %q, %v; want %q", tt.addr, tt.tls != nil, EnvAddr, tt.envAddr, EnvSSL, tt.envSSL, name, err, tt.want)
+		}
+	}
+}

@@ -144,7 +144,14 @@ func (d *daemon) linkTarget(service string) (link.Target, bool) {
 		return link.Target{}, false
 	}
 	return link.Target{Allow: allow, Handle: func(ctx context.Context, c net.Conn, ready func(error) error) {
-		d.proxy.Handle(ctx, l, c, ready)
+		d.proxy.Handle(ctx, l, c, func(err error) error {
+			if errors.Is(err, proxy.ErrShuttingDown) {
+				// Stopping or handing over: the client opens the
+				// stream again, on a new connection.
+				err = fmt.Errorf("%w: %w", link.ErrGoingAway, err)
+			}
+			return ready(err)
+		})
 	}}, true
 }
 

@@ -55,6 +55,12 @@ func (c *Client) Dial(ctx context.Context, service, addr string) (net.Conn, erro
 	)
 	if c.PerConnection {
 		conn, err = c.dialPerConn(ctx, service, addr)
+		var refused *RefusedError
+		if errors.As(err, &refused) && refused.Status == statusGoingAway {
+			// That process is stopping or handing over: a new
+			// connection reaches its successor.
+			conn, err = c.dialPerConn(ctx, service, addr)
+		}
 	} else {
 		conn, err = c.dialStream(ctx, service, addr)
 	}

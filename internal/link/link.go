@@ -140,6 +140,12 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("link server %s refused service %q with unknown status %d", e.Addr, e.Service, e.Status)
 }
 
+// ErrGoingAway, wrapped in the error a Handler passes to ready, says the
+// stream was not taken because this host is stopping or handing over to a
+// new process: the client is told to open it again on a new connection
+// (which reaches the new process, or fails over) instead of a refusal.
+var ErrGoingAway = errors.New("link server going away")
+
 // ErrNoIdentity is returned by a dial or a handshake when no certificate is
 // loaded.
 var ErrNoIdentity = errors.New("link: no certificate loaded")

@@ -201,6 +201,7 @@ type Stream struct {
 	side     int
 	release  func()    // tells the session the stream ended
 	tls      *tls.Conn // the pooled connection it travels on
+	goAway   func()    // server side: takes the session out of service
 }
 
 func newStream(s *yamux.Stream, tc *tls.Conn, stats *Stats, side int, release func()) *Stream {

@@ -284,6 +284,16 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, service string, le
 			return errors.New("link: ready called twice")
 		}
 		called = true
+		if errors.Is(err, ErrGoingAway) {
+			if st, ok := c.(*Stream); ok && st.goAway != nil {
+				st.goAway() // the next streams need not reach the handler to hear it
+			}
+			s.logger().Debug("link stream sent elsewhere: going away", "service", service, "peer", names, "remote", c.RemoteAddr().String())
+			_ = c.SetWriteDeadline(time.Now().Add(timeout))
+			_, _ = c.Write([]byte{statusGoingAway})
+			c.Close()
+			return err
+		}
 		if err != nil {
 			s.refuseStream(c, statusNoBackend, &refusal{reason: ReasonNoBackend, service: service, names: names, detail: err.Error()})
 			return err

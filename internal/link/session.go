@@ -83,6 +83,7 @@ func (s *Server) acceptStreams(ctx context.Context, ss *serverSession) {
 		}
 		ss.streams.Add(1)
 		st := newStream(ys, ss.tls, s.Stats, sideServer, ss.release)
+		st.goAway = ss.goAway
 		if ss.gen != s.Identity.Generation() {
 			// This server's certificate changed: the client sets up a
 			// new connection, which sees it, for its next streams.

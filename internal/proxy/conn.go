@@ -206,7 +206,7 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	if !c.setBackend(bc, target) {
 		bc.Close()
 		target.Release()
-		c.tellReady(errHandOff)
+		c.tellReady(ErrShuttingDown)
 		return
 	}
 	if !c.tellReady(nil) {

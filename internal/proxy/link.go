@@ -51,9 +51,11 @@ func (r *Route) dialBackend(ctx context.Context, d *net.Dialer, network, addr st
 	return c, nil
 }
 
-// errHandOff is what a handed-off stream's ready hears when the proxy is
-// shutting down and will not take it.
-var errHandOff = errors.New("shutting down")
+// ErrShuttingDown is what a handed-off stream's ready hears when the proxy
+// is shutting down (or handing over to a new process) and will not take
+// it: the link server then tells its client to open the stream again
+// elsewhere.
+var ErrShuttingDown = errors.New("shutting down")
 
 // Handle serves one connection accepted elsewhere (the link server's
 // authorised streams) as if l had accepted it: l's current route, its
@@ -74,7 +76,7 @@ func (p *Proxy) Handle(ctx context.Context, l *Listener, client net.Conn, ready 
 	l.Stats.Accepted.Add(1)
 	cn := &conn{client: hc, listener: l, route: l.route.Load(), start: time.Now(), ready: ready}
 	if !p.track(cn) {
-		_ = ready(errHandOff)
+		_ = ready(ErrShuttingDown)
 		client.Close()
 		return
 	}

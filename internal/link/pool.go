@@ -51,6 +51,7 @@ type peer struct {
 
 type sessionDial struct {
 	done chan struct{}
+	cs   *clientSession
 	err  error
 }
 
@@ -137,9 +138,11 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 		}
 		select {
 		case <-d.done:
-			if d.err != nil {
-				return nil, d.err
-			}
+			// The session this caller waited for, even if it has
+			// died meanwhile: its failure is this dial's answer (a
+			// server refusing this host's certificate closes it at
+			// once), not a reason for another handshake.
+			return d.cs, d.err
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
@@ -186,7 +189,7 @@ func (c *Client) dialSession(p *pool, pe *peer, d *sessionDial, service, addr st
 		pe.sessions = append(pe.sessions, cs)
 	}
 	pe.dial = nil
-	d.err = err
+	d.cs, d.err = cs, err
 	close(d.done)
 	p.mu.Unlock()
 }

@@ -20,7 +20,8 @@ import (
 // the measured processes are both relays.
 var linkProxies = []proxyDef{
 	{name: "attache-2hop", about: "two attache processes, plain TCP between them (--forward on both): the link path without TLS", start: startAttache2Hop},
-	{name: "attache-link", about: "attache → mutual TLS 1.3 link (attache://127.0.0.1:L/svc, session resumption on) → attache link server → backend", start: startAttacheLink},
+	{name: "attache-link", about: "attache → mutual TLS 1.3 link, multiplexed: streams on pooled connections (attache://127.0.0.1:L/svc) → attache link server → backend", start: startAttacheLink("multiplexed")},
+	{name: "attache-link-perconn", about: "attache → mutual TLS 1.3 link, a TLS connection per client connection (link.mode: per_connection, session resumption on) → attache link server → backend", start: startAttacheLink("per_connection")},
 	{name: "socat-tls", about: "socat TCP4-LISTEN → OPENSSL:…,cert,cafile,verify=1 → socat OPENSSL-LISTEN:…,cert,cafile,verify=1 → TCP4 (a fork per connection on each side)", start: startSocatTLS},
 	{name: "haproxy-tls", about: "haproxy → server … ssl crt … ca-file … verify required → haproxy bind … ssl crt … ca-file … verify required → backend; TLS 1.3 only", start: startHAProxyTLS},
 }
@@ -157,7 +158,13 @@ func startAttache2Hop(h *harness, logName string, routes []route) ([]*child, err
 	})
 }
 
-func startAttacheLink(h *harness, logName string, routes []route) ([]*child, error) {
+func startAttacheLink(mode string) func(h *harness, logName string, routes []route) ([]*child, error) {
+	return func(h *harness, logName string, routes []route) ([]*child, error) {
+		return startAttacheLinkMode(h, logName, routes, mode)
+	}
+}
+
+func startAttacheLinkMode(h *harness, logName string, routes []route, mode string) ([]*child, error) {
 	p, err := benchPKI(h)
 	if err != nil {
 		return nil, err
@@ -176,7 +183,7 @@ func startAttacheLink(h *harness, logName string, routes []route) ([]*child, err
 		fmt.Fprintf(&srv, "    bench-%d: [bench-client]\n", i)
 	}
 	srv.WriteString("services:\n")
-	fmt.Fprintf(&cli, "link:\n  cert: %s\n  key: %s\n  ca: %s\nservices:\n", p.clientCrt, p.clientK, p.ca)
+	fmt.Fprintf(&cli, "link:\n  cert: %s\n  key: %s\n  ca: %s\n  mode: %s\nservices:\n", p.clientCrt, p.clientK, p.ca, mode)
 	for i, r := range routes {
 		// The server side's services need a listener of their own; a
 		// loopback port nobody uses.

@@ -25,12 +25,12 @@ import (
 
 // pki is a CA with a directory to write host identities into.
 type pki struct {
-	t   *testing.T
+	t   testing.TB
 	ca  *certs.CA
 	dir string
 }
 
-func newPKI(t *testing.T, name string) *pki {
+func newPKI(t testing.TB, name string) *pki {
 	t.Helper()
 	ca, err := certs.NewCA(name, time.Now(), 24*time.Hour)
 	if err != nil {
@@ -70,7 +70,7 @@ func (p *pki) files(name string, trust *pki, req certs.Request) Files {
 
 // writeIdentity writes a key then its certificate, each renamed into
 // place, as `attache certs issue` does.
-func writeIdentity(t *testing.T, f Files, der []byte, key crypto.Signer) {
+func writeIdentity(t testing.TB, f Files, der []byte, key crypto.Signer) {
 	t.Helper()
 	kp, err := certs.KeyPEM(key)
 	if err != nil {
@@ -108,16 +108,16 @@ type linkServer struct {
 	srv   *Server
 }
 
-func startServer(t *testing.T, id *Identity, targets map[string]Target) *linkServer {
+func startServer(t testing.TB, id *Identity, targets map[string]Target) *linkServer {
 	return startServerTimeout(t, id, targets, 2*time.Second)
 }
 
-func startServerTimeout(t *testing.T, id *Identity, targets map[string]Target, hsTimeout time.Duration) *linkServer {
+func startServerTimeout(t testing.TB, id *Identity, targets map[string]Target, hsTimeout time.Duration) *linkServer {
 	return startServerWith(t, id, targets, func(s *Server) { s.HandshakeTimeout = hsTimeout })
 }
 
 // startServerWith starts a link server set up by opt.
-func startServerWith(t *testing.T, id *Identity, targets map[string]Target, opt func(*Server)) *linkServer {
+func startServerWith(t testing.TB, id *Identity, targets map[string]Target, opt func(*Server)) *linkServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -152,7 +152,7 @@ func startServerWith(t *testing.T, id *Identity, targets map[string]Target, opt 
 }
 
 // echoTarget is a Target whose streams go to a real TCP echo server.
-func echoTarget(t *testing.T, allow ...string) Target {
+func echoTarget(t testing.TB, allow ...string) Target {
 	addr := testenv.Echo(t, "127.0.0.1:0")
 	return Target{Allow: allow, Handle: DialHandler(func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer

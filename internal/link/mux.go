@@ -68,9 +68,10 @@ func readStreamHeader(r io.Reader) (string, error) {
 
 // Tuning of the multiplexed sessions.
 const (
-	// muxMessageSize bounds one data frame: a bulk stream yields the
-	// connection to the others' frames at least this often.
-	muxMessageSize = 32 << 10
+	// muxMessageSize bounds one frame, its 12-byte header included: a
+	// bulk stream yields the connection to the others' frames at least
+	// every 32 KiB, and the proxy's 32 KiB reads fit one frame each.
+	muxMessageSize = 32<<10 + 12
 	// muxMaxWindow bounds a stream's receive window (it starts at 256 KiB
 	// and doubles while the round trip allows): enough for one stream to
 	// fill a fast link, and what a stalled receiver can make the session

@@ -212,18 +212,18 @@ func copyFromWaiter(dst io.Writer, src readWaiter, moved *atomic.Int64) (int64, 
 			}
 			return total, err
 		}
-		b := streamBufPool.Get().(*[]byte)
+		b := bufPool.Get().(*[]byte)
 		n, err := src.Read(*b)
 		if n > 0 {
 			w, werr := dst.Write((*b)[:n])
 			total += int64(w)
 			moved.Add(int64(w))
 			if werr != nil {
-				streamBufPool.Put(b)
+				bufPool.Put(b)
 				return total, werr
 			}
 		}
-		streamBufPool.Put(b)
+		bufPool.Put(b)
 		if errors.Is(err, io.EOF) {
 			return total, nil
 		}

@@ -52,9 +52,10 @@ COPY --from=build /out/attache /attache
 #
 # What needs more:
 #   * --tproxy (transparent mode with TPROXY rules): the listener sets
-#     IP_TRANSPARENT, which needs CAP_NET_ADMIN, and Docker hands added
-#     capabilities only to root's processes (a non-root user gets none in
-#     its effective set): --user 0 --cap-add NET_ADMIN.
+#     IP_TRANSPARENT, which needs CAP_NET_ADMIN (or CAP_NET_RAW, in Docker's
+#     default set), and Docker gives capabilities to root's processes only
+#     (a non-root user's effective set is empty, --cap-add or not):
+#     --user 0 --cap-add NET_ADMIN.
 #   * transparent mode with REDIRECT rules: no privilege to read a
 #     connection's original destination, but run attache on the host
 #     network (--network host), and install the rules on the host:
@@ -65,7 +66,8 @@ COPY --from=build /out/attache /attache
 USER 65532:65532
 # Exit 0 when every listener serves (or, with --admin/$ATTACHE_ADMIN, when
 # /readyz says ready); it reads pid 1's arguments and environment, so no
-# arguments are needed here.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=5s --retries=3 \
+# arguments are needed here. Every 10 s rather than Docker's 30 s, so that
+# Compose's `depends_on: {condition: service_healthy}` waits little.
+HEALTHCHECK --interval=10s --timeout=10s --start-period=5s --retries=3 \
     CMD ["/attache", "healthcheck"]
 ENTRYPOINT ["/attache"]

@@ -274,7 +274,7 @@ func TestMuxFallsBackToAttache1(t *testing.T) {
 // TestMuxServerShutdown stops a link server with a stream open: the stream
 // carries on until it ends, the pooled connection then closes, and the
 // client's next dial does not reuse the connection the server said go
-// away on.
+// away on. Started again, the server is reached on a new connection.
 func TestMuxServerShutdown(t *testing.T) {
 	p := newPKI(t, "fleet")
 	id := p.identity("host-b", nil, certs.Request{})
@@ -325,6 +325,22 @@ func TestMuxServerShutdown(t *testing.T) {
 		n, _ := cl.Stats.Sessions("client")
 		return n == 0
 	})
+
+	// The link server starts again on the same address: the client's
+	// next stream reaches it on a new pooled connection.
+	ln2, err := net.Listen("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go func() { _ = srv.Serve(ctx2, ln2) }()
+	c, err := cl.Dial(ctxT(t), "echo", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial after the link server restarted: %v", err)
+	}
+	roundTrip(t, c, "after the restart")
+	c.Close()
 }
 
 // TestMuxClientCertificateRotation reloads the client's certificate: the

@@ -44,6 +44,9 @@ type rawSock struct {
 	conv   *net.TCPConn // set with rawNet
 	local  atomic.Pointer[net.TCPAddr]
 	closed atomic.Bool
+	// writing: a Write is under way, outside mu; closeLeft: a Close came
+	// meanwhile and left the descriptor for that Write to close.
+	writing, closeLeft bool
 }
 
 const (
@@ -74,36 +77,64 @@ func (s *rawSock) Read(b []byte) (int, error) {
 // Write writes b whole to a socket no loop owns yet (a PROXY protocol
 // header, or bytes a loop read early, to a fresh backend connection),
 // waiting in poll(2) on the rare full send buffer: only a handler
-// goroutine writes this way.
+// goroutine writes this way, one Write at a time. It does not hold mu while
+// it writes or waits, so a Close from another goroutine (an abort) never
+// waits for a peer that does not read; Close then cuts the stream and
+// leaves the descriptor to Write to close (see close).
 func (s *rawSock) Write(b []byte) (int, error) {
 	if c := s.netConn(); c != nil {
 		return c.Write(b)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.state != rawOpen {
+	if s.state != rawOpen || s.writing {
+		s.mu.Unlock()
 		return 0, net.ErrClosed
 	}
+	s.writing = true
+	s.mu.Unlock()
+	n, err := writeAll(s.fd, b)
+	s.mu.Lock()
+	s.writing = false
+	closeNow := s.closeLeft
+	s.mu.Unlock()
+	if closeNow {
+		unix.Close(s.fd)
+	}
+	if err != nil {
+		return n, &net.OpError{Op: "write", Net: "tcp", Addr: s.remote, Err: os.NewSyscallError("write", err)}
+	}
+	return n, nil
+}
+
+// writeStall is how long writeAll waits for a full send buffer to take
+// more bytes before it gives up.
+const writeStall = 5 * time.Second
+
+// writeAll writes b whole to the non-blocking socket fd, waiting in
+// poll(2) while its send buffer is full.
+func writeAll(fd int, b []byte) (int, error) {
 	var done int
 	for done < len(b) {
-		n, err := unix.Write(s.fd, b[done:])
-		if err == unix.EINTR {
+		n, err := unix.Write(fd, b[done:])
+		switch err {
+		case nil:
+			done += n
 			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		default:
+			return done, err
 		}
-		if err == unix.EAGAIN {
-			pfd := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLOUT}}
-			var ready int
-			if ready, err = unix.Poll(pfd, 5000); (err == nil && ready > 0) || err == unix.EINTR {
-				continue
-			}
-			if err == nil {
-				err = unix.ETIMEDOUT
-			}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		ready, err := unix.Poll(pfd, int(writeStall/time.Millisecond))
+		switch {
+		case err == unix.EINTR || (err == nil && ready > 0):
+		case err == nil:
+			return done, unix.ETIMEDOUT
+		default:
+			return done, err
 		}
-		if err != nil {
-			return done, &net.OpError{Op: "write", Net: "tcp", Addr: s.remote, Err: os.NewSyscallError("write", err)}
-		}
-		done += n
 	}
 	return done, nil
 }
@@ -120,11 +151,21 @@ func (s *rawSock) close(reset bool) error {
 	switch s.state {
 	case rawOpen:
 		s.state = rawClosed
-		s.mu.Unlock()
 		s.closed.Store(true)
 		if s.side != nil {
 			s.lp.unregister(s.side)
 		}
+		if s.writing {
+			// A Write is in write(2) or poll(2) on the descriptor: the
+			// stream is cut (its bytes will not all go), so it ends with
+			// a reset, which also wakes the poll; Write closes the
+			// descriptor on its way out, so that its number cannot be
+			// given to another socket under it.
+			s.closeLeft = true
+			s.mu.Unlock()
+			return rawDisconnect(s.fd)
+		}
+		s.mu.Unlock()
 		if reset {
 			rawResetOnClose(s.fd)
 		}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"os"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,20 @@ func rawClose(fd int) {
 // send: the way to tell a peer its stream was cut, not complete.
 func rawResetOnClose(fd int) {
 	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+}
+
+// rawDisconnect cuts fd's connection with a reset (RST), as a close with
+// rawResetOnClose would, but leaves the descriptor open: connect(2) to an
+// AF_UNSPEC address makes Linux disconnect a TCP socket (tcp_disconnect),
+// which also wakes a poll(2) waiting on it in another goroutine.
+func rawDisconnect(fd int) error {
+	var sa unix.RawSockaddrAny
+	sa.Addr.Family = unix.AF_UNSPEC
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrAny)
+	if e != 0 {
+		return os.NewSyscallError("connect AF_UNSPEC", e)
+	}
+	return nil
 }
 
 func rawShutdownRead(fd int) {

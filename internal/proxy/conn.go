@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -44,10 +43,10 @@ type conn struct {
 	early      *[]byte
 	earlyN     int
 	bytesEarly int64 // of those, written to the backend (in bytesIn too)
-	// attempts and dialErrs are the dials a loop made before it handed
-	// the connection over: dial counts them against the retry budget.
-	attempts int
-	dialErrs backend.DialErrors
+	// budget is the dial retry budget (see dialBudget), which a loop
+	// that dialled first hands over with the connection.
+	budget    backend.DialBudget
+	budgetSet bool
 
 	mu      sync.Mutex
 	reason  string // why it was aborted; "" when it ended by itself
@@ -198,9 +197,7 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	bc, target, err := p.dial(ctx, c, r)
 	if err != nil {
 		c.tellReady(err)
-		c.listener.Stats.Failed.Add(1)
-		p.logger().Warn("no backend reachable; closing client connection",
-			"service", r.Service, "client", c.clientName(), "error", err)
+		p.unreachable(c, err)
 		return
 	}
 	if !c.setBackend(bc, target) {
@@ -304,138 +301,6 @@ func (p *Proxy) logClose(c *conn) {
 		attrs = append(attrs, "via", peerName(c.client))
 	}
 	out.Log(context.Background(), level, "connection closed", attrs...)
-}
-
-// errNoBackend is returned when no backend was usable for the whole retry
-// budget (none discovered, or every one down or ejected).
-var errNoBackend = errors.New("no usable backend")
-
-// dial asks the route's policy for a backend and dials it. A failed dial
-// ejects that backend (passive health, when on) and tries the next pick, up
-// to Retries more times, before the client sees anything. When the policy
-// has nothing to offer, it waits for the listener's route to gain a usable
-// backend (discovery catching up, a check passing) until RetryTimeout, which
-// bounds the whole search.
-func (p *Proxy) dial(ctx context.Context, c *conn, r *Route) (halfConn, *backend.Backend, error) {
-	d := r.dialer(p.Resolver)
-	from := c.clientAddr()
-	deadline := c.start.Add(r.retryTimeout())
-	errs, attempts := c.dialErrs, c.attempts
-	for {
-		b := r.policy().Pick(r.Backends, from)
-		if b == nil && r.Passive {
-			// Every backend is out: when some are out only because passive
-			// ejection benched them, try one anyway rather than refuse the
-			// client (Envoy's panic mode). A dial that works ends its
-			// ejection; the active checks' verdicts still stand.
-			b = benched(r.Backends, attempts)
-		}
-		if b == nil {
-			if !waitForBackend(ctx, deadline) {
-				c.listener.Stats.NoBackend.Add(1)
-				if errs.Len() == 0 {
-					return nil, nil, fmt.Errorf("%w among %d backends after %s", errNoBackend, r.Backends.Len(), r.retryTimeout())
-				}
-				return nil, nil, fmt.Errorf("%w; %w", errs.Err(), errNoBackend)
-			}
-			// Pick up a route swapped in meanwhile (new backends, new
-			// health), keeping this connection's own settings.
-			if nr := c.listener.route.Load(); nr != r && nr.Service == r.Service {
-				r = &Route{Service: r.Service, Backends: nr.Backends, Policy: nr.policy(), Retries: r.Retries,
-					RetryTimeout: r.RetryTimeout, Passive: r.Passive, ConnectTimeout: r.ConnectTimeout,
-					SendProxy: nr.SendProxy, SendProxyFor: nr.SendProxyFor, Dial: nr.Dial}
-			}
-			continue
-		}
-		// Count the connection against the backend from the moment it is
-		// chosen, not once the dial succeeds: least_conn must see the
-		// connections being dialled, or a burst of clients arriving
-		// together all land on the same backend.
-		b.Acquire()
-		dialStart := time.Now()
-		network, address := backend.DialArgs(b.Addr)
-		var bc net.Conn
-		var err error
-		if lp := p.loopFor(c); lp != nil && network == "tcp" && r.Dial == nil {
-			var rs *rawSock
-			if rs, err = p.rawDial(ctx, lp, r, address); err == nil {
-				bc = rs
-			}
-		} else {
-			bc, err = r.dialBackend(ctx, d, network, address)
-		}
-		if v := r.SendProxyVersion(b.Addr); err == nil && v != 0 {
-			// The header goes first, before the client's bytes can.
-			if err = sendProxyHeader(bc, v, c); err != nil {
-				bc.Close()
-			}
-		}
-		b.CountDial(err == nil)
-		if err != nil {
-			b.Release()
-		}
-		if err == nil {
-			c.listener.Stats.DialDuration.Observe(time.Since(dialStart))
-			if r.Passive {
-				b.ReportSuccess()
-			}
-			if attempts > 0 {
-				c.listener.Stats.Retried.Add(1)
-			}
-			return bc.(halfConn), b, nil
-		}
-		attempts++
-		c.listener.Stats.DialErrors.Add(1)
-		if r.Passive && ctx.Err() == nil {
-			b.ReportFailure(time.Now())
-		}
-		errs.Add(b.Addr, unwrapOpError(err))
-		p.logger().Debug("dial failed", "service", r.Service, "backend", b.Addr, "attempt", attempts, "error", err)
-		if ctx.Err() != nil || attempts > r.Retries || !time.Now().Before(deadline) {
-			return nil, nil, errs.Err()
-		}
-	}
-}
-
-// benched returns a backend that passes its active checks but is ejected by
-// passive health, the n-th such in the set (wrapping), or nil.
-func benched(set *backend.Set, n int) *backend.Backend {
-	var count int
-	for i := range set.Len() {
-		if set.At(i).CheckHealthy() {
-			count++
-		}
-	}
-	if count == 0 {
-		return nil
-	}
-	n %= count
-	for i := range set.Len() {
-		if b := set.At(i); b.CheckHealthy() {
-			if n == 0 {
-				return b
-			}
-			n--
-		}
-	}
-	return nil
-}
-
-// waitForBackend sleeps a little before the next Pick, unless the deadline
-// has passed or ctx is done; it reports whether to try again.
-func waitForBackend(ctx context.Context, deadline time.Time) bool {
-	rest := time.Until(deadline)
-	if rest <= 0 {
-		return false
-	}
-	t := time.NewTimer(min(rest, 25*time.Millisecond))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // clientAddr is the client's address for source_hash and PROXY headers:

@@ -137,16 +137,13 @@ type pair struct {
 	// pass a cut stream off as a complete one.
 	reset bool
 
-	// While the loop dials (loopaccept.go): the socket connecting, the
-	// backend picked for it (counted against it until the connection
-	// holds it), and the retry budget's state.
+	// While the loop dials (loopaccept.go): the socket connecting, and
+	// the backend picked for it (counted against it until the connection
+	// holds it). The retry budget is the connection's (conn.dialBudget).
 	ctx        context.Context
 	connecting *side
 	target     *backend.Backend
 	dialStart  time.Time
-	deadline   time.Time
-	attempts   int
-	errs       backend.DialErrors
 	// early holds what the client sent before the backend was dialled
 	// ((*early)[:earlyN]); earlyOff of it went out already.
 	early            *[]byte

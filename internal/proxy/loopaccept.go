@@ -289,7 +289,6 @@ func (pr *pair) takeOver() {
 		return
 	}
 	pr.lp.begun.Add(1)
-	pr.deadline = pr.c.start.Add(pr.c.route.retryTimeout())
 	pr.readEarly()
 	pr.dialNext()
 }
@@ -333,11 +332,8 @@ func (pr *pair) writeEarly(s *side) (bool, error) {
 // dialNext picks a backend and starts connecting to it, or hands the
 // connection to a handler goroutine when the pick needs one.
 func (pr *pair) dialNext() {
-	c, r := pr.c, pr.c.route
-	b := r.policy().Pick(r.Backends, c.clientAddr())
-	if b == nil && r.Passive {
-		b = benched(r.Backends, pr.attempts) // as dial does (panic mode)
-	}
+	r := pr.c.route
+	b := pr.c.choose(r)
 	var ap netip.AddrPort
 	if b != nil {
 		var err error
@@ -400,10 +396,10 @@ func (pr *pair) toGoroutine() {
 	pr.closed = true // the pair is done; the connection goes on
 	c := pr.c
 	// The bytes read early go first, from the handler (see handle), and
-	// its dial goes on with the retry budget where the loop left it.
+	// its dial goes on with the retry budget where the loop left it
+	// (c.budget).
 	c.early, pr.early = pr.early, nil
 	c.earlyN = pr.earlyN
-	c.attempts, c.dialErrs = pr.attempts, pr.errs
 	c.listener.Stats.Active.Add(-1) // handle counts it again
 	go pr.p.handle(pr.ctx, c)
 }
@@ -449,14 +445,7 @@ func (pr *pair) connected(s *side) {
 	pr.lp.disarmOut(s)
 	c, r, b := pr.c, pr.c.route, pr.target
 	pr.lp.keepAliveLater(s, c.start, defaultKeepAlive(r.KeepAlive))
-	b.CountDial(true)
-	c.listener.Stats.DialDuration.Observe(time.Since(pr.dialStart))
-	if r.Passive {
-		b.ReportSuccess()
-	}
-	if pr.attempts > 0 {
-		c.listener.Stats.Retried.Add(1)
-	}
+	pr.p.dialWorked(c, r, b, pr.dialStart)
 	if !c.setBackend(s.sock, b) {
 		b.Release()
 		pr.target = nil
@@ -491,22 +480,10 @@ func (pr *pair) dropSide(s *side) {
 
 // dialFailed counts a failed dial and tries the next pick, or gives up.
 func (pr *pair) dialFailed(err error) {
-	c, r, b := pr.c, pr.c.route, pr.target
+	b := pr.target
 	pr.target = nil
-	b.Release()
-	b.CountDial(false)
-	pr.attempts++
-	c.listener.Stats.DialErrors.Add(1)
-	if r.Passive && pr.ctx.Err() == nil {
-		b.ReportFailure(time.Now())
-	}
-	pr.errs.Add(b.Addr, unwrapOpError(err))
-	log := pr.p.logger()
-	log.Debug("dial failed", "service", r.Service, "backend", b.Addr, "attempt", pr.attempts, "error", err)
-	if pr.ctx.Err() != nil || pr.attempts > r.Retries || !time.Now().Before(pr.deadline) {
-		c.listener.Stats.Failed.Add(1)
-		log.Warn("no backend reachable; closing client connection",
-			"service", r.Service, "client", c.clientName(), "error", pr.errs.Err())
+	if !pr.p.dialFailed(pr.ctx, pr.c, pr.c.route, b, err) {
+		pr.p.unreachable(pr.c, pr.c.budget.Err())
 		pr.close()
 		return
 	}

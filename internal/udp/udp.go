@@ -296,7 +296,7 @@ func (l *Listener) handle(p []byte, from netip.AddrPort) {
 	if s != nil && !s.usable(r) {
 		// Its backend left the route or failed: pick again, unless
 		// nothing else is usable and the old backend is still listed.
-		if next = pick(r, from); next != nil || !s.listed(r) {
+		if next = pick(r, from, 0); next != nil || !s.listed(r) {
 			delete(l.sessions, from)
 			moved, s = s, nil
 		}
@@ -346,7 +346,7 @@ func (l *Listener) create(r *Route, from netip.AddrPort, b *backend.Backend) (*s
 		return nil, false
 	}
 	if b == nil {
-		b = pick(r, from)
+		b = pick(r, from, 0)
 	}
 	if b == nil {
 		l.Stats.NoBackend.Add(1)
@@ -362,22 +362,13 @@ func (l *Listener) create(r *Route, from netip.AddrPort, b *backend.Backend) (*s
 	return s, true
 }
 
-// pick asks the policy; when every backend is out and some are out only
-// because passive ejection benched them, it tries one of those anyway rather
-// than drop the client's traffic (as the TCP proxy does).
-func pick(r *Route, from netip.AddrPort) *backend.Backend {
-	if b := r.policy().Pick(r.Backends, from); b != nil {
-		return b
-	}
-	if !r.Passive {
-		return nil
-	}
-	for i := range r.Backends.Len() {
-		if b := r.Backends.At(i); b.CheckHealthy() {
-			return b
-		}
-	}
-	return nil
+// pick asks the policy for a new session's backend, with panic mode
+// when passive health is on, as the TCP proxy does (balance.Choose):
+// rather than drop a client's traffic when every backend is out, it tries
+// one that is out only because passive ejection benched it. attempt is
+// how many upstream sockets the session failed to open so far.
+func pick(r *Route, from netip.AddrPort, attempt int) *backend.Backend {
+	return balance.Choose(r.policy(), r.Backends, from, r.Passive, attempt)
 }
 
 // shutdown ends every session and waits for their goroutines.
@@ -561,22 +552,25 @@ func (s *session) open(ctx context.Context) (*net.UDPConn, error) {
 	b, r := s.target, s.route
 	l.mu.Unlock()
 	d := net.Dialer{Timeout: r.connectTimeout(), Resolver: l.Resolver}
-	var errs backend.DialErrors
-	for attempt := 0; ; attempt++ {
+	budget := backend.DialBudget{Retries: r.Retries}
+	for {
 		c, err := d.DialContext(ctx, "udp", b.Addr)
 		b.CountDial(err == nil)
 		if err == nil {
 			return c.(*net.UDPConn), nil
 		}
 		l.Stats.DialErrors.Add(1)
-		errs.Add(b.Addr, err)
+		budget.Failed(b.Addr, err)
 		l.logger().Debug("udp upstream socket failed", "service", r.Service, "backend", b.Addr, "error", err)
 		if r.Passive && ctx.Err() == nil {
 			b.ReportFailure(time.Now())
 		}
-		next := pick(r, s.client)
-		if ctx.Err() != nil || attempt >= r.Retries || next == nil {
-			return nil, errs.Err()
+		if !budget.Again(ctx, time.Now()) {
+			return nil, budget.Err()
+		}
+		next := pick(r, s.client, budget.Attempts())
+		if next == nil {
+			return nil, budget.Err()
 		}
 		next.Acquire()
 		l.mu.Lock()

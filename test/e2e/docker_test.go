@@ -347,9 +347,12 @@ func buildAttacheImage(d docker, tag string) string {
 }
 
 // buildRedisImage builds a FROM-scratch image holding the host's
-// redis-server and redis-cli with every shared library ldd lists for them,
-// at their own paths, dynamic loader included.
-func buildRedisImage(d docker, tag string) string {
+// redis-server and redis-cli in / with every shared library ldd lists for
+// them, at their own paths, dynamic loader included.
+func buildRedisImage(d docker, tag string) string { return buildRedisImageIn(d, tag, "/") }
+
+// buildRedisImageIn is buildRedisImage with the two programs in binDir.
+func buildRedisImageIn(d docker, tag, binDir string) string {
 	t := d.t
 	ctx := t.TempDir()
 	var libs []string
@@ -361,7 +364,7 @@ func buildRedisImage(d docker, tag string) string {
 		if err != nil {
 			t.Fatalf("%s not found (the Docker tests need Debian's redis-server package): %v", bin.path, err)
 		}
-		copyFile(t, real, filepath.Join(ctx, bin.as), 0o755)
+		copyFile(t, real, filepath.Join(ctx, binDir, bin.as), 0o755)
 		libs = append(libs, sharedLibs(d, real)...)
 	}
 	for _, lib := range libs {

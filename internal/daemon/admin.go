@@ -14,8 +14,6 @@ import (
 	"github.com/attache/attache/internal/discovery/dns"
 	"github.com/attache/attache/internal/discovery/docker"
 	"github.com/attache/attache/internal/discovery/etcd"
-	"github.com/attache/attache/internal/health"
-	"github.com/attache/attache/internal/proxy"
 )
 
 // adminState lets the admin API and the metrics collector read the daemon
@@ -50,64 +48,11 @@ func (a adminState) Services() []admin.Service { return a.d.services() }
 
 func (a adminState) Discovery() []admin.Provider { return a.d.discoveryState() }
 
-// services builds the admin view of every served listener. The daemon lock
-// is held only to copy references; health monitors are asked afterwards,
-// so a slow scrape never holds up a reload.
+// services builds the admin view of every service, TCP and UDP, by name.
 func (d *daemon) services() []admin.Service {
-	type item struct {
-		svc admin.Service
-		sv  *served
-		mon *health.Monitor
-	}
 	now := time.Now()
-	d.mu.Lock()
-	items := make([]item, 0, len(d.serving))
-	for _, sv := range d.serving {
-		s := sv.svc
-		it := item{sv: sv, mon: sv.monitor, svc: admin.Service{
-			Name: s.Name, Listen: sv.l.Addr().String(), Balance: s.Balance, Discovery: []string{}, Protocol: s.ProtocolName(),
-		}}
-		for _, b := range s.Backends {
-			if b.Discover != nil {
-				it.svc.Discovery = append(it.svc.Discovery, b.String())
-			}
-		}
-		it.svc.Backends = backendViews(sv.set, sv.draining, sv.monitor != nil, now)
-		items = append(items, it)
-	}
-	d.mu.Unlock()
-
-	ls := make([]*proxy.Listener, len(items))
-	for i, it := range items {
-		ls[i] = it.sv.l
-	}
-	moved := d.proxy.ListenersBytes(ls) // open connections' bytes so far too, in one pass
-	out := make([]admin.Service, 0, len(items))
-	for _, it := range items {
-		var checks map[string]health.Status
-		if it.mon != nil {
-			checks = map[string]health.Status{}
-			for _, st := range it.mon.Status() {
-				checks[st.Addr] = st
-			}
-		}
-		st := &it.sv.l.Stats
-		bytesIn, bytesOut := moved[it.sv.l].In, moved[it.sv.l].Out
-		it.svc.Connections = admin.Counters{
-			Accepted: st.Accepted.Load(), Active: st.Active.Load(), Failed: st.Failed.Load(),
-			NoBackend: st.NoBackend.Load(), Retried: st.Retried.Load(), DialErrors: st.DialErrors.Load(),
-			BytesIn: bytesIn, BytesOut: bytesOut, Limited: st.Limited.Load(),
-			ProxyRejected: st.ProxyRejected.Load(),
-		}
-		for i := range it.svc.Backends {
-			ab := &it.svc.Backends[i]
-			if c, ok := checks[ab.Addr]; ok {
-				ab.LastError, ab.LastCheck = c.LastError, c.LastCheck
-			}
-		}
-		out = append(out, it.svc)
-	}
-	out = append(out, d.udpServices(now)...)
+	out := d.serving.adminViews(d, tcpProto, now)
+	out = append(out, d.udpServing.adminViews(d, udpProto, now)...)
 	slices.SortFunc(out, func(a, b admin.Service) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"slices"
-	"strings"
 
 	"github.com/attache/attache/internal/admin"
 	"github.com/attache/attache/internal/backend"
@@ -52,24 +51,11 @@ func (a adminState) SetBackends(service string, specs []admin.BackendSpec) error
 	d := a.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if us := d.udpByName(service); us != nil {
-		return d.setUDPBackends(us, specs)
-	}
-	sv, err := d.servedByName(service)
+	sv, err := d.controlled(service)
 	if err != nil {
 		return err
 	}
-	if len(specs) == 0 && !hasDiscovery(sv.svc) {
-		return admin.Errorf(http.StatusBadRequest, "backends: service %q has no discovery entries, so it needs at least one backend", service)
-	}
-	eps := make([]backend.Endpoint, len(specs))
-	for i, s := range specs {
-		eps[i] = backend.Endpoint{Addr: s.Addr, Weight: s.Weight}
-	}
-	sv.override, sv.overridden = eps, true
-	d.rebuild(sv)
-	d.log.Info("admin: static backends overridden until the next reload", "service", service, "backends", len(eps))
-	return nil
+	return sv.setBackends(d, specs)
 }
 
 // Drain takes addr out of service's rotation (on) or puts it back. A
@@ -85,54 +71,11 @@ func (a adminState) Drain(service, addr string, on bool) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if us := d.udpByName(service); us != nil {
-		return d.drainUDP(us, canon, on)
-	}
-	sv, err := d.servedByName(service)
+	sv, err := d.controlled(service)
 	if err != nil {
 		return err
 	}
-	_, drained := d.drained[service][canon]
-	if on == drained {
-		return nil // already so: the call is idempotent
-	}
-	if on {
-		var b *backend.Backend
-		for i := range sv.set.Len() {
-			if sv.set.At(i).Addr == canon {
-				b = sv.set.At(i)
-			}
-		}
-		if b == nil {
-			return admin.Errorf(http.StatusNotFound, "service %q has no backend %s (it has %s)", service, canon, strings.Join(setAddrs(sv.set), ", "))
-		}
-		if d.drained[service] == nil {
-			d.drained[service] = map[string]*backend.Backend{}
-		}
-		d.drained[service][canon] = b
-	} else {
-		d.registry.Adopt(service, d.drained[service][canon])
-		delete(d.drained[service], canon)
-		if len(d.drained[service]) == 0 {
-			delete(d.drained, service)
-		}
-	}
-	d.rebuild(sv)
-	d.log.Info("admin: backend drain changed", "service", service, "backend", canon, "draining", on)
-	return nil
-}
-
-// servedByName finds a service by name; d.mu is held.
-func (d *daemon) servedByName(name string) (*served, error) {
-	var names []string
-	for _, sv := range d.serving {
-		if sv.svc.Name == name {
-			return sv, nil
-		}
-		names = append(names, sv.svc.Name)
-	}
-	slices.Sort(names)
-	return nil, admin.Errorf(http.StatusNotFound, "no service %q (services: %s)", name, strings.Join(names, ", "))
+	return sv.drain(d, canon, on)
 }
 
 // withoutDrained splits eps into those in rotation and the drained ones'

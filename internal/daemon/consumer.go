@@ -142,9 +142,9 @@ func (d *daemon) newConsumerRoute(tr *transparentRun, caller *docker.Caller, dst
 	// Never served nor closed: the transparent listener hands it its
 	// connections (proxy.Handle).
 	l := proxy.NewListener(tr.ln, &proxy.Route{Service: name, Backends: backend.NewSet()}, 0)
-	cr.sv = &served{l: l, consumer: cr}
+	cr.sv = &served{proto: tcpProto, l: l, consumer: cr}
 	d.mu.Lock()
-	d.configure(cr.sv, s)
+	cr.sv.configure(d, s)
 	d.mu.Unlock()
 	if len(disc.providers) > 0 {
 		cr.disc = disc
@@ -156,7 +156,7 @@ func (d *daemon) newConsumerRoute(tr *transparentRun, caller *docker.Caller, dst
 				return // dropped: its registry entries are forgotten
 			}
 			cr.discovered = m[name]
-			d.rebuild(cr.sv)
+			cr.sv.rebuild(d)
 			// After the rebuild: a connection that follows this line
 			// takes the new route.
 			tr.log.Info("per-consumer backends changed", "container", caller.Name, "port", port, "backends", setAddrs(cr.sv.set))

@@ -136,129 +136,194 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	// Build everything that can refuse the configuration before opening a
-	// socket: never a half-started proxy.
-	disc, err := newDiscovery(cfg, log)
+	o, err := open(ctx, cfg, opts, log)
 	if err != nil {
-		return err
-	}
-	lr, err := newLink(cfg, log)
-	if err != nil {
-		return err
-	}
-	var adminLn net.Listener
-	if opts.Admin != "" {
-		if adminLn, err = listenAdmin(ctx, opts); err != nil {
-			return fmt.Errorf("admin API: listen %s: %w", opts.Admin, unwrapOp(err))
-		}
-	}
-	tcpServices, udpServices := splitProtocols(cfg.Services) // UDP: see udp.go
-	listeners, err := openAll(ctx, opts.Inherited, tcpServices)
-	var udpListeners []*udp.Listener
-	if err == nil {
-		if udpListeners, err = openUDP(ctx, opts.Inherited, udpServices); err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-		}
-	}
-	if err == nil {
-		if err = lr.open(ctx, opts.Inherited); err != nil { // all listeners or none
-			for _, l := range listeners {
-				l.Close()
-			}
-			closeUDP(udpListeners)
-		}
-	}
-	var tr *transparentRun
-	if err == nil {
-		if tr, err = openTransparent(ctx, cfg, opts.Inherited, log); err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			closeUDP(udpListeners)
-			if lr != nil && lr.ln != nil {
-				lr.ln.Close()
-			}
-		}
-	}
-	if err != nil {
-		if adminLn != nil {
-			adminLn.Close()
-		}
 		return err
 	}
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	alog := newAccessLog(log, opts)
 	defer alog.close() // flushed below; this covers a panic's way out
-	d := &daemon{
-		log:        log,
-		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: alog.logger, Loops: opts.Loops},
-		access:     alog,
-		ctx:        serveCtx,
-		stop:       stopServing,
-		serving:    map[string]*served{},
-		registry:   health.NewRegistry(backend.DefaultBackoff),
-		discovered: map[string][]backend.Endpoint{},
-		drained:    map[string]map[string]*backend.Backend{},
-		reloadReq:  make(chan reloadRequest),
-		stopped:    make(chan struct{}),
-		link:       lr,
-		transp:     tr,
-	}
-	reg, reloads := newRegistry(d, cmp.Or(opts.Version, "dev"))
-	d.registerLinkMetrics(reg, lr)
-	reg.MustRegister(udpCollector{d})
-	if tr != nil {
-		reg.MustRegister(transparentCollector{tr})
-	}
-	bound := make([]Bound, len(listeners))
-	for i, l := range listeners {
-		s := tcpServices[i]
-		bound[i] = Bound{Service: s.Name, Addr: l.Addr()}
-		d.serve(s, l)
-	}
-	for i, l := range udpListeners {
-		bound = append(bound, Bound{Service: udpServices[i].Name, Addr: l.Addr()})
-		d.serveUDP(udpServices[i], l)
-	}
-	bound = inServiceOrder(cfg.Services, bound)
-	d.startDiscovery(disc)
-	d.startLink(lr)
-	d.startTransparent(tr)
-	if testHookDaemon != nil {
-		testHookDaemon(d)
-	}
-	d.open.Store(true)
+	d := newDaemon(serveCtx, stopServing, log, opts, alog, o)
+	reg, reloads := d.metrics(opts)
+	bound := d.start(cfg, o)
 	// The admin API outlives serveCtx so /readyz can say 503 while the
 	// connections drain; it stops last.
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAdmin()
-	var adminWG sync.WaitGroup
-	if adminLn != nil {
-		srv := &admin.Server{State: adminState{d}, Control: adminState{d}, Token: opts.AdminToken,
-			Gatherer: reg, Logger: log.With("component", "admin"), Version: opts.Version}
-		log.Info("admin API listening", "addr", adminLn.Addr().String())
-		adminWG.Go(func() {
-			if err := srv.Serve(adminCtx, adminLn); err != nil {
-				log.Error("admin API stopped; the proxy carries on", "error", err)
-			}
-		})
-		if opts.AdminReady != nil {
-			opts.AdminReady(adminLn.Addr())
-		}
-	}
+	adm := d.startAdmin(ctx, opts, o.admin, reg)
+	defer adm.stop()
 	d.announceReady(opts)
 	d.wg.Go(func() { opts.Notifier.Watchdog(serveCtx) }) // WatchdogSec= in the unit
 	if opts.Ready != nil {
 		opts.Ready(bound)
 	}
-	handedOver := false
-	for done := false; !done; {
+	handedOver := d.serveLoop(opts, reloads, o.admin)
+	d.shutdown(opts, handedOver, adm)
+	alog.close() // every connection has closed: its last lines go out now
+	log.Info("stopped")
+	return d.serveErr
+}
+
+// opened is what Run builds and opens before it starts anything: all of
+// it, or none.
+type opened struct {
+	disc   *discoveryRun
+	link   *linkRun
+	transp *transparentRun
+	admin  net.Listener // nil without Options.Admin
+	// The services of each protocol in configuration order, and their
+	// listeners in the same order.
+	tcp, udp     []config.Service
+	tcpListeners []*proxy.Listener
+	udpListeners []*udp.Listener
+}
+
+// open builds everything that can refuse the configuration before it
+// opens a socket (never a half-started proxy), then opens every listener:
+// the admin API's, the services', the link server's and the transparent
+// one. On any error what opened is closed again.
+func open(ctx context.Context, cfg *config.Config, opts Options, log *slog.Logger) (*opened, error) {
+	o := &opened{}
+	var err error
+	if o.disc, err = newDiscovery(cfg, log); err != nil {
+		return nil, err
+	}
+	if o.link, err = newLink(cfg, log); err != nil {
+		return nil, err
+	}
+	if opts.Admin != "" {
+		if o.admin, err = listenAdmin(ctx, opts); err != nil {
+			return nil, fmt.Errorf("admin API: listen %s: %w", opts.Admin, unwrapOp(err))
+		}
+	}
+	o.tcp, o.udp = splitProtocols(cfg.Services) // UDP: see udp.go
+	if err := o.listen(ctx, cfg, opts.Inherited, log); err != nil {
+		o.close()
+		return nil, err
+	}
+	return o, nil
+}
+
+// listen opens the services', link server's and transparent listeners in
+// turn, stopping at the first that fails.
+func (o *opened) listen(ctx context.Context, cfg *config.Config, in *listen.Inherited, log *slog.Logger) error {
+	var err error
+	if o.tcpListeners, err = tcpProto.open(ctx, in, o.tcp); err != nil {
+		return err
+	}
+	if o.udpListeners, err = udpProto.open(ctx, in, o.udp); err != nil {
+		return err
+	}
+	if err = o.link.open(ctx, in); err != nil {
+		return err
+	}
+	o.transp, err = openTransparent(ctx, cfg, in, log)
+	return err
+}
+
+// close closes what listen opened before one failed, and the admin API's
+// socket.
+func (o *opened) close() {
+	for _, l := range o.tcpListeners {
+		l.Close()
+	}
+	for _, l := range o.udpListeners {
+		l.Close()
+	}
+	if o.link != nil && o.link.ln != nil {
+		o.link.ln.Close()
+	}
+	if o.admin != nil {
+		o.admin.Close()
+	}
+}
+
+// newDaemon is the running state around what open opened, before any of
+// it serves; ctx and stop are the serving context.
+func newDaemon(ctx context.Context, stop context.CancelFunc, log *slog.Logger, opts Options, alog *accessLog, o *opened) *daemon {
+	return &daemon{
+		log:        log,
+		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: alog.logger, Loops: opts.Loops},
+		access:     alog,
+		ctx:        ctx,
+		stop:       stop,
+		serving:    serviceTable[*proxy.Listener]{},
+		udpServing: serviceTable[*udp.Listener]{},
+		registry:   health.NewRegistry(backend.DefaultBackoff),
+		discovered: map[string][]backend.Endpoint{},
+		drained:    map[string]map[string]*backend.Backend{},
+		reloadReq:  make(chan reloadRequest),
+		stopped:    make(chan struct{}),
+		link:       o.link,
+		transp:     o.transp,
+	}
+}
+
+// metrics is the daemon's registry with every collector, and the reload
+// counter. It sets what discovery counts with, so it runs before start.
+func (d *daemon) metrics(opts Options) (*prometheus.Registry, *prometheus.CounterVec) {
+	reg, reloads := newRegistry(d, cmp.Or(opts.Version, "dev"))
+	d.registerLinkMetrics(reg, d.link)
+	reg.MustRegister(udpCollector{d})
+	if d.transp != nil {
+		reg.MustRegister(transparentCollector{d.transp})
+	}
+	return reg, reloads
+}
+
+// start serves every opened listener, starts discovery, the link and the
+// transparent listener, and marks the daemon open. It returns the bound
+// addresses in service order.
+func (d *daemon) start(cfg *config.Config, o *opened) []Bound {
+	bound := d.serving.startAll(d, tcpProto, o.tcp, o.tcpListeners)
+	bound = append(bound, d.udpServing.startAll(d, udpProto, o.udp, o.udpListeners)...)
+	d.startDiscovery(o.disc)
+	d.startLink(o.link)
+	d.startTransparent(o.transp)
+	if testHookDaemon != nil {
+		testHookDaemon(d)
+	}
+	d.open.Store(true)
+	return inServiceOrder(cfg.Services, bound)
+}
+
+// adminRun is the running admin API. It is stopped last, after the
+// connections drained, so /readyz answers 503 meanwhile.
+type adminRun struct {
+	ln   net.Listener // nil without one
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// startAdmin serves the admin API on ln, when there is one, until the
+// returned adminRun is stopped; ctx's end does not stop it.
+func (d *daemon) startAdmin(ctx context.Context, opts Options, ln net.Listener, reg *prometheus.Registry) *adminRun {
+	adminCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	a := &adminRun{ln: ln, stop: stop}
+	if ln == nil {
+		return a
+	}
+	srv := &admin.Server{State: adminState{d}, Control: adminState{d}, Token: opts.AdminToken,
+		Gatherer: reg, Logger: d.log.With("component", "admin"), Version: opts.Version}
+	d.log.Info("admin API listening", "addr", ln.Addr().String())
+	a.wg.Go(func() {
+		if err := srv.Serve(adminCtx, ln); err != nil {
+			d.log.Error("admin API stopped; the proxy carries on", "error", err)
+		}
+	})
+	if opts.AdminReady != nil {
+		opts.AdminReady(ln.Addr())
+	}
+	return a
+}
+
+// serveLoop runs reloads (SIGHUP and POST /v1/reload) and upgrades one at
+// a time until the serving context ends or an upgrade hands over; it
+// reports whether one did.
+func (d *daemon) serveLoop(opts Options, reloads *prometheus.CounterVec, adminLn net.Listener) (handedOver bool) {
+	for {
 		select {
-		case <-serveCtx.Done():
-			done = true
+		case <-d.ctx.Done():
+			return false
 		case <-opts.Reload:
 			_, err := d.reloadCounted(opts, reloads)
 			if opts.Reloaded != nil {
@@ -273,45 +338,55 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 				opts.Reloaded(err)
 			}
 		case <-opts.Upgrade:
-			handedOver = d.upgrade(opts, adminLn)
-			done = handedOver
+			if d.upgrade(opts, adminLn) {
+				return true
+			}
 		}
 	}
+}
+
+// shutdown stops in order: listeners first (UDP sessions end with
+// theirs), then the connections drain for up to Grace (after a hand-over,
+// before the serving context is cancelled), then the daemon's goroutines,
+// discovery, the link and the admin API. The pid file goes last.
+func (d *daemon) shutdown(opts Options, handedOver bool, adm *adminRun) {
 	if handedOver { // the new process answers the admin API now
-		adminWG.Go(func() { retireAdmin(adminLn, stopAdmin) })
+		adm.wg.Go(func() { retireAdmin(adm.ln, adm.stop) })
 	} else {
 		d.notified(opts.Notifier.Stopping(fmt.Sprintf("stopping: draining %d connections", d.proxy.Active())))
 	}
 	d.open.Store(false)
 	close(d.stopped) // admin reloads asked from now on are refused
 	d.mu.Lock()
-	for _, sv := range d.serving {
-		sv.l.Close()
-	}
+	d.serving.closeListeners()
 	d.mu.Unlock()
 	d.transp.close()
-	d.closeUDPListeners() // their sessions end: UDP has nothing to drain
+	d.mu.Lock()
+	d.udpServing.closeListeners() // their sessions end: UDP has nothing to drain
+	d.mu.Unlock()
 	if handedOver {
 		d.drainHandedOver(opts.Grace)
 	}
 	d.wg.Wait()
 	d.stopDiscovery()
+	d.drainConnections(opts.Grace)
+	d.link.close()
+	adm.stop()
+	adm.wg.Wait()
+	d.releasePIDFile(opts)
+}
 
+// drainConnections waits up to grace for the open connections to end, and
+// then closes the rest.
+func (d *daemon) drainConnections(grace time.Duration) {
 	if n := d.proxy.Active(); n > 0 {
-		log.Info("draining open connections", "connections", n, "grace", opts.Grace)
+		d.log.Info("draining open connections", "connections", n, "grace", grace)
 	}
-	graceCtx, cancel := context.WithTimeout(context.Background(), opts.Grace)
+	graceCtx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if forced := d.proxy.Shutdown(graceCtx); forced > 0 {
-		log.Warn("grace period over; closed remaining connections", "connections", forced)
+		d.log.Warn("grace period over; closed remaining connections", "connections", forced)
 	}
-	d.link.close()
-	stopAdmin()
-	adminWG.Wait()
-	d.releasePIDFile(opts)
-	alog.close() // every connection has closed: its last lines go out now
-	log.Info("stopped")
-	return d.serveErr
 }
 
 // daemon is the running state: one served listener per listen address.
@@ -342,7 +417,6 @@ type daemon struct {
 	open atomic.Bool
 
 	upgradeState // zero-downtime upgrades (upgrade.go)
-	udpState     // UDP services (udp.go), guarded by mu
 
 	// link is the links between hosts (link.go); nil without a link
 	// section. Set before the first route is built.
@@ -356,46 +430,18 @@ type daemon struct {
 	reloadReq chan reloadRequest
 	stopped   chan struct{}
 
-	mu         sync.Mutex
-	serving    map[string]*served // by servingKey
+	mu sync.Mutex
+	// serving and udpServing are the services of each protocol
+	// (service.go); the two keep separate tables because a TCP and a UDP
+	// service may listen on the same address.
+	serving    serviceTable[*proxy.Listener]
+	udpServing serviceTable[*udp.Listener]
 	discovered map[string][]backend.Endpoint
 	// drained is, by service and address, the backends taken out of
 	// rotation by the admin API, with the state their open connections
 	// hold. It outlives reloads while the service exists.
 	drained  map[string]map[string]*backend.Backend
 	serveErr error
-}
-
-// servingKey names a service's listener across reloads (TCP and UDP
-// services keep separate tables): its configured listen address, and its
-// name too when the port is 0 (several services may ask for "any free
-// port" on one host; each keeps its own).
-func servingKey(s config.Service) string {
-	if _, port, err := net.SplitHostPort(s.Listen); err == nil && port == "0" {
-		return s.Listen + " " + s.Name
-	}
-	return s.Listen
-}
-
-func (d *daemon) serve(s config.Service, l *proxy.Listener) {
-	d.mu.Lock()
-	sv := &served{svc: s, l: l}
-	d.serving[servingKey(s)] = sv
-	d.configure(sv, s)
-	d.mu.Unlock()
-	d.log.Info("forwarding", "service", s.Name, "listen", l.Addr().String(),
-		"backends", backendList(s), "balance", s.Balance, "from", s.Origin)
-	d.accepting.Add(1)
-	d.wg.Go(func() {
-		defer d.accepting.Done()
-		if err := d.proxy.Serve(d.ctx, l); err != nil {
-			d.mu.Lock()
-			d.serveErr = errors.Join(d.serveErr, err)
-			d.mu.Unlock()
-			d.log.Error("listener stopped; shutting down", "listen", l.Addr().String(), "error", err)
-			d.stop()
-		}
-	})
 }
 
 // reload is a transaction: the new configuration is loaded and validated
@@ -405,92 +451,44 @@ func (d *daemon) serve(s config.Service, l *proxy.Listener) {
 // started with), new listeners start and removed ones stop accepting; their
 // open connections carry on until they end or the daemon shuts down.
 func (d *daemon) reload(load func() (*config.Config, error)) (admin.ReloadSummary, error) {
-	var sum admin.ReloadSummary
+	failed := func(err error) (admin.ReloadSummary, error) {
+		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
+		return admin.ReloadSummary{}, err
+	}
 	if load == nil {
-		return sum, errNoSource
+		return admin.ReloadSummary{}, errNoSource
 	}
 	cfg, err := load()
 	if err != nil {
-		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return sum, &configError{fmt.Errorf("reload: %w", err)}
+		return failed(&configError{fmt.Errorf("reload: %w", err)})
 	}
 	disc, err := newDiscovery(cfg, d.log)
 	if err == nil {
 		err = d.checkLinkReload(cfg)
 	}
 	if err != nil {
-		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return sum, &configError{fmt.Errorf("reload: %w", err)}
+		return failed(&configError{fmt.Errorf("reload: %w", err)})
 	}
-	d.mu.Lock()
-	var added []config.Service
-	keep := map[string]config.Service{}
-	for _, s := range cfg.Services {
-		if s.IsUDP() {
-			continue // prepareUDP (udp.go)
-		}
-		if sv, ok := d.serving[servingKey(s)]; ok {
-			keep[servingKey(s)] = s
-			if sv.svc.MaxConnections != s.MaxConnections {
-				d.log.Warn("reload: a new max_connections takes effect on restart",
-					"service", s.Name, "listen", s.Listen)
-			}
-			continue
-		}
-		added = append(added, s)
-	}
-	d.mu.Unlock()
-	opened, err := openAll(d.ctx, nil, added)
+	tcps, udps := splitProtocols(cfg.Services)
+	tcpPlan, err := planReload(d, d.serving, tcpProto, tcps)
 	if err != nil {
-		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return sum, fmt.Errorf("reload: %w", err)
+		return failed(fmt.Errorf("reload: %w", err))
 	}
-	udpPlan, err := d.prepareUDP(cfg)
+	udpPlan, err := planReload(d, d.udpServing, udpProto, udps)
 	if err != nil {
-		for _, l := range opened {
-			l.Close()
-		}
-		d.log.Error("reload failed; the running configuration keeps serving", "error", err)
-		return sum, fmt.Errorf("reload: %w", err)
+		tcpPlan.abort()
+		return failed(fmt.Errorf("reload: %w", err))
 	}
 	for _, w := range cfg.Warnings {
 		d.log.Warn(w)
 	}
-	d.mu.Lock()
-	var removed []*served
-	for addr, sv := range d.serving {
-		s, ok := keep[addr]
-		if !ok {
-			removed = append(removed, sv)
-			delete(d.serving, addr)
-			continue
-		}
-		// A reload ends a runtime override of the static backends.
-		sv.override, sv.overridden = nil, false
-		d.configure(sv, s)
-	}
-	for _, sv := range removed {
-		d.unconfigure(sv)
-		sum.Removed = append(sum.Removed, sv.svc.Name)
-	}
-	d.mu.Unlock()
-	for _, sv := range removed {
-		d.log.Info("reload: service removed; its open connections carry on",
-			"service", sv.svc.Name, "listen", sv.l.Addr().String())
-		sv.l.Close()
-	}
-	for i, l := range opened {
-		d.serve(added[i], l)
-	}
-	d.commitUDP(udpPlan, &sum)
+	sum := admin.ReloadSummary{Services: len(cfg.Services)}
+	tcpPlan.commit(d, &sum)
+	udpPlan.commit(d, &sum)
 	d.reloadLink(cfg)
 	d.reloadTransparent(cfg)
 	d.startDiscovery(disc)
-	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(added), "removed", len(removed))
-	sum.Services = len(cfg.Services)
-	for _, s := range added {
-		sum.Added = append(sum.Added, s.Name)
-	}
+	d.log.Info("reloaded", "services", len(cfg.Services), "added", len(sum.Added), "removed", len(sum.Removed))
 	return sum, nil
 }
 
@@ -525,56 +523,29 @@ type reloadReply struct {
 	err error
 }
 
-// openAll opens every service's listener, or none: on the first failure it
-// closes those already open and reports which service and port failed. A
-// socket inherited in an upgrade for the same address is taken instead of
-// opening one (in may be nil).
-func openAll(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
-	var out []*proxy.Listener
-	for _, s := range services {
-		var (
-			ln  net.Listener
-			err error
-		)
-		if path, unix := config.UnixPath(s.Listen); unix {
-			if ln = in.Take(listen.KindService, "unix", path); ln == nil {
-				ln, err = proxy.ListenUnix(ctx, path)
-			}
-		} else {
-			lc := proxy.ListenConfig(s.KeepAlive)
-			ln, err = in.Listen(ctx, lc, listen.KindService, listenNetwork(s.Listen), s.Listen)
-		}
-		if err != nil {
-			for _, l := range out {
-				l.Close()
-			}
-			return nil, &ListenError{Service: s, Err: unwrapOp(err)}
-		}
-		// The route is set by configure once the daemon owns the listener.
-		out = append(out, proxy.NewListener(ln, &proxy.Route{Service: s.Name, Backends: backend.NewSet()}, s.MaxConnections))
-	}
-	return out, nil
-}
+// listenNetwork keeps an IPv4 listen address IPv4-only (see ipNetwork).
+func listenNetwork(addr string) string { return ipNetwork("tcp", addr) }
 
-// listenNetwork keeps an IPv4 listen address IPv4-only: Go would open
-// 0.0.0.0 as a dual-stack [::] socket, while the link contract (and the
-// operator who wrote 0.0.0.0) means IPv4. IPv6 literals are IPv6; a hostname
-// or an empty host, and [::], are left to "tcp" (dual-stack).
-func listenNetwork(addr string) string {
+// ipNetwork is the network to open addr on, for base "tcp" or "udp": Go
+// would open 0.0.0.0 as a dual-stack [::] socket, while the link contract
+// (and the operator who wrote 0.0.0.0) means IPv4, so an IPv4 address is
+// base+"4". IPv6 literals are base+"6"; a hostname or an empty host, and
+// [::], are left to base (dual-stack).
+func ipNetwork(base, addr string) string {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "tcp"
+		return base
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		switch {
 		case ip.Is4():
-			return "tcp4"
+			return base + "4"
 		case ip.IsUnspecified(): // [::] means every address, IPv4 too
-			return "tcp"
+			return base
 		}
-		return "tcp6"
+		return base + "6"
 	}
-	return "tcp"
+	return base
 }
 
 func unwrapOp(err error) error {

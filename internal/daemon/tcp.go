@@ -2,92 +2,81 @@ package daemon
 
 import (
 	"context"
-	"reflect"
+	"errors"
+	"net"
 	"slices"
 
+	"github.com/attache/attache/internal/admin"
 	"github.com/attache/attache/internal/backend"
-	"github.com/attache/attache/internal/balance"
 	"github.com/attache/attache/internal/config"
 	"github.com/attache/attache/internal/health"
+	"github.com/attache/attache/internal/listen"
 	"github.com/attache/attache/internal/proxy"
 )
 
-// served is one open listener and what its routes are built from. Fields
-// are guarded by daemon.mu.
-type served struct {
-	svc config.Service
-	l   *proxy.Listener
-	// policy lives as long as the service keeps its policy name, so a round
-	// robin cursor or a source hash does not restart at every change.
-	policy balance.Policy
-	set    *backend.Set
-	// monitor runs the active checks, when the service has them.
-	monitor     *health.Monitor
-	stopMonitor context.CancelFunc
-	// override replaces the configured static backends when overridden
-	// (PUT /v1/services/{name}/backends), until the next reload.
-	override   []backend.Endpoint
-	overridden bool
-	// draining are the backends rebuild left out because they are
-	// drained, for the admin view.
-	draining []*backend.Backend
-	// consumer is set on the route of a consumer's own choice of
-	// backends in transparent mode (consumer.go): it has its own
-	// discovery, and its goroutines stop with it.
-	consumer *consumerRoute
+// tcpProtocol is what TCP services do their own way (see service.go): the
+// proxy's accept loop, TCP or send/expect checks dialled the way the data
+// path dials (PROXY header, link), routes with PROXY protocol and a link
+// dialer, and connections closed when their backend fails or leaves
+// (close_on_remove).
+type tcpProtocol struct{}
+
+// tcpProto is the TCP protocol of every TCP service.
+var tcpProto protocol[*proxy.Listener] = tcpProtocol{}
+
+func (tcpProtocol) open(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
+	return openAll(ctx, in, services)
 }
 
-// configure (re)applies a service's configuration to its listener: policy,
-// health checks, passive ejection, then the route. d.mu is held.
-func (d *daemon) configure(sv *served, s config.Service) {
-	old := sv.svc
-	sv.policy = d.reconfigure(old, s, sv.policy)
-	if sv.monitor != nil && checksChanged(old, s) {
-		sv.stopMonitor()
-		sv.monitor, sv.stopMonitor = nil, nil
-		// The checks stop with it: their verdict must not keep a backend
-		// out of rotation.
-		for i := range sv.set.Len() {
-			sv.set.At(i).SetHealthy(true)
+// openAll opens every service's listener, or none: on the first failure it
+// closes those already open and reports which service and port failed. A
+// socket inherited in an upgrade for the same address is taken instead of
+// opening one (in may be nil).
+func openAll(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
+	var out []*proxy.Listener
+	for _, s := range services {
+		var (
+			ln  net.Listener
+			err error
+		)
+		if path, unix := config.UnixPath(s.Listen); unix {
+			if ln = in.Take(listen.KindService, "unix", path); ln == nil {
+				ln, err = proxy.ListenUnix(ctx, path)
+			}
+		} else {
+			lc := proxy.ListenConfig(s.KeepAlive)
+			ln, err = in.Listen(ctx, lc, listen.KindService, listenNetwork(s.Listen), s.Listen)
 		}
-	}
-	sv.svc = s
-	if s.HealthCheck != nil && sv.monitor == nil {
-		d.startMonitor(sv)
-	}
-	d.rebuild(sv)
-}
-
-// reconfigure applies what every kind of service (TCP, UDP) shares when its
-// configuration changes from old to s: the registry forgets a renamed
-// service, the policy is rebuilt only when its name changed (so a round
-// robin cursor or a source hash does not restart), and passive ejection
-// takes the new back-off. It returns the policy to use. d.mu is held.
-func (d *daemon) reconfigure(old, s config.Service, policy balance.Policy) balance.Policy {
-	if old.Name != "" && old.Name != s.Name {
-		d.registry.Forget(old.Name)
-	}
-	if policy == nil || old.Balance != s.Balance {
-		p, err := balance.New(s.Balance)
-		if err != nil { // config.Validate checked the name; keep serving regardless
-			d.log.Error("balancing policy", "service", s.Name, "error", err)
-			p = &balance.RoundRobin{}
+		if err != nil {
+			for _, l := range out {
+				l.Close()
+			}
+			return nil, &ListenError{Service: s, Err: unwrapOp(err)}
 		}
-		policy = p
+		// The route is set by configure once the daemon owns the listener.
+		out = append(out, proxy.NewListener(ln, &proxy.Route{Service: s.Name, Backends: backend.NewSet()}, s.MaxConnections))
 	}
-	if s.EjectTime > 0 {
-		d.registry.SetBackoff(s.Name, backend.Backoff{Base: s.EjectTime, Max: 30 * s.EjectTime})
-	}
-	return policy
+	return out, nil
 }
 
-// checksChanged reports whether a running health monitor built for old no
-// longer fits s: the checks were removed or changed, or the service renamed.
-func checksChanged(old, s config.Service) bool {
-	return s.HealthCheck == nil || old.HealthCheck == nil || !reflect.DeepEqual(*s.HealthCheck, *old.HealthCheck) || old.Name != s.Name
+// serve runs l's accept loop. A TCP listener that dies stops the daemon:
+// an ambassador that silently stops forwarding one of its ports is worse
+// than one that exits and gets restarted.
+func (tcpProtocol) serve(d *daemon, l *proxy.Listener) {
+	d.accepting.Add(1)
+	d.wg.Go(func() {
+		defer d.accepting.Done()
+		if err := d.proxy.Serve(d.ctx, l); err != nil {
+			d.mu.Lock()
+			d.serveErr = errors.Join(d.serveErr, err)
+			d.mu.Unlock()
+			d.log.Error("listener stopped; shutting down", "listen", l.Addr().String(), "error", err)
+			d.stop()
+		}
+	})
 }
 
-func (d *daemon) startMonitor(sv *served) {
+func (tcpProtocol) checker(d *daemon, sv *served) health.Checker {
 	hc := sv.svc.HealthCheck
 	dial := healthDial(sv.l) // a LOCAL PROXY header for backends sent one
 	if ld := d.linkDial(sv.svc); ld != nil {
@@ -95,74 +84,31 @@ func (d *daemon) startMonitor(sv *served) {
 		// this host and connected to its own backend (see package link).
 		dial = ld
 	}
-	var checker health.Checker = health.TCP{Dial: dial}
 	if hc.Send != "" || hc.Expect != "" {
-		checker = health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect), Dial: dial}
+		return health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect), Dial: dial}
 	}
-	m := health.NewMonitor(sv.svc.Name, health.Spec{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}, checker, d.log)
-	l, service, closeOn := sv.l, sv.svc.Name, sv.svc.CloseOnRemove
-	m.OnChange = func(addr string, healthy bool) {
-		if testHookHealth != nil {
-			testHookHealth(service, addr, healthy)
-		}
-		if closeOn && !healthy {
-			if n := d.proxy.CloseBackend(l, addr, "backend failed its health check"); n > 0 {
-				d.log.Info("closed connections to a failed backend", "service", service, "backend", addr, "connections", n)
-			}
-		}
-	}
-	parent, wg := d.ctx, &d.wg
-	if cr := sv.consumer; cr != nil {
-		parent, wg = cr.ctx, &cr.wg
-	}
-	ctx, cancel := context.WithCancel(parent)
-	sv.monitor, sv.stopMonitor = m, cancel
-	wg.Go(func() { _ = m.Run(ctx) })
+	return health.TCP{Dial: dial}
 }
 
-// unconfigure releases what a removed service held. d.mu is held.
-func (d *daemon) unconfigure(sv *served) {
-	if sv.stopMonitor != nil {
-		sv.stopMonitor()
+// onHealth closes the connections to a backend that failed its check,
+// when the service asks for it (close_on_remove).
+func (tcpProtocol) onHealth(d *daemon, sv *served) func(addr string, healthy bool) {
+	if !sv.svc.CloseOnRemove {
+		return nil
 	}
-	d.registry.Forget(sv.svc.Name)
-	delete(d.drained, sv.svc.Name)
+	l, service := sv.l, sv.svc.Name
+	return func(addr string, healthy bool) {
+		if healthy {
+			return
+		}
+		if n := d.proxy.CloseBackend(l, addr, "backend failed its health check"); n > 0 {
+			d.log.Info("closed connections to a failed backend", "service", service, "backend", addr, "connections", n)
+		}
+	}
 }
 
-// rebuild publishes a new route for sv from its static backends and what
-// discovery currently reports. Connections in flight keep the route they
-// started with; backends that stay keep their state. d.mu is held.
-func (d *daemon) rebuild(sv *served) {
-	s := sv.svc
-	var eps []backend.Endpoint
-	for i, b := range s.Backends {
-		if b.Discover == nil {
-			ep := backend.Endpoint{Addr: b.Addr, Weight: b.Weight}
-			if s.Balance == "first" {
-				// Fixed backends fail over in the order they are listed.
-				ep.Priority = i
-			}
-			eps = append(eps, ep)
-		}
-	}
-	if sv.overridden {
-		eps = eps[:0]
-		for i, ep := range sv.override {
-			if s.Balance == "first" {
-				ep.Priority = i
-			}
-			eps = append(eps, ep)
-		}
-	}
-	discovered := d.discovered[s.Name]
-	if sv.consumer != nil {
-		discovered = sv.consumer.discovered
-	}
-	eps = append(eps, discovered...)
-	eps, sv.draining = d.withoutDrained(s.Name, eps)
-	set := d.registry.Resolve(s.Name, eps)
-	prev := sv.set
-	sv.set = set
+func (tcpProtocol) publish(d *daemon, sv *served, prev *backend.Set) {
+	s, set := sv.svc, sv.set
 	accept, send, sendFor := proxyProtocol(s)
 	sv.l.SetRoute(&proxy.Route{
 		Service:        s.Name,
@@ -179,25 +125,43 @@ func (d *daemon) rebuild(sv *served) {
 		SendProxyFor:   sendFor,
 		Dial:           d.linkDial(s),
 	})
-	if sv.monitor != nil {
-		sv.monitor.Update(set)
+	if !s.CloseOnRemove || prev == nil {
+		return
 	}
-	if testHookRebuilt != nil {
-		testHookRebuilt(s.Name, setAddrs(set))
-	}
-	if s.CloseOnRemove && prev != nil {
-		// Synchronous: CloseBackend only closes sockets, and a goroutine
-		// here could be started by the discovery merger while Run is
-		// already waiting for the daemon's goroutines at shutdown.
-		for _, addr := range removedAddrs(prev, set) {
-			if _, drained := d.drained[s.Name][addr]; drained {
-				continue // draining lets open connections finish
-			}
-			if n := d.proxy.CloseBackend(sv.l, addr, "backend removed"); n > 0 {
-				d.log.Info("closed connections to a removed backend", "service", s.Name, "backend", addr, "connections", n)
-			}
+	// Synchronous: CloseBackend only closes sockets, and a goroutine here
+	// could be started by the discovery merger while Run is already
+	// waiting for the daemon's goroutines at shutdown.
+	for _, addr := range removedAddrs(prev, set) {
+		if _, drained := d.drained[s.Name][addr]; drained {
+			continue // draining lets open connections finish
+		}
+		if n := d.proxy.CloseBackend(sv.l, addr, "backend removed"); n > 0 {
+			d.log.Info("closed connections to a removed backend", "service", s.Name, "backend", addr, "connections", n)
 		}
 	}
+}
+
+// counters reads the listeners' statistics, and the bytes of their open
+// connections so far in one pass.
+func (tcpProtocol) counters(d *daemon, svs []*served, views []admin.Service) {
+	ls := make([]*proxy.Listener, len(svs))
+	for i, sv := range svs {
+		ls[i] = sv.l
+	}
+	moved := d.proxy.ListenersBytes(ls)
+	for i, sv := range svs {
+		st := &sv.l.Stats
+		views[i].Connections = admin.Counters{
+			Accepted: st.Accepted.Load(), Active: st.Active.Load(), Failed: st.Failed.Load(),
+			NoBackend: st.NoBackend.Load(), Retried: st.Retried.Load(), DialErrors: st.DialErrors.Load(),
+			BytesIn: moved[sv.l].In, BytesOut: moved[sv.l].Out, Limited: st.Limited.Load(),
+			ProxyRejected: st.ProxyRejected.Load(),
+		}
+	}
+}
+
+func (tcpProtocol) removedNote() string {
+	return "reload: service removed; its open connections carry on"
 }
 
 // Test hooks, set by tests before Run: every route rebuild, every health
@@ -234,17 +198,8 @@ func (d *daemon) applyDiscovered(m map[string][]backend.Endpoint) {
 	defer d.mu.Unlock()
 	prev := d.discovered
 	d.discovered = m // rebuild reads it
-	for _, sv := range d.serving {
-		name := sv.svc.Name
-		old, had := prev[name]
-		cur, has := m[name]
-		if had == has && slices.Equal(old, cur) {
-			continue
-		}
-		d.log.Info("backends changed", "service", name, "discovered", len(cur))
-		d.rebuild(sv)
-	}
-	d.rediscoverUDP(prev, m)
+	d.serving.rediscover(d, prev, m)
+	d.udpServing.rediscover(d, prev, m)
 }
 
 // backendList is a service's backends for the start-up log line.

@@ -99,14 +99,7 @@ func (d *daemon) drainHandedOver(grace time.Duration) {
 	// Every accept loop has returned, so no connection sits between
 	// accept and tracking, where Shutdown would refuse it.
 	d.accepting.Wait()
-	if n := d.proxy.Active(); n > 0 {
-		d.log.Info("draining open connections", "connections", n, "grace", grace)
-	}
-	graceCtx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	if forced := d.proxy.Shutdown(graceCtx); forced > 0 {
-		d.log.Warn("grace period over; closed remaining connections", "connections", forced)
-	}
+	d.drainConnections(grace)
 	d.stop()
 }
 

@@ -131,7 +131,7 @@ type pair struct {
 	c               *conn
 	client, backend *side
 	up, down        dir // client to backend, backend to client
-	started, closed bool
+	phase           pairPhase
 	// reset: bytes were lost on the way (a peer reset, a write failed),
 	// so both sockets close with a reset (RST), never a FIN that would
 	// pass a cut stream off as a complete one.
@@ -499,15 +499,15 @@ func (lp *loop) event(s *side, ev uint32) {
 		}
 		return
 	}
-	if pr.closed {
+	switch pr.phase {
+	case pairMoving:
+	case pairDialing:
+		if s == pr.connecting {
+			lp.safely(pr, func() { pr.connectDone(s, ev) })
+		}
 		return
-	}
-	if s == pr.connecting {
-		lp.safely(pr, func() { pr.connectDone(s, ev) })
-		return
-	}
-	if !pr.started {
-		return // the flags wait for start
+	default:
+		return // waiting: the flags wait for start; over: nothing to do
 	}
 	lp.safely(pr, func() {
 		if s.writable && s.wr.pending() {
@@ -515,7 +515,7 @@ func (lp *loop) event(s *side, ev uint32) {
 		}
 		// Moving s.wr's bytes can end the pair (its source was at EOF
 		// and the other way was done already).
-		if s.readable && !pr.closed {
+		if s.readable && pr.phase == pairMoving {
 			lp.turn(s.rd)
 		}
 	})
@@ -543,7 +543,7 @@ func (lp *loop) speculate(d *dir) {
 	if d == o {
 		o = &d.pr.down
 	}
-	if d.pr.closed || o.done || o.queued || o.src.readable || o.pending() || !lp.spec.want() {
+	if d.pr.phase != pairMoving || o.done || o.queued || o.src.readable || o.pending() || !lp.spec.want() {
 		return
 	}
 	o.src.readable, o.src.spec = true, true
@@ -584,7 +584,7 @@ func (s *specScore) record(hit bool) {
 func (lp *loop) turnDir(d *dir) {
 	pr := d.pr
 	for range dirBudget {
-		if pr.closed || d.done {
+		if pr.phase != pairMoving || d.done {
 			return
 		}
 		if d.pending() {
@@ -596,7 +596,7 @@ func (lp *loop) turnDir(d *dir) {
 			return
 		}
 	}
-	if !pr.closed && !d.done && !d.queued && d.src.readable && !d.pending() {
+	if pr.phase == pairMoving && !d.done && !d.queued && d.src.readable && !d.pending() {
 		d.queued = true
 		lp.again = append(lp.again, d)
 	}
@@ -793,10 +793,9 @@ func (pr *pair) fail(d *dir, op string, err error) {
 // start wires the pair's sides once the loop owns them, and moves what
 // arrived meanwhile.
 func (pr *pair) start() {
-	if pr.closed {
+	if pr.over() || !pr.enter(pairMoving) {
 		return
 	}
-	pr.started = true
 	c := pr.c
 	pr.up = dir{pr: pr, src: pr.client, dst: pr.backend, moved: &c.movedIn}
 	pr.down = dir{pr: pr, src: pr.backend, dst: pr.client, moved: &c.movedOut}
@@ -827,10 +826,9 @@ func (pr *pair) start() {
 // close closes both sockets, gives back what the directions held, and
 // finishes the connection. It runs on the loop's goroutine, once.
 func (pr *pair) close() {
-	if pr.closed {
+	if pr.over() || !pr.enter(pairClosed) {
 		return
 	}
-	pr.closed = true
 	if pr.connecting != nil {
 		pr.lp.unwait(pr)
 		pr.dropSide(pr.connecting)

@@ -281,7 +281,7 @@ func (pr *pair) own() bool {
 // the client sent already and dials the backend, unless the connection was
 // closed on its way there.
 func (pr *pair) takeOver() {
-	if pr.closed {
+	if pr.over() || !pr.enter(pairDialing) {
 		return
 	}
 	if err := pr.lp.register(pr.client); err != nil {
@@ -393,7 +393,7 @@ func (pr *pair) toGoroutine() {
 	cs.mu.Lock()
 	cs.state, cs.lp, cs.pr = rawOpen, nil, nil
 	cs.mu.Unlock()
-	pr.closed = true // the pair is done; the connection goes on
+	pr.enter(pairHandedOff) // the pair is done; the connection goes on
 	c := pr.c
 	// The bytes read early go first, from the handler (see handle), and
 	// its dial goes on with the retry budget where the loop left it
@@ -463,7 +463,7 @@ func (pr *pair) connected(s *side) {
 }
 
 func (pr *pair) connectTimedOut(s *side) {
-	if pr.closed || s == nil || pr.connecting != s {
+	if pr.phase != pairDialing || s == nil || pr.connecting != s {
 		return
 	}
 	pr.connecting = nil

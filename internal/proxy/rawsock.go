@@ -211,7 +211,7 @@ func (s *rawSock) shutdownRead() {
 	case rawOwned:
 		pr := s.pr
 		s.lp.post(func() {
-			if !pr.closed {
+			if !pr.over() {
 				rawShutdownRead(pr.client.fd)
 			}
 		})

@@ -30,31 +30,38 @@
 // A socket is registered edge-triggered for input (EPOLLIN,
 // EPOLLPRI, EPOLLRDHUP) once, when the loop takes it; output (EPOLLOUT) is
 // added with epoll_ctl only while a write is blocked or a connect is in
-// progress (armOut, disarmOut), since watched all along, every ACK would
+// progress (wantSend, stopSend), since watched all along, every ACK would
 // wake the loop for nothing. An edge comes once per change, so the loop
 // keeps per side what the edges said: readable (there may be bytes, an EOF
 // or an error to read) and writable (it may take more bytes). A direction
 // stalls for good if readable is cleared while bytes wait, since no new
-// edge comes for bytes already there. The rules, each relied on by a test
+// edge comes for bytes already there. Both flags and the output watch
+// change only through the helpers in loopready.go (noteEvent, mayRecv,
+// cantRecv, readShort, maySend, cantSend, wantSend, stopSend), named for
+// the rule that allows each; an epoll_ctl that fails ends the connection
+// with a reset and a log line (pair.epollFailed), never a wait for an
+// edge that may not come. A connection's phase on the loop (waiting,
+// dialing, moving, handed off, closed) is one field, changed only by
+// pair.enter (loopphase.go). The rules, each relied on by a test
 // (stall_test.go, the torture suite):
 //
 //  1. A read or splice that returns EAGAIN proves the socket empty and
-//     clears readable (move, moveSplice): the next bytes bring an edge.
+//     clears readable (cantRecv): the next bytes bring an edge.
 //  2. A short read(2) proves it too (TCP gives a read all it has queued,
 //     up to the buffer's size), with two exceptions where the loop reads
 //     on to EAGAIN: after a hang-up (the EOF came with the last bytes and
 //     no edge follows it) and once urgent data came (a read stops at the
-//     urgent mark; EPOLLPRI sets side.urgent). A short splice proves
+//     urgent mark; EPOLLPRI sets side.urgent; readShort). A short splice proves
 //     nothing: a pipe has one slot per page fragment, so the packets of a
 //     sender using sendfile or splice fill it well before its size, and a
 //     pipe the kernel would not grow is small.
 //  3. readEarly, the read of a client's first bytes before the backend is
-//     dialled, may clear readable after a short read: the socket was
+//     dialled, leaves readable clear after a short read: the socket was
 //     registered before that read, so bytes that came before or since
 //     queued an edge that sets readable again.
 //  4. A write that returns EAGAIN clears writable and arms output in the
-//     same step (writeOut, flushPipe), so the edge that says there is
-//     room again cannot be missed.
+//     same step (cantSend), so the edge that says there is room again
+//     cannot be missed.
 //  5. A hang-up is noted (side.hup) and never cleared. A direction is
 //     done only when a read returned its source's EOF, which move reaches
 //     only with nothing left to write (turnDir flushes first); pair.eof
@@ -65,7 +72,7 @@
 //     after it waits in lp.again and is served on the next pass, without
 //     waiting for epoll.
 //  7. Anything that moves bytes can finish the pair (pair.close): check
-//     pr.closed before touching the pair or its sides again.
+//     the pair's phase before touching the pair or its sides again.
 //  8. Only the loop's goroutine closes an adopted descriptor; any other
 //     goroutine posts the close (rawSock.Close), as it posts everything
 //     it wants done to a pair.

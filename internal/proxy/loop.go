@@ -107,12 +107,13 @@ type side struct {
 	gen  uint32
 	sock *rawSock
 
-	// Set by the loop's goroutine only.
+	// Set by the loop's goroutine only, and the readiness flags only
+	// through the helpers in loopready.go.
 	readable, writable bool
 	hup                bool // the peer shut its side (or the socket failed)
 	urgent             bool // TCP urgent data came: a short read proves nothing
 	spec               bool // readable is a guess (see speculate)
-	outArmed           bool // epoll reports output for it (armOut)
+	outArmed           bool // epoll reports output for it (wantSend)
 	pr                 *pair
 	rd, wr             *dir // the direction reading this socket, and writing it
 	// connected hears the connect's completion while a handler
@@ -189,83 +190,6 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 	lp := &loop{epfd: epfd, wakefd: wakefd, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log}
 	go lp.serve()
 	return lp, nil
-}
-
-// register adds s to the loop's epoll set, edge-triggered, for input and
-// output.
-// Sockets are watched for input only, edge-triggered; output is watched
-// (armOut) only once a write could not go through, or while a connect is
-// in progress. Watched for output all along, every ACK that frees send
-// buffer space would wake the loop for nothing.
-const (
-	evIn    = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLET
-	evInOut = evIn | unix.EPOLLOUT
-)
-
-// register adds s to the loop's epoll set for input.
-func (lp *loop) register(s *side) error {
-	return lp.registerEvents(s, evIn)
-}
-
-// registerOut adds s for input and output (a connect in progress).
-func (lp *loop) registerOut(s *side) error {
-	s.outArmed = true
-	return lp.registerEvents(s, evInOut)
-}
-
-// armOut makes epoll report when s can take more bytes; it stays armed.
-func (lp *loop) armOut(s *side) {
-	if s.outArmed {
-		return
-	}
-	s.outArmed = true
-	ev := unix.EpollEvent{Events: evInOut, Fd: int32(s.fd), Pad: int32(s.gen)}
-	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
-}
-
-// disarmOut stops output events for s (its connect completed).
-func (lp *loop) disarmOut(s *side) {
-	if !s.outArmed {
-		return
-	}
-	s.outArmed = false
-	ev := unix.EpollEvent{Events: evIn, Fd: int32(s.fd), Pad: int32(s.gen)}
-	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
-}
-
-func (lp *loop) registerEvents(s *side, events uint32) error {
-	lp.mu.Lock()
-	if lp.stopped {
-		lp.mu.Unlock()
-		return net.ErrClosed
-	}
-	if lp.gen++; lp.gen == 0 {
-		lp.gen = 1
-	}
-	s.gen = lp.gen
-	if s.fd >= len(lp.table) {
-		t := make([]slot, max(2*len(lp.table), s.fd+1, 64))
-		copy(t, lp.table)
-		lp.table = t
-	}
-	lp.table[s.fd] = slot{s, s.gen}
-	lp.mu.Unlock()
-	ev := unix.EpollEvent{Events: events, Fd: int32(s.fd), Pad: int32(s.gen)}
-	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
-		lp.unregister(s)
-		return os.NewSyscallError("epoll_ctl", err)
-	}
-	return nil
-}
-
-// unregister forgets s; the caller then closes its descriptor, which takes
-// it out of the epoll set.
-func (lp *loop) unregister(s *side) {
-	lp.mu.Lock()
-	if s.fd < len(lp.table) && lp.table[s.fd].gen == s.gen {
-		lp.table[s.fd] = slot{}
-	}
-	lp.mu.Unlock()
 }
 
 // post runs f on the loop's goroutine, after what was posted before. It
@@ -476,18 +400,7 @@ func (lp *loop) event(s *side, ev uint32) {
 		lp.safely(nil, func() { lp.accept(s) })
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.readable = true
-	}
-	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.hup = true
-	}
-	if ev&unix.EPOLLPRI != 0 {
-		s.readable, s.urgent = true, true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.writable = true
-	}
+	noteEvent(s, ev)
 	pr := s.pr
 	if pr == nil {
 		// Not adopted yet: a dial waits for the connect.
@@ -546,7 +459,7 @@ func (lp *loop) speculate(d *dir) {
 	if d.pr.phase != pairMoving || o.done || o.queued || o.src.readable || o.pending() || !lp.spec.want() {
 		return
 	}
-	o.src.readable, o.src.spec = true, true
+	guessRecv(o.src)
 	o.queued = true
 	lp.again = append(lp.again, o)
 }
@@ -621,7 +534,7 @@ func (lp *loop) move(d *dir) bool {
 	lp.scoreGuess(d.src, err)
 	switch {
 	case err == unix.EAGAIN:
-		d.src.readable = false
+		cantRecv(d.src)
 		return false
 	case err != nil:
 		d.pr.fail(d, "read", err)
@@ -630,11 +543,7 @@ func (lp *loop) move(d *dir) bool {
 		d.pr.eof(d)
 		return false
 	}
-	if n < len(lp.scratch) && !d.src.hup && !d.src.urgent {
-		// Rule 2 (see the package doc): a short read(2) emptied the
-		// socket, and the next bytes bring a new edge.
-		d.src.readable = false
-	}
+	readShort(d.src, n, len(lp.scratch))
 	if !lp.write(d, lp.scratch[:n]) {
 		return false
 	}
@@ -679,8 +588,10 @@ func (lp *loop) writeOut(d *dir, b []byte) (n int, ok bool) {
 		m, err := rawWrite(d.dst.fd, b[n:])
 		switch {
 		case err == unix.EAGAIN:
-			d.dst.writable = false
-			lp.armOut(d.dst)
+			if err := lp.cantSend(d.dst); err != nil {
+				d.pr.epollFailed(d, err)
+				return -1, false
+			}
 			return n, false
 		case err != nil:
 			d.pr.fail(d, "write", err)
@@ -706,7 +617,7 @@ func (lp *loop) moveSplice(d *dir) bool {
 	switch {
 	case err == unix.EAGAIN:
 		pipePool.put(pp)
-		d.src.readable = false
+		cantRecv(d.src)
 		return false
 	case err != nil:
 		pipePool.put(pp)
@@ -739,8 +650,9 @@ func (lp *loop) flushPipe(d *dir) bool {
 		m, err := rawSplice(pp.r, d.dst.fd, pp.buffered)
 		switch {
 		case err == unix.EAGAIN:
-			d.dst.writable = false
-			lp.armOut(d.dst)
+			if err := lp.cantSend(d.dst); err != nil {
+				d.pr.epollFailed(d, err)
+			}
 			return false
 		case err != nil:
 			d.pr.fail(d, "splice", err)
@@ -790,6 +702,21 @@ func (pr *pair) fail(d *dir, op string, err error) {
 	pr.close()
 }
 
+// epollFailed ends the pair when epoll_ctl would not change what it
+// watches on one of its sockets (see loopready.go): no edge for that
+// socket can be counted on any more, and a direction waiting for one
+// would hang for good, so the connection ends with a reset, logged. d is
+// the direction that was moving, if any.
+func (pr *pair) epollFailed(d *dir, err error) {
+	pr.p.logger().Warn("event loop cannot watch a socket; connection reset", "service", pr.c.route.Service,
+		"client", pr.c.clientName(), "error", err)
+	if d != nil {
+		d.err = err
+	}
+	pr.reset = true
+	pr.close()
+}
+
 // start wires the pair's sides once the loop owns them, and moves what
 // arrived meanwhile.
 func (pr *pair) start() {
@@ -804,8 +731,12 @@ func (pr *pair) start() {
 	// Fresh sockets have room to write; what has come in shows in the
 	// flags epoll already set. Output is watched only when a write blocks
 	// (a handler's dial watched it for the connect).
-	pr.client.writable, pr.backend.writable = true, true
-	pr.lp.disarmOut(pr.backend)
+	maySend(pr.client)
+	maySend(pr.backend)
+	if err := pr.lp.stopSend(pr.backend); err != nil {
+		pr.epollFailed(nil, err)
+		return
+	}
 	if pr.early != nil {
 		pr.up.count(pr.earlyOff)
 		if pr.earlyOff < pr.earlyN {

@@ -100,8 +100,7 @@ func (ll *loopListener) detach(loops []*loop) {
 		done := make(chan struct{})
 		lp.post(func() {
 			s.detached = true
-			lp.unregister(s)
-			_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+			lp.unwatch(s)
 			close(done)
 		})
 		select {
@@ -196,8 +195,7 @@ func (lp *loop) acceptFailed(s *side, err error) {
 	// Level-triggered, the pending connection would wake the loop again
 	// at once: stop listening for a moment. (An exclusive registration
 	// cannot be modified, only removed and added again.)
-	lp.unregister(s)
-	_ = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	lp.unwatch(s)
 	time.AfterFunc(acceptPause, func() {
 		lp.post(func() {
 			if s.detached {
@@ -304,11 +302,16 @@ func (pr *pair) readEarly() {
 	case err == unix.EAGAIN:
 	case err != nil || n == 0:
 		// Gone or reset already: the normal path will read it again.
-		cs.readable = true
+		mayRecv(cs)
 	default:
 		buf := bufPool.Get().(*[]byte)
 		pr.early, pr.earlyN = buf, copy(*buf, lp.scratch[:n])
-		cs.readable = n == len(lp.scratch)
+		if n == len(lp.scratch) {
+			mayRecv(cs) // more may wait
+		}
+		// Rule 3: after a short read, readable stays clear: the socket
+		// was registered before this read, so bytes that came before or
+		// since queued an edge that sets it again.
 	}
 }
 
@@ -387,8 +390,7 @@ func (pr *pair) dialNext() {
 // toGoroutine gives the connection to a handler goroutine, which dials
 // with every feature: waiting for a backend, resolving names.
 func (pr *pair) toGoroutine() {
-	pr.lp.unregister(pr.client)
-	_ = unix.EpollCtl(pr.lp.epfd, unix.EPOLL_CTL_DEL, pr.client.fd, nil)
+	pr.lp.unwatch(pr.client)
 	cs := pr.client.sock
 	cs.mu.Lock()
 	cs.state, cs.lp, cs.pr = rawOpen, nil, nil
@@ -442,7 +444,13 @@ func (pr *pair) connectDone(s *side, ev uint32) {
 // connected makes s, whose connect succeeded, the pair's backend, and
 // starts moving bytes.
 func (pr *pair) connected(s *side) {
-	pr.lp.disarmOut(s)
+	if err := pr.lp.stopSend(s); err != nil {
+		pr.dropSide(s)
+		pr.target.Release()
+		pr.target = nil
+		pr.epollFailed(nil, err)
+		return
+	}
 	c, r, b := pr.c, pr.c.route, pr.target
 	pr.lp.keepAliveLater(s, c.start, defaultKeepAlive(r.KeepAlive))
 	pr.p.dialWorked(c, r, b, pr.dialStart)

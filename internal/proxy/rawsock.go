@@ -297,8 +297,7 @@ func (s *rawSock) asNet() (*net.TCPConn, error) {
 		return nil, net.ErrClosed
 	}
 	if s.side != nil {
-		s.lp.unregister(s.side)
-		_ = unix.EpollCtl(s.lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		s.lp.unwatch(s.side)
 		s.side = nil
 	}
 	f := os.NewFile(uintptr(s.fd), "tcp")

@@ -474,11 +474,7 @@ func TestAdminPortTaken(t *testing.T) {
 	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "admin") {
 		t.Fatalf("Run = %v; want an admin EADDRINUSE error", err)
 	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", free))
-	if err != nil {
-		t.Fatalf("service port left open: %v", err)
-	}
-	ln.Close()
+	testenv.RequireClosed(t, fmt.Sprintf("127.0.0.1:%d", free)) // the service's
 }
 
 // TestAdminFailureMetrics: failed dials, retries, ejections and refused

@@ -101,11 +101,7 @@ func TestAllListenersOrNone(t *testing.T) {
 	if want := taken.Addr().String(); !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not name the port %s", err, want)
 	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", free))
-	if err != nil {
-		t.Fatalf("service a's port was left open: %v", err)
-	}
-	ln.Close()
+	testenv.RequireClosed(t, fmt.Sprintf("127.0.0.1:%d", free)) // service a's
 }
 
 // TestRunServesUntilCancelled runs two services, checks both forward, and

@@ -19,6 +19,8 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+
+	"github.com/attache/attache/internal/testenv"
 )
 
 // TestStatusPageInBrowser opens the admin API's status page in a real
@@ -39,8 +41,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	gentleTraffic(t, d.bound[0].Addr.String())
 	// The browser reaches the API through a relay the test can cut, as a
 	// network partition would.
-	rl := startRelay(t, strings.TrimPrefix(d.url, "http://"))
-	pageURL := "http://" + rl.addr() + "/"
+	rl := testenv.StartRelay(t, strings.TrimPrefix(d.url, "http://"))
+	pageURL := "http://" + rl.Addr + "/"
 
 	ctx := startBrowser(t, browser)
 	runIn := func(ctx context.Context, what string, timeout time.Duration, steps ...chromedp.Action[chromedp.Void]) {
@@ -98,13 +100,13 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	shot(t, ctx, "statuspage.png")
 
-	rl.setCut(true)
+	rl.SetCut(true)
 	run("see the disconnected banner", 30*time.Second,
 		chromedp.WaitVisible(chromedp.CSS(`#banner`)),
 		chromedp.WaitVisible(chromedp.CSS(`body[data-connection="disconnected"]`)),
 	)
 	shot(t, ctx, "statuspage-disconnected.png")
-	rl.setCut(false)
+	rl.SetCut(false)
 	run("see the page recover", 30*time.Second,
 		chromedp.WaitNotVisible(chromedp.CSS(`#banner`)),
 		chromedp.WaitVisible(chromedp.CSS(`body[data-connection="live"]`)),
@@ -293,93 +295,4 @@ func gentleTraffic(t *testing.T, addr string) {
 			}
 		}
 	})
-}
-
-// relay forwards TCP connections to target. While cut it has closed every
-// connection it carried and resets new ones, as when the path to the
-// admin API breaks.
-type relay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func startRelay(t *testing.T, target string) *relay {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &relay{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	r.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.wg.Go(func() { r.carry(c) })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		r.setCut(true)
-		r.wg.Wait()
-	})
-	return r
-}
-
-func (r *relay) addr() string { return r.ln.Addr().String() }
-
-// track adds c to the open connections, or reports false when cut.
-func (r *relay) track(c net.Conn) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cut {
-		return false
-	}
-	r.conns[c] = true
-	return true
-}
-
-func (r *relay) carry(c net.Conn) {
-	defer c.Close()
-	if !r.track(c) {
-		c.(*net.TCPConn).SetLinger(0)
-		return
-	}
-	up, err := net.DialTimeout("tcp", r.target, 10*time.Second)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	if !r.track(up) {
-		return
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		_, _ = io.Copy(up, c)
-		up.Close()
-	})
-	_, _ = io.Copy(c, up)
-	c.Close()
-	wg.Wait()
-	r.mu.Lock()
-	delete(r.conns, c)
-	delete(r.conns, up)
-	r.mu.Unlock()
-}
-
-func (r *relay) setCut(cut bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.cut = cut
-	if cut {
-		for c := range r.conns {
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close()
-		}
-		clear(r.conns)
-	}
 }

@@ -20,27 +20,6 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
-// freeTCPUDPPort returns a 127.0.0.1 port that was free for both TCP and
-// UDP a moment ago.
-func freeTCPUDPPort(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP")
-	return 0
-}
-
 // lookupA asks server for name's A records over network ("udp" or
 // "tcp"), retrying a lost UDP datagram, and returns the addresses sorted.
 func lookupA(server, network, name string) ([]string, error) {
@@ -79,7 +58,7 @@ func TestUDPDNSThroughAttache(t *testing.T) {
 	for i := range names {
 		srv.SetA(fmt.Sprintf("host%d.test", i), fmt.Sprintf("10.0.%d.%d", i/250, i%250+1))
 	}
-	port := freeTCPUDPPort(t)
+	port := testenv.FreeTCPUDPPort(t)
 	d := startAdminDaemon(t, fmt.Sprintf(`services:
   - {name: dns-tcp, listen: "127.0.0.1:%[1]d", backends: [%[2]q]}
   - {name: dns, protocol: udp, listen: "127.0.0.1:%[1]d", backends: [%[2]q], udp_idle_timeout: 1m}
@@ -159,7 +138,7 @@ func TestUDPDNSThroughAttache(t *testing.T) {
 func TestUDPLinkVariable(t *testing.T) {
 	srv := testenv.StartDNS(t)
 	srv.SetA("db.test", "10.9.8.7")
-	port := freeTCPUDPPort(t)
+	port := testenv.FreeTCPUDPPort(t)
 	cfg, err := config.Load(config.Sources{Env: []string{
 		fmt.Sprintf("DNS_PORT_%d_UDP=udp://%s", port, srv.Addr),
 		"DNS_NAME=/app/dns",
@@ -337,7 +316,7 @@ func waitVerdict(t *testing.T, verdicts <-chan string, want string) {
 // and removes UDP services, and applies new settings.
 func TestUDPReload(t *testing.T) {
 	echo := testenv.StartUDPEcho(t, "127.0.0.1:0", "e:")
-	ports := []int{freeTCPUDPPort(t), freeTCPUDPPort(t)}
+	ports := []int{testenv.FreeTCPUDPPort(t), testenv.FreeTCPUDPPort(t)}
 	svc := func(name string, port int, extra string) string {
 		return fmt.Sprintf("  - {name: %s, protocol: udp, listen: \"127.0.0.1:%d\", backends: [%q]%s}\n", name, port, echo.Addr, extra)
 	}
@@ -404,11 +383,7 @@ func TestUDPAllListenersOrNone(t *testing.T) {
 	if !errors.As(err, &le) || le.Service.Name != "u" || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("Run = %v; want a ListenError for service u with EADDRINUSE", err)
 	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", free))
-	if err != nil {
-		t.Fatalf("service a's port was left open: %v", err)
-	}
-	ln.Close()
+	testenv.RequireClosed(t, fmt.Sprintf("127.0.0.1:%d", free)) // service a's
 }
 
 func TestUDPNetwork(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -76,7 +75,7 @@ func startConsul(t testing.TB, tlsInfo *ServerTLS) *Consul {
 	// it (another test's listener or outgoing connection). Seven ports make
 	// that likely enough under parallel tests to retry with new ones.
 	for attempt := 1; ; attempt++ {
-		p := freeTCPUDPPorts(t, 8)
+		p := FreeTCPUDPPorts(t, 8)
 		c.ports = consulPorts{p[0], p[1], p[2], p[3], p[4], p[5], p[6], 0}
 		if c.tls != nil {
 			c.ports.https = p[7]
@@ -461,63 +460,4 @@ func tailString(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// freeTCPUDPPorts returns n distinct loopback ports that were free for both
-// TCP and UDP a moment ago: Consul's serf and DNS ports use both. They are
-// drawn below the kernel's ephemeral range (where port-0 listeners and
-// outgoing connections get theirs), so another test is unlikely to take one
-// before the agent binds it.
-func freeTCPUDPPorts(t testing.TB, n int) []int {
-	t.Helper()
-	low := ephemeralLow()
-	var (
-		ports   []int
-		closers []io.Closer
-	)
-	defer func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	}()
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 100*n {
-			t.Fatalf("could not find %d ports free for both TCP and UDP on 127.0.0.1", n)
-		}
-		want := 0
-		if low > 11000 {
-			want = 10000 + rand.IntN(low-10000)
-		}
-		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(want)))
-		if err != nil {
-			continue
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			ln.Close()
-			continue
-		}
-		closers = append(closers, ln, pc)
-		ports = append(ports, port)
-	}
-	return ports
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range (Linux
-// default 32768).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 32768
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 32768
-	}
-	n, err := strconv.Atoi(f[0])
-	if err != nil {
-		return 32768
-	}
-	return n
 }

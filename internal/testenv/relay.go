@@ -8,15 +8,17 @@ import (
 )
 
 // Relay forwards the TCP connections made to its loopback port to a
-// target, each on a connection of its own, and can cut one of them: the
-// network between two hosts, with a cable that can be pulled for one
-// connection while the others carry on.
+// target, each on a connection of its own, and can cut one of them or all:
+// the network between two hosts, with a cable that can be pulled for one
+// connection while the others carry on, or for every one (a partition).
 type Relay struct {
 	// Addr is where to connect instead of the target.
 	Addr string
 
 	mu    sync.Mutex
 	pairs map[string]*relayPair // by the client's address
+	// cut is set while SetCut breaks the path: new connections are reset.
+	cut bool
 }
 
 type relayPair struct{ client, target net.Conn }
@@ -53,6 +55,10 @@ func StartRelay(t testing.TB, target string) *Relay {
 }
 
 func (r *Relay) serve(c net.Conn, target string, wg *sync.WaitGroup) {
+	if r.isCut() {
+		reset(c)
+		return
+	}
 	tc, err := net.Dial("tcp", target)
 	if err != nil {
 		c.Close()
@@ -60,6 +66,12 @@ func (r *Relay) serve(c net.Conn, target string, wg *sync.WaitGroup) {
 	}
 	key := c.RemoteAddr().String()
 	r.mu.Lock()
+	if r.cut { // cut while dialling
+		r.mu.Unlock()
+		reset(c)
+		reset(tc)
+		return
+	}
 	r.pairs[key] = &relayPair{client: c, target: tc}
 	r.mu.Unlock()
 	one := func(dst, src net.Conn) {
@@ -91,9 +103,35 @@ func (r *Relay) Cut(addr string) bool {
 	if p == nil {
 		return false
 	}
-	for _, c := range []net.Conn{p.client, p.target} {
-		_ = c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	}
+	reset(p.client)
+	reset(p.target)
 	return true
+}
+
+// SetCut breaks the path to the target (on): every relayed connection is
+// reset, both ways, and so is each new one until SetCut(false) mends it.
+func (r *Relay) SetCut(on bool) {
+	r.mu.Lock()
+	r.cut = on
+	var pairs map[string]*relayPair
+	if on {
+		pairs, r.pairs = r.pairs, map[string]*relayPair{}
+	}
+	r.mu.Unlock()
+	for _, p := range pairs {
+		reset(p.client)
+		reset(p.target)
+	}
+}
+
+func (r *Relay) isCut() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cut
+}
+
+// reset closes c with a reset (RST) instead of an orderly FIN.
+func reset(c net.Conn) {
+	_ = c.(*net.TCPConn).SetLinger(0)
+	c.Close()
 }

@@ -136,18 +136,20 @@ func (pp *pipes) idle() int {
 	return len(pp.free)
 }
 
-// stream is one direction of a connection. The whole copy loop runs inside
-// a single RawConn.Read call on the source socket: its callback moves chunks
-// until the socket has nothing more (EAGAIN), then returns false to park
-// until the poller says it is readable again, holding no buffer and no pipe.
-// The callbacks are bound once per stream, so moving a chunk allocates
+// copyDir is one direction of a connection on the goroutine engine, as dir
+// is on the event loops (both engines call a direction a dir, and its two
+// sockets src and dst). The whole copy loop runs inside a single
+// RawConn.Read call on the source socket: its callback moves chunks until
+// the socket has nothing more (EAGAIN), then returns false to park until
+// the poller says it is readable again, holding no buffer and no pipe.
+// The callbacks are bound once per direction, so moving a chunk allocates
 // nothing (a closure passed to RawConn.Read escapes through the interface
 // call and would cost several heap allocations per chunk).
 //
 // A short read is not taken to mean the socket is empty: a FIN that arrived
 // with the data shows up only on the next read, and its edge was already
-// used to wake us, so skipping that read would hang the stream.
-type stream struct {
+// used to wake us, so skipping that read would hang the direction.
+type copyDir struct {
 	dst, src       sock
 	srcRaw, dstRaw syscall.RawConn
 	moved          *atomic.Int64 // bytes written to dst so far
@@ -168,52 +170,52 @@ type stream struct {
 // the idle timer sees the connection is alive without a clock read on the
 // data path.
 func pump(dst, src sock, moved *atomic.Int64) (int64, error) {
-	s := &stream{dst: dst, src: src, moved: moved}
+	d := &copyDir{dst: dst, src: src, moved: moved}
 	var err error
-	if s.srcRaw, err = src.SyscallConn(); err != nil {
+	if d.srcRaw, err = src.SyscallConn(); err != nil {
 		return 0, err
 	}
-	if s.dstRaw, err = dst.SyscallConn(); err != nil {
+	if d.dstRaw, err = dst.SyscallConn(); err != nil {
 		return 0, err
 	}
-	if err := s.srcRaw.Read(s.readable); err != nil && s.err == nil {
-		s.err = err // the source was closed under us (abort, shutdown)
+	if err := d.srcRaw.Read(d.readable); err != nil && d.err == nil {
+		d.err = err // the source was closed under us (abort, shutdown)
 	}
-	return s.total, s.err
+	return d.total, d.err
 }
 
 // readable is the RawConn.Read callback: it moves one chunk and returns
-// false to wait for the next, or true when the stream is over (s.err says
-// how; nil is EOF).
-func (s *stream) readable(fd uintptr) bool {
+// false to wait for the next, or true when the direction is over (d.err
+// says how; nil is EOF).
+func (d *copyDir) readable(fd uintptr) bool {
 	for {
 		var n int
 		var err error
-		if s.splice {
-			n, err = s.spliceChunk(int(fd))
+		if d.splice {
+			n, err = d.spliceChunk(int(fd))
 			if err == errNoPipe {
 				// Out of descriptors for a pipe (EMFILE, ENFILE): copy
 				// this chunk instead, as the event loop does. The
-				// stream goes on; only a socket error may end it.
-				s.splice, s.small = false, 0
+				// direction goes on; only a socket error may end it.
+				d.splice, d.small = false, 0
 				continue
 			}
 			switch {
 			case n > 0 && n < smallSplice:
-				if s.small++; s.small >= smallRun {
-					s.splice, s.small = false, 0
+				if d.small++; d.small >= smallRun {
+					d.splice, d.small = false, 0
 				}
 			case n >= smallSplice:
-				s.small = 0
+				d.small = 0
 			}
 		} else {
 			var full bool
-			n, full, err = s.bufferChunk(int(fd))
-			s.splice = full
+			n, full, err = d.bufferChunk(int(fd))
+			d.splice = full
 		}
 		if n > 0 {
-			s.total += int64(n)
-			s.moved.Add(int64(n))
+			d.total += int64(n)
+			d.moved.Add(int64(n))
 		}
 		switch err {
 		case nil:
@@ -221,17 +223,17 @@ func (s *stream) readable(fd uintptr) bool {
 		case unix.EAGAIN:
 			return false // nothing there: park, holding nothing
 		case io.EOF:
-			s.err = nil
+			d.err = nil
 			return true
 		}
-		s.err = err
+		d.err = err
 		return true
 	}
 }
 
 // bufferChunk reads into a pooled buffer and writes what it read to dst.
 // full reports that the read filled the buffer (a bulk stream).
-func (s *stream) bufferChunk(fd int) (n int, full bool, err error) {
+func (d *copyDir) bufferChunk(fd int) (n int, full bool, err error) {
 	b := bufPool.Get().(*[]byte)
 	defer bufPool.Put(b)
 	for {
@@ -246,7 +248,7 @@ func (s *stream) bufferChunk(fd int) (n int, full bool, err error) {
 	if n == 0 {
 		return 0, false, io.EOF
 	}
-	w, err := s.dst.Write((*b)[:n])
+	w, err := d.dst.Write((*b)[:n])
 	if err != nil {
 		return w, false, err
 	}
@@ -254,13 +256,13 @@ func (s *stream) bufferChunk(fd int) (n int, full bool, err error) {
 }
 
 // errNoPipe: no pipe could be made for a splice (the process or the
-// system is out of descriptors). Not the stream's failure: the caller
+// system is out of descriptors). Not the direction's failure: the caller
 // copies through a buffer instead.
 var errNoPipe = errors.New("no pipe for splice")
 
 // spliceChunk splices what the socket holds into a pooled pipe and from the
 // pipe into dst.
-func (s *stream) spliceChunk(fd int) (int, error) {
+func (d *copyDir) spliceChunk(fd int) (int, error) {
 	p, err := pipePool.get()
 	if err != nil {
 		return 0, errNoPipe
@@ -280,23 +282,23 @@ func (s *stream) spliceChunk(fd int) (int, error) {
 		return 0, err
 	}
 	p.buffered = n
-	s.pipe, s.werr = p, nil
-	if s.onWritable == nil {
-		s.onWritable = s.writePipe
+	d.pipe, d.werr = p, nil
+	if d.onWritable == nil {
+		d.onWritable = d.writePipe
 	}
-	err = s.dstRaw.Write(s.onWritable)
+	err = d.dstRaw.Write(d.onWritable)
 	if err == nil {
-		err = s.werr
+		err = d.werr
 	}
-	s.pipe = nil
+	d.pipe = nil
 	written := n - p.buffered
 	pipePool.put(p) // closed instead of pooled if bytes are left in it
 	return written, err
 }
 
-// writePipe is the RawConn.Write callback that drains s.pipe into dst.
-func (s *stream) writePipe(fd uintptr) bool {
-	p := s.pipe
+// writePipe is the RawConn.Write callback that drains d.pipe into dst.
+func (d *copyDir) writePipe(fd uintptr) bool {
+	p := d.pipe
 	for p.buffered > 0 {
 		m, e := spliceNB(p.r, int(fd), p.buffered)
 		switch {
@@ -305,10 +307,10 @@ func (s *stream) writePipe(fd uintptr) bool {
 		case e == unix.EAGAIN:
 			return false // park until writable
 		case e != nil:
-			s.werr = e
+			d.werr = e
 			return true
 		case m == 0:
-			s.werr = io.ErrUnexpectedEOF
+			d.werr = io.ErrUnexpectedEOF
 			return true
 		}
 		p.buffered -= m

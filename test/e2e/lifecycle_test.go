@@ -18,9 +18,7 @@ import (
 // only sends after it has seen the client's FIN.
 func TestForwardHalfClose(t *testing.T) {
 	t.Parallel()
-	backend := replyAfterEOFServer(t)
-	p := startAttache(t, nil, "--forward", "127.0.0.1:0="+backend)
-	addr := p.listenAddrs(t, 1)[0]
+	p, addr := forward(t, replyAfterEOFServer(t))
 
 	for _, size := range []int{1, 5 << 10, 4 << 20} {
 		payload := make([]byte, size)
@@ -55,9 +53,7 @@ func TestForwardHalfClose(t *testing.T) {
 // long before the grace period ends.
 func TestSIGTERMDrains(t *testing.T) {
 	t.Parallel()
-	backend := echoServer(t)
-	p := startAttache(t, nil, "--grace", "60s", "--forward", "127.0.0.1:0="+backend)
-	addr := p.listenAddrs(t, 1)[0]
+	p, addr := forward(t, echoServer(t), "--grace", "60s")
 	c := dial(t, addr)
 	roundTrip(t, c, "before the signal\n")
 
@@ -90,9 +86,7 @@ func TestSIGTERMDrains(t *testing.T) {
 func TestGraceExpires(t *testing.T) {
 	t.Parallel()
 	const grace = time.Second
-	backend := echoServer(t)
-	p := startAttache(t, nil, "--grace", grace.String(), "--forward", "127.0.0.1:0="+backend)
-	addr := p.listenAddrs(t, 1)[0]
+	p, addr := forward(t, echoServer(t), "--grace", grace.String())
 	c := dial(t, addr)
 	roundTrip(t, c, "ping\n")
 
@@ -349,9 +343,7 @@ func TestAccessLogOff(t *testing.T) {
 // waits (it is not refused) and is served once the first one closes.
 func TestMaxConnections(t *testing.T) {
 	t.Parallel()
-	backend := echoServer(t)
-	p := startAttache(t, nil, "--max-connections", "1", "--forward", "127.0.0.1:0="+backend)
-	addr := p.listenAddrs(t, 1)[0]
+	p, addr := forward(t, echoServer(t), "--max-connections", "1")
 
 	first := dial(t, addr)
 	roundTrip(t, first, "first\n")

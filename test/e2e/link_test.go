@@ -228,7 +228,7 @@ func randomHex(t *testing.T) string {
 // startAttache does on this host.
 func startAttacheIn(t *testing.T, h *testenv.Host, config string, args ...string) *proc {
 	t.Helper()
-	p := &proc{stdout: newLogBuf(), stderr: newLogBuf(), done: make(chan struct{})}
+	p := &proc{stdout: new(testenv.LogBuffer), stderr: new(testenv.LogBuffer), done: make(chan struct{})}
 	p.cmd = h.Command(attacheBin, append([]string{"-c", config, "--access-log=false"}, args...)...)
 	p.cmd.Env = []string{}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr

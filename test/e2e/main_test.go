@@ -18,9 +18,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,41 +63,11 @@ const (
 	exitTimeout  = 20 * time.Second // signal to process exit
 )
 
-// logBuf collects a process's output and wakes waiters on every write.
-type logBuf struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{}
-}
-
-func newLogBuf() *logBuf { return &logBuf{changed: make(chan struct{})} }
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	close(b.changed)
-	b.changed = make(chan struct{})
-	return len(p), nil
-}
-
-// snapshot returns the text so far and a channel closed on the next write.
-func (b *logBuf) snapshot() (string, <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String(), b.changed
-}
-
-func (b *logBuf) String() string {
-	s, _ := b.snapshot()
-	return s
-}
-
 // proc is one running attache process.
 type proc struct {
 	cmd    *exec.Cmd
-	stdout *logBuf
-	stderr *logBuf
+	stdout *testenv.LogBuffer
+	stderr *testenv.LogBuffer
 	done   chan struct{} // closed once the process has exited
 	code   int           // exit code, valid after done
 }
@@ -111,7 +81,7 @@ func startAttache(t *testing.T, env []string, args ...string) *proc {
 	if env == nil {
 		env = []string{}
 	}
-	p := &proc{stdout: newLogBuf(), stderr: newLogBuf(), done: make(chan struct{})}
+	p := &proc{stdout: new(testenv.LogBuffer), stderr: new(testenv.LogBuffer), done: make(chan struct{})}
 	p.cmd = exec.Command(attacheBin, args...)
 	p.cmd.Env = env
 	p.cmd.Stdout = p.stdout
@@ -187,27 +157,20 @@ func (p *proc) exited() bool {
 // if the process exits without logging it.
 func (p *proc) waitLog(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		text, changed := p.stderr.snapshot()
-		for line := range strings.SplitSeq(text, "\n") {
-			if m := re.FindStringSubmatch(line); m != nil {
-				return m
-			}
-		}
-		select {
-		case <-changed:
-		case <-p.done:
-			// One last look: the final write may race with the exit.
-			for line := range strings.SplitSeq(p.stderr.String(), "\n") {
-				if m := re.FindStringSubmatch(line); m != nil {
-					return m
-				}
-			}
-			t.Fatalf("attache exited (code %d) without logging a line matching %q", p.code, re)
-		case <-deadline:
-			t.Fatalf("no log line matching %q within %v", re, timeout)
-		}
+	m, err := p.stderr.WaitLine(re, p.done, timeout)
+	p.failWait(t, err, fmt.Sprintf("logging a line matching %q", re), timeout)
+	return m
+}
+
+// failWait fails the test for an error of testenv.LogBuffer's Await: the
+// process exited, or timeout passed, before what.
+func (p *proc) failWait(t *testing.T, err error, what string, timeout time.Duration) {
+	t.Helper()
+	switch {
+	case errors.Is(err, testenv.ErrWriterDone):
+		t.Fatalf("attache exited (code %d) without %s", p.code, what)
+	case err != nil:
+		t.Fatalf("not %s within %v", what, timeout)
 	}
 }
 
@@ -217,24 +180,16 @@ var forwardingRE = regexp.MustCompile(`msg=forwarding .*\blisten=(\S+)`)
 // their listen addresses, in the order they were logged (service order).
 func (p *proc) listenAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	deadline := time.After(startTimeout)
-	for {
-		text, changed := p.stderr.snapshot()
-		var addrs []string
+	var addrs []string
+	err := p.stderr.Await(p.done, startTimeout, func(text string) bool {
+		addrs = addrs[:0]
 		for _, m := range forwardingRE.FindAllStringSubmatch(text, -1) {
 			addrs = append(addrs, m[1])
 		}
-		if len(addrs) >= n {
-			return addrs
-		}
-		select {
-		case <-changed:
-		case <-p.done:
-			t.Fatalf("attache exited (code %d) before it was forwarding", p.code)
-		case <-deadline:
-			t.Fatalf("attache not forwarding within %v", startTimeout)
-		}
-	}
+		return len(addrs) >= n
+	})
+	p.failWait(t, err, "forwarding", startTimeout)
+	return addrs
 }
 
 // runAttache runs a one-shot command to completion and returns its output
@@ -257,6 +212,15 @@ func serveTCP(t *testing.T, handle func(*net.TCPConn)) string {
 	}
 	testenv.Serve(t, ln, func(c net.Conn) { handle(c.(*net.TCPConn)) })
 	return ln.Addr().String()
+}
+
+// forward starts attache forwarding a port of 127.0.0.1 to backend, with
+// flags before --forward, and returns the process and the port's address
+// once it is forwarding.
+func forward(t *testing.T, backend string, flags ...string) (*proc, string) {
+	t.Helper()
+	p := startAttache(t, nil, slices.Concat(flags, []string{"--forward", "127.0.0.1:0=" + backend})...)
+	return p, p.listenAddrs(t, 1)[0]
 }
 
 // echoServer writes back every chunk as it arrives and half-closes when the

@@ -124,7 +124,7 @@ func runTool(t *testing.T, name string, args ...string) string {
 // failed.
 func startServer(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{stdout: newLogBuf(), stderr: newLogBuf(), done: make(chan struct{})}
+	p := &proc{stdout: new(testenv.LogBuffer), stderr: new(testenv.LogBuffer), done: make(chan struct{})}
 	p.cmd = exec.Command(tool(t, name), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	if err := p.cmd.Start(); err != nil {

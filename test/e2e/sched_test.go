@@ -22,9 +22,9 @@ func TestSchedBatch(t *testing.T) {
 	}{{"--sched-batch=true", 3}, {"--sched-batch=false", inherited}} {
 		t.Run(tc.flag, func(t *testing.T) {
 			t.Parallel()
-			p := startAttache(t, nil, tc.flag, "--forward", "127.0.0.1:0="+backend)
+			p, addr := forward(t, backend, tc.flag)
 			// A round trip proves the loops run; their threads exist by now.
-			c := dial(t, p.listenAddrs(t, 1)[0])
+			c := dial(t, addr)
 			roundTrip(t, c, "which policy\n")
 			c.Close()
 			policies := threadPolicies(t, p.cmd.Process.Pid)

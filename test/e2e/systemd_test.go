@@ -295,7 +295,7 @@ func TestSystemdSocketActivation(t *testing.T) {
 func TestSystemdSocketActivationUDP(t *testing.T) {
 	t.Parallel()
 	backend := testenv.StartUDPEcho(t, "127.0.0.1:0", "echo:")
-	port := tcpUDPPort(t)
+	port := testenv.FreeTCPUDPPort(t)
 	addr := "127.0.0.1:" + itoa(port)
 	c, pid, passed := startActivated(t, addr, "-d", "-l", addr, attacheBin, "--forward", addr+"/udp="+backend.Addr)
 

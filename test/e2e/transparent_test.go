@@ -196,20 +196,8 @@ func transparentHello(t *testing.T, h *testenv.Host, dst string) string {
 // waitOutput waits until p's stdout contains s.
 func waitOutput(t *testing.T, p *proc, s string) {
 	t.Helper()
-	deadline := time.After(startTimeout)
-	for {
-		text, changed := p.stdout.snapshot()
-		if strings.Contains(text, s) {
-			return
-		}
-		select {
-		case <-changed:
-		case <-p.done:
-			t.Fatalf("exited (code %d) before printing %q", p.code, s)
-		case <-deadline:
-			t.Fatalf("%q not printed within %v", s, startTimeout)
-		}
-	}
+	err := p.stdout.Await(p.done, startTimeout, func(text string) bool { return strings.Contains(text, s) })
+	p.failWait(t, err, fmt.Sprintf("printing %q", s), startTimeout)
 }
 
 // adminGet fetches path from an admin API listening inside h.

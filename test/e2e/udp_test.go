@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"net"
 	"regexp"
 	"syscall"
@@ -11,27 +10,6 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
-// tcpUDPPort returns a 127.0.0.1 port that was free for TCP and UDP a
-// moment ago.
-func tcpUDPPort(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no port free for TCP and UDP")
-	return 0
-}
-
 // TestUDPLinkVariable: the binary reads ECHO_PORT_<p>_TCP and
 // ECHO_PORT_<p>_UDP for one port and serves both, each to its own backend;
 // a datagram goes through and its reply comes back.
@@ -39,7 +17,7 @@ func TestUDPLinkVariable(t *testing.T) {
 	t.Parallel()
 	tcpBackend := echoServer(t)
 	udpBackend := testenv.StartUDPEcho(t, "127.0.0.1:0", "udp:")
-	port := itoa(tcpUDPPort(t))
+	port := itoa(testenv.FreeTCPUDPPort(t))
 	p := startAttache(t, []string{
 		"ECHO_PORT_" + port + "_TCP=tcp://" + tcpBackend,
 		"ECHO_PORT_" + port + "_UDP=udp://" + udpBackend.Addr,

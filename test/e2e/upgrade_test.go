@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -38,7 +39,7 @@ var subreaper = sync.OnceValue(func() error {
 // in an upgrade. They share one log (the first one's stderr, inherited).
 type chain struct {
 	t   *testing.T
-	log *logBuf
+	log *testenv.LogBuffer
 	// logDone closes when every process holding the log has exited.
 	logDone chan struct{}
 
@@ -76,7 +77,7 @@ func startChain(t *testing.T, bin string, args ...string) *chain {
 		r.Close()
 		t.Fatalf("start attache: %v", err)
 	}
-	c := &chain{t: t, log: newLogBuf(), logDone: make(chan struct{})}
+	c := &chain{t: t, log: new(testenv.LogBuffer), logDone: make(chan struct{})}
 	go func() {
 		_, _ = io.Copy(c.log, r)
 		r.Close()
@@ -163,22 +164,14 @@ func (c *chain) stopAll(args []string) {
 // its submatches.
 func (c *chain) waitLog(re *regexp.Regexp, timeout time.Duration) []string {
 	c.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		text, changed := c.log.snapshot()
-		for line := range strings.SplitSeq(text, "\n") {
-			if m := re.FindStringSubmatch(line); m != nil {
-				return m
-			}
-		}
-		select {
-		case <-changed:
-		case <-c.logDone:
-			c.t.Fatalf("every attache exited without logging a line matching %q", re)
-		case <-deadline:
-			c.t.Fatalf("no log line matching %q within %v", re, timeout)
-		}
+	m, err := c.log.WaitLine(re, c.logDone, timeout)
+	switch {
+	case errors.Is(err, testenv.ErrWriterDone):
+		c.t.Fatalf("every attache exited without logging a line matching %q", re)
+	case err != nil:
+		c.t.Fatalf("no log line matching %q within %v", re, timeout)
 	}
+	return m
 }
 
 // awaitPIDFile polls the pid file until it names a pid other than not,

@@ -32,7 +32,20 @@ func start(t *testing.T, p *Proxy, r *Route, maxConns int) *Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := NewListener(ln, r, maxConns)
+	return serve(t, p, NewListener(ln, r, maxConns))
+}
+
+// serveOn serves r on ln, like start, for listeners other than TCP on
+// 127.0.0.1 (IPv6, Unix sockets).
+func serveOn(t *testing.T, p *Proxy, r *Route, ln net.Listener) *Listener {
+	t.Helper()
+	return serve(t, p, NewListener(ln, r, 0))
+}
+
+// serve runs p's accept loop on l until the test ends; then it checks that
+// Serve returned no error and shuts the proxy down with no grace.
+func serve(t *testing.T, p *Proxy, l *Listener) *Listener {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, l) }()

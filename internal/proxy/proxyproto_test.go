@@ -23,26 +23,6 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
-// serveOn serves r on ln, like start, for listeners other than TCP on
-// 127.0.0.1 (IPv6, Unix sockets).
-func serveOn(t *testing.T, p *Proxy, r *Route, ln net.Listener) *Listener {
-	t.Helper()
-	l := NewListener(ln, r, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		expired, stop := context.WithTimeout(context.Background(), 0)
-		defer stop()
-		p.Shutdown(expired)
-	})
-	return l
-}
-
 // headerEcho is a backend that wants a PROXY header: it answers with one
 // line saying what the header carried, then echoes the rest of the stream,
 // which proves no byte after the header was lost or reordered.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -183,28 +182,13 @@ func dialUDP(t *testing.T, addr net.Addr) udpPeer {
 // returns the reply; replies to its earlier messages are skipped.
 func (c udpPeer) ask(t *testing.T, msg string) string {
 	t.Helper()
-	buf := make([]byte, 2048)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		for {
-			n, err := c.Read(buf)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("ask %q: %v", msg, err)
-			}
-			if got := string(buf[:n]); strings.HasSuffix(got, ":"+msg) {
-				return got
-			}
-		}
+	got, err := testenv.Exchange(c, msg, func(reply string) (bool, error) {
+		return strings.HasSuffix(reply, ":"+msg), nil
+	})
+	if err != nil {
+		t.Fatalf("ask %q: %v", msg, err)
 	}
-	t.Fatalf("no reply to %q", msg)
-	return ""
+	return got
 }
 
 // TestUDPDiscoveryAndHealth: a UDP service fed by DNS SRV discovery with a

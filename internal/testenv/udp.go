@@ -2,10 +2,13 @@ package testenv
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
+	"time"
 )
 
 // UDPEcho is a UDP server that sends every datagram back to its sender,
@@ -101,4 +104,35 @@ func (e *UDPEcho) Datagrams() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.count
+}
+
+// Exchange sends msg on c, a connected UDP socket, and sends it again every
+// half second (a datagram may be dropped on a busy machine) until judge
+// takes a reply (true) or refuses it (an error), for up to 20 s. Replies
+// judge neither takes nor refuses (false, nil: late replies to earlier
+// messages) are skipped. It returns the last reply judged.
+func Exchange(c net.Conn, msg string, judge func(reply string) (bool, error)) (string, error) {
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return "", err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		for {
+			n, err := c.Read(buf)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				// ECONNREFUSED would mean the proxy's port is closed.
+				return "", err
+			}
+			reply := string(buf[:n])
+			if done, err := judge(reply); done || err != nil {
+				return reply, err
+			}
+		}
+	}
+	return "", fmt.Errorf("no reply to %q in 20s", msg)
 }

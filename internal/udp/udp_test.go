@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -82,33 +81,15 @@ func (c *peer) exchange(msg string) (string, error) {
 		}
 		return false
 	}
-	buf := make([]byte, 64<<10)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := c.Write([]byte(msg)); err != nil {
-			return "", err
+	return testenv.Exchange(c, msg, func(got string) (bool, error) {
+		switch {
+		case strings.HasSuffix(got, msg):
+			return true, nil
+		case stale(got):
+			return false, nil // a late reply to an earlier resend of ours
 		}
-		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		for {
-			n, err := c.Read(buf)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				break
-			}
-			if err != nil {
-				// ECONNREFUSED would mean the proxy's port is closed.
-				return "", err
-			}
-			got := string(buf[:n])
-			if strings.HasSuffix(got, msg) {
-				return got, nil
-			}
-			if stale(got) {
-				continue // a late reply to an earlier resend of ours
-			}
-			return got, fmt.Errorf("sent %q, got %q", msg, got)
-		}
-	}
-	return "", fmt.Errorf("no reply to %q in 20s", msg)
+		return true, fmt.Errorf("sent %q, got %q", msg, got)
+	})
 }
 
 // poll waits up to 20 s for cond.

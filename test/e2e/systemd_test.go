@@ -185,12 +185,16 @@ func activator(t *testing.T) string {
 }
 
 // listeningInodes returns the inodes of the sockets listening on port in
-// /proc/net/{tcp,tcp6} (or bound, for udp), as "socket:[INODE]" strings.
-func listeningInodes(t *testing.T, proto string, port int) []string {
+// the network namespace of process pid (/proc/PID/net/{tcp,tcp6}; or
+// bound, for udp), as "socket:[INODE]" strings. Not /proc/net, which is
+// the namespace of this test process's main thread: a network-namespace
+// test running in the same process may have moved it.
+func listeningInodes(t *testing.T, proto string, port, pid int) []string {
 	t.Helper()
 	var out []string
 	hexPort := fmt.Sprintf(":%04X", port)
-	for _, file := range []string{"/proc/net/" + proto, "/proc/net/" + proto + "6"} {
+	dir := fmt.Sprintf("/proc/%d/net/", pid)
+	for _, file := range []string{dir + proto, dir + proto + "6"} {
 		f, err := os.Open(file)
 		if err != nil {
 			t.Fatal(err)
@@ -251,7 +255,7 @@ func activatorSocket(t *testing.T, pid int) string {
 // attache did not bind the port itself.
 func checkOnlyPassedSocket(t *testing.T, proto string, port, pid int, passed string) {
 	t.Helper()
-	if got := listeningInodes(t, proto, port); len(got) != 1 || got[0] != passed {
+	if got := listeningInodes(t, proto, port, pid); len(got) != 1 || got[0] != passed {
 		t.Fatalf("%s sockets on port %d: %v; want only the activator's %s", proto, port, got, passed)
 	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))

@@ -362,15 +362,13 @@ func (pr *pair) dialNext() {
 		// On loopback and fast links the connect is often done by now.
 		ok, err := pr.writeEarly(s)
 		if err != nil {
-			pr.dropSide(s)
 			pr.earlyOff = 0
-			pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)})
+			pr.connectFailed(s, os.NewSyscallError("connect", err))
 			return
 		}
 		if ok {
 			if err := pr.lp.register(s); err != nil {
-				pr.dropSide(s)
-				pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err})
+				pr.connectFailed(s, err)
 				return
 			}
 			pr.connected(s)
@@ -379,8 +377,7 @@ func (pr *pair) dialNext() {
 	}
 	// Epoll tells when the connect is over (output, or an error).
 	if err := pr.lp.registerOut(s); err != nil {
-		pr.dropSide(s)
-		pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err})
+		pr.connectFailed(s, err)
 		return
 	}
 	pr.connecting = s
@@ -434,8 +431,7 @@ func (pr *pair) connectDone(s *side, ev uint32) {
 		if err == nil {
 			err = unix.ECONNREFUSED // the socket hung up without saying why
 		}
-		pr.dropSide(s)
-		pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.NewSyscallError("connect", err)})
+		pr.connectFailed(s, os.NewSyscallError("connect", err))
 		return
 	}
 	pr.connected(s)
@@ -475,8 +471,14 @@ func (pr *pair) connectTimedOut(s *side) {
 		return
 	}
 	pr.connecting = nil
+	pr.connectFailed(s, os.ErrDeadlineExceeded)
+}
+
+// connectFailed drops s, whose connect failed with err, and counts the
+// failed dial (dialFailed tries the next pick or gives up).
+func (pr *pair) connectFailed(s *side, err error) {
 	pr.dropSide(s)
-	pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: os.ErrDeadlineExceeded})
+	pr.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: s.sock.remote, Err: err})
 }
 
 // dropSide closes a backend socket that never joined the pair.

@@ -77,12 +77,19 @@ const (
 	// fill a fast link, and what a stalled receiver can make the session
 	// buffer for it.
 	muxMaxWindow = 4 << 20
+	// muxInitialWindow is the window a stream is given once open (the
+	// protocol starts every stream at 256 KiB): what one stream may have
+	// in flight before its receiver's first window update.
+	muxInitialWindow = 1 << 20
 	// muxKeepAlive is how often an idle session pings its peer, so a dead
 	// peer or path is noticed and its session replaced.
 	muxKeepAlive = 15 * time.Second
 	// batchLimit is how many bytes of frames a session gathers before its
 	// send loop waits for the connection.
 	batchLimit = 256 << 10
+	// directWrite is the size from which a frame is written at once when
+	// the connection is idle, rather than copied for the flusher.
+	directWrite = 16 << 10
 )
 
 func muxConfig(writeTimeout time.Duration) *yamux.Config {
@@ -91,6 +98,7 @@ func muxConfig(writeTimeout time.Duration) *yamux.Config {
 	c.KeepAliveInterval = muxKeepAlive
 	c.ConnectionWriteTimeout = writeTimeout
 	c.MaxStreamWindowSize = muxMaxWindow
+	c.InitialStreamWindowSize = muxInitialWindow
 	c.MaxMessageSize = muxMessageSize
 	c.MaxIncomingStreams = 1 << 16
 	c.AcceptBacklog = 1024
@@ -115,6 +123,7 @@ type batchWriter struct {
 	buf     []byte
 	spare   []byte
 	err     error
+	writing bool // a write to the connection is in flight
 	closing bool
 	done    chan struct{} // the flusher has returned
 }
@@ -128,15 +137,39 @@ func newBatchWriter(c net.Conn) *batchWriter {
 
 func (w *batchWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	for w.err == nil && len(w.buf) >= batchLimit {
 		w.room.Wait()
 	}
-	if w.err != nil {
-		return 0, w.err
+	if err := w.err; err != nil {
+		w.mu.Unlock()
+		return 0, err
+	}
+	if len(p) >= directWrite && len(w.buf) == 0 && !w.writing {
+		// A large frame with nothing before it and the connection
+		// idle: written at once, without a copy or a hand-off (bulk
+		// transfers). Frames that come meanwhile gather for the
+		// flusher.
+		w.writing = true
+		w.mu.Unlock()
+		_, err := w.Conn.Write(p)
+		w.mu.Lock()
+		w.writing = false
+		if err != nil && w.err == nil {
+			w.err = err
+		}
+		if len(w.buf) > 0 {
+			w.more.Signal()
+		}
+		err = w.err
+		w.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
 	w.buf = append(w.buf, p...)
 	w.more.Signal()
+	w.mu.Unlock()
 	return len(p), nil
 }
 
@@ -144,7 +177,7 @@ func (w *batchWriter) flush() {
 	defer close(w.done)
 	w.mu.Lock()
 	for {
-		for len(w.buf) == 0 && w.err == nil && !w.closing {
+		for (len(w.buf) == 0 || w.writing) && w.err == nil && !w.closing {
 			w.more.Wait()
 		}
 		if w.err != nil || len(w.buf) == 0 {
@@ -153,9 +186,11 @@ func (w *batchWriter) flush() {
 		}
 		out := w.buf
 		w.buf, w.spare = w.spare[:0], nil
+		w.writing = true
 		w.mu.Unlock()
 		_, err := w.Conn.Write(out)
 		w.mu.Lock()
+		w.writing = false
 		if cap(out) <= 4*batchLimit {
 			w.spare = out[:0]
 		}

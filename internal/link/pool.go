@@ -121,9 +121,10 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 			p.mu.Unlock()
 			return nil, errLegacyServer
 		}
-		best := pe.pick(c.Identity.Generation())
+		best, retired := pe.pick(c.Identity.Generation())
 		if best != nil && (best.streams.Load() < streamsPerSession || len(pe.sessions) >= sessionsPerPeer) {
 			p.mu.Unlock()
+			closeIdle(retired)
 			return best, nil
 		}
 		d := pe.dial
@@ -133,6 +134,7 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 			p.wg.Go(func() { c.dialSession(p, pe, d, service, addr) })
 		}
 		p.mu.Unlock()
+		closeIdle(retired)
 		if best != nil {
 			return best, nil
 		}
@@ -150,17 +152,18 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 }
 
 // pick drops the sessions that closed or belong to an older certificate
-// and returns the least loaded of the others, or nil. The pool's lock is
-// held.
-func (pe *peer) pick(gen uint64) *clientSession {
-	var best *clientSession
+// and returns the least loaded of the others, or nil, and those it
+// retired (for the caller to close once idle, out of the pool's lock,
+// which is held).
+func (pe *peer) pick(gen uint64) (best *clientSession, retired []*clientSession) {
 	kept := pe.sessions[:0]
 	for _, cs := range pe.sessions {
 		if cs.mux.IsClosed() || cs.retired.Load() {
 			continue
 		}
 		if cs.gen != gen {
-			cs.retire()
+			cs.retired.Store(true)
+			retired = append(retired, cs)
 			continue
 		}
 		kept = append(kept, cs)
@@ -170,7 +173,7 @@ func (pe *peer) pick(gen uint64) *clientSession {
 	}
 	clear(pe.sessions[len(kept):])
 	pe.sessions = kept
-	return best
+	return best, retired
 }
 
 // dialSession sets up a pooled connection to addr and tells the waiters.
@@ -226,6 +229,14 @@ func (c *Client) newSession(ctx context.Context, service, addr string) (*clientS
 		c.Stats.sessionClosed(sideClient)
 	}()
 	return s, nil
+}
+
+// closeIdle closes the retired sessions that carry no stream (the others
+// close with their last one).
+func closeIdle(retired []*clientSession) {
+	for _, cs := range retired {
+		cs.retire()
+	}
 }
 
 // retire takes the session out of use; it closes with its last stream.

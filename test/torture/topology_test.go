@@ -2,6 +2,7 @@ package torture
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -75,10 +76,18 @@ type topology struct {
 	// has no reset), so a reset may reach the other end as a clean EOF
 	// through no fault of attache's.
 	resetsAsFIN bool
-	procs       []*proc
-	ports       []int       // the listening ports of its proxies, for ss
-	dumped      atomic.Bool // its processes were SIGQUIT for their stacks
-	stats       counters
+	// resetOvertakes: a client's reset may overtake the bytes it sent
+	// before it, header included, so the backend sees a connection that
+	// ends in a reset before any byte. A multiplexed link does this: the
+	// link server drops a stream's unread bytes when the stream is reset
+	// (yamux), where a TCP receiver reads its queued bytes before the
+	// reset. Such a connection is accepted only against a backend
+	// connection that was seen ending that way (runEnv.orphanResets).
+	resetOvertakes bool
+	procs          []*proc
+	ports          []int       // the listening ports of its proxies, for ss
+	dumped         atomic.Bool // its processes were SIGQUIT for their stacks
+	stats          counters
 }
 
 // proc is one attache process.
@@ -210,7 +219,7 @@ services:
 `, files("host-a"), mode, linkAddr))
 	pc, entry := env.startAttache(name+" link client", h.env(), forwardingRE, "-c", client)
 	return &topology{name: name, env: env, entry: entry, procs: []*proc{pc, ps},
-		ports: []int{portOf(entry), portOf(linkAddr)}}
+		ports: []int{portOf(entry), portOf(linkAddr)}, resetOvertakes: mode == "multiplexed"}
 }
 
 // proxyProtocol starts an attache whose listener requires a PROXY header
@@ -391,6 +400,9 @@ func (env *runEnv) serveBackend(c net.Conn) {
 	n, err := io.ReadFull(c, hdr)
 	_ = c.SetReadDeadline(time.Time{})
 	if n == 0 {
+		if errors.Is(err, syscall.ECONNRESET) {
+			env.orphanResets.Add(1) // see topology.resetOvertakes
+		}
 		return // a probe of the listener (HAProxy's start), or a closed session's socket
 	}
 	if err != nil {

@@ -47,6 +47,7 @@ type counters struct {
 	corruptions atomic.Int64 // connections that received a wrong byte
 	truncations atomic.Int64 // resets delivered as a clean EOF after lost bytes
 	afterDump   atomic.Int64 // failures of connections whose proxies were SIGQUIT for a stall's diagnostics
+	overtaken   atomic.Int64 // client resets that overtook the header (topology.resetOvertakes), matched by a backend reset
 }
 
 func (c *counters) String() string {
@@ -54,6 +55,9 @@ func (c *counters) String() string {
 		c.transfers.Load(), c.failed.Load(), c.bytes.Load(), c.stalls.Load(), c.corruptions.Load(), c.truncations.Load())
 	if n := c.afterDump.Load(); n > 0 {
 		s += fmt.Sprintf(" after_dump=%d", n)
+	}
+	if n := c.overtaken.Load(); n > 0 {
+		s += fmt.Sprintf(" overtaken=%d", n)
 	}
 	return s
 }
@@ -78,6 +82,23 @@ type runEnv struct {
 	// share: left out of ss filters.
 	backendPorts []int
 	stacks       sync.Once // the test's goroutine stacks, at the first stall
+	// orphanResets counts backend connections reset before their header
+	// came, for topologies where a reset may overtake it.
+	orphanResets atomic.Int64
+}
+
+// takeOrphanReset takes one backend connection reset before its header,
+// if there is one.
+func (env *runEnv) takeOrphanReset() bool {
+	for {
+		n := env.orphanResets.Load()
+		if n == 0 {
+			return false
+		}
+		if env.orphanResets.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
 }
 
 // TestTorture drives hundreds of connections at once, each with a random
@@ -286,18 +307,42 @@ func (env *runEnv) runConn(topo *topology, p *plan, g *gate) {
 		// error says what happened.
 		s.stop()
 	}
-	var backendErr error
-	select {
-	case backendErr = <-s.backendErr:
-	case <-s.ctx.Done():
-		backendErr = errors.New("the backend end never started")
-		if s.backendStarted.Load() {
-			// Given up: its sockets expired, so it is about to return.
-			select {
-			case backendErr = <-s.backendErr:
-			case <-time.After(10 * time.Second):
-				backendErr = errors.New("the backend end did not return after its sockets expired")
+	var (
+		backendErr error
+		overtaken  <-chan time.Time
+	)
+	if clientErr == nil && s.plan.shape == shapeResetClient && topo.resetOvertakes {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		overtaken = tick.C
+	}
+wait:
+	for {
+		select {
+		case backendErr = <-s.backendErr:
+			break wait
+		case <-overtaken:
+			if s.backendStarted.Load() || !env.takeOrphanReset() {
+				continue
 			}
+			// The client's reset overtook its header (see
+			// topology.resetOvertakes); a backend connection ended
+			// that way.
+			s.stop()
+			topo.stats.overtaken.Add(1)
+			env.total.overtaken.Add(1)
+			break wait
+		case <-s.ctx.Done():
+			backendErr = errors.New("the backend end never started")
+			if s.backendStarted.Load() {
+				// Given up: its sockets expired, so it is about to return.
+				select {
+				case backendErr = <-s.backendErr:
+				case <-time.After(10 * time.Second):
+					backendErr = errors.New("the backend end did not return after its sockets expired")
+				}
+			}
+			break wait
 		}
 	}
 	if !timer.Stop() {

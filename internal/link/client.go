@@ -157,9 +157,7 @@ func (c *Client) dialPerConn(ctx context.Context, service, addr string) (*tls.Co
 // connected the stream to the service's backend, a *RefusedError when it
 // refused, or why no answer came.
 func readStatus(ctx context.Context, c net.Conn, service, addr string) error {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetReadDeadline(dl)
-	}
+	// ctx bounds the read: its end expires the read deadline.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
 	var status [1]byte
 	_, err := io.ReadFull(c, status[:])
@@ -170,7 +168,7 @@ func readStatus(ctx context.Context, c net.Conn, service, addr string) error {
 		}
 		return fmt.Errorf("link server %s did not answer for service %q: %w", addr, service, err)
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	_ = c.SetReadDeadline(time.Time{}) // in case ctx ended just after the read
 	if status[0] != statusOK {
 		return &RefusedError{Service: service, Addr: addr, Status: status[0]}
 	}

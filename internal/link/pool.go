@@ -319,14 +319,12 @@ func (cs *clientSession) open(ctx context.Context, hdr []byte, service, addr str
 	}
 	cs.streams.Add(1)
 	st := newStream(ys, cs.tls, cs.stats, sideClient, cs.release)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = st.SetWriteDeadline(dl)
-	}
+	// No deadline (a timer each way): a new stream's window takes the
+	// header at once, and the status read below is bounded by ctx.
 	if _, err := st.Write(hdr); err != nil {
 		st.Reset()
 		return nil, fmt.Errorf("link session with %s: %w", addr, err)
 	}
-	_ = st.SetWriteDeadline(time.Time{})
 	if err := readStatus(ctx, st, service, addr); err != nil {
 		st.Reset()
 		return nil, err

@@ -298,13 +298,18 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, service string, le
 			s.refuseStream(c, statusNoBackend, &refusal{reason: ReasonNoBackend, service: service, names: names, detail: err.Error()})
 			return err
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(timeout))
+		st, multiplexed := c.(*Stream)
+		if !multiplexed {
+			// A stream's first byte goes into its window at once;
+			// a TLS connection's write may wait on the socket.
+			_ = c.SetWriteDeadline(time.Now().Add(timeout))
+		}
 		_, werr := c.Write([]byte{statusOK})
-		_ = c.SetWriteDeadline(time.Time{})
-		if werr == nil {
-			if st, ok := c.(*Stream); ok {
-				st.opened()
-			}
+		if !multiplexed {
+			_ = c.SetWriteDeadline(time.Time{})
+		}
+		if werr == nil && multiplexed {
+			st.opened()
 		}
 		return werr
 	})

@@ -279,10 +279,12 @@ func (w *watch) session(ctx context.Context) (synced bool, err error) {
 	if err := w.resync(ctx, prefix); err != nil {
 		return false, err
 	}
+	// Connected before the snapshot goes out: whoever got it and asks for
+	// the status must see the stream it came from.
+	w.p.setConnected(true, nil)
 	if err := w.publish(ctx); err != nil {
 		return true, err
 	}
-	w.p.setConnected(true, nil)
 	w.p.log.Info("docker: watching the engine", "api", strings.TrimPrefix(prefix, "/"), "containers", len(w.tracked))
 	for {
 		ev, err := stream.next()

@@ -72,10 +72,10 @@ const (
 	// bulk stream yields the connection to the others' frames at least
 	// every 32 KiB, and the proxy's 32 KiB reads fit one frame each.
 	muxMessageSize = 32<<10 + 12
-	// muxMaxWindow bounds a stream's receive window (it starts at 256 KiB
-	// and doubles while the round trip allows): enough for one stream to
-	// fill a fast link, and what a stalled receiver can make the session
-	// buffer for it.
+	// muxMaxWindow bounds a stream's receive window (it starts at
+	// muxInitialWindow and doubles while the round trip allows): enough
+	// for one stream to fill a fast link, and what a stalled receiver can
+	// make the session buffer for it.
 	muxMaxWindow = 4 << 20
 	// muxInitialWindow is the window a stream is given once open (the
 	// protocol starts every stream at 256 KiB): what one stream may have
@@ -157,8 +157,8 @@ func (w *batchWriter) Write(p []byte) (int, error) {
 		if err != nil && w.err == nil {
 			w.err = err
 		}
-		if len(w.buf) > 0 {
-			w.more.Signal()
+		if len(w.buf) > 0 || w.closing {
+			w.more.Signal() // the flusher waited for this write
 		}
 		err = w.err
 		w.mu.Unlock()
@@ -177,7 +177,9 @@ func (w *batchWriter) flush() {
 	defer close(w.done)
 	w.mu.Lock()
 	for {
-		for (len(w.buf) == 0 || w.writing) && w.err == nil && !w.closing {
+		// Never beside a direct write (Write's), closing or not: two
+		// writers would interleave records on the connection.
+		for w.err == nil && (w.writing || len(w.buf) == 0 && !w.closing) {
 			w.more.Wait()
 		}
 		if w.err != nil || len(w.buf) == 0 {

@@ -404,25 +404,18 @@ func (c *conn) backendDown(p *Proxy) {
 // instead of holding the shutdown for its whole grace period while an
 // idle client (a redis-cli, a pool) keeps its side open. What the client
 // sends from then on is not read.
-func (c *conn) endDrained() {
-	switch s := asSock(c.client).(type) {
+func (c *conn) endDrained() { shutRead(asSock(c.client)) }
+
+// shutRead shuts h's read side: its blocked and later reads return EOF.
+// A TLS stream's is its socket's.
+func shutRead(h net.Conn) {
+	switch s := h.(type) {
 	case *rawSock:
 		s.shutdownRead()
-	case *net.TCPConn:
-		shutdownRead(s)
 	case *tls.Conn:
-		if tc, ok := s.NetConn().(*net.TCPConn); ok {
-			shutdownRead(tc)
-		}
+		shutRead(s.NetConn())
 	case interface{ CloseRead() error }:
-		_ = s.CloseRead() // a link stream: its reads return EOF from now on
-	}
-}
-
-// shutdownRead shuts c's read side: its blocked and later reads return EOF.
-func shutdownRead(c *net.TCPConn) {
-	if raw, err := c.SyscallConn(); err == nil {
-		_ = raw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RD) })
+		_ = s.CloseRead() // a *net.TCPConn; a link stream: its reads return EOF from now on
 	}
 }
 

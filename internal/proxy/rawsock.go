@@ -216,7 +216,7 @@ func (s *rawSock) shutdownRead() {
 			}
 		})
 	case rawNet:
-		shutdownRead(s.conv)
+		_ = s.conv.CloseRead()
 	}
 }
 

@@ -147,9 +147,10 @@ type Proxy struct {
 	conns   map[*conn]struct{}
 	lastID  uint64        // the last connection id given out
 	drained chan struct{} // closed when conns becomes empty during shutdown
-	closing bool
-	// draining is closing, readable without p.mu by the copy paths: a
-	// connection whose backend ended its side then ends (see endDrained).
+	// draining: shutdown has begun. track refuses new connections, and
+	// a connection whose backend ended its side then ends (see
+	// endDrained). Set under mu, so track and untrack read it there; the
+	// copy paths read it without.
 	draining atomic.Bool
 	handlers sync.WaitGroup
 }
@@ -379,7 +380,7 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 func (p *Proxy) track(c *conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closing {
+	if p.draining.Load() {
 		return false
 	}
 	if p.conns == nil {
@@ -402,7 +403,7 @@ func (p *Proxy) untrack(c *conn) {
 	st.BytesIn.Add(c.bytesIn)
 	st.BytesOut.Add(c.bytesOut)
 	delete(p.conns, c)
-	if p.closing && len(p.conns) == 0 && p.drained != nil {
+	if p.draining.Load() && len(p.conns) == 0 && p.drained != nil {
 		close(p.drained)
 		p.drained = nil
 	}
@@ -472,7 +473,6 @@ func (p *Proxy) Active() int {
 // connections it had to force-close.
 func (p *Proxy) Shutdown(ctx context.Context) int {
 	p.mu.Lock()
-	p.closing = true
 	p.draining.Store(true)
 	var drained chan struct{}
 	if len(p.conns) > 0 {

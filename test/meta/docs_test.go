@@ -110,12 +110,18 @@ func runAttache(args, environ []string) (int, string) {
 }
 
 // subcommands are the first arguments that are not a daemon's flags or
-// HOST PORT.
-var subcommands = []string{"check", "status", "demo", "certs", "upgrade", "iptables", "version", "help", "completion", "man"}
+// HOST PORT: the command tree's, and cobra's own help and completion.
+var subcommands = func() []string {
+	out := []string{"help", "completion"}
+	for _, c := range cli.NewCommand(cli.Env{}).Commands() {
+		out = append(out, c.Name())
+	}
+	return out
+}()
 
 // helpOnly are the subcommands that act on a running attache or run a
 // demo: the docs' lines of them are parsed, not run, by appending --help.
-var helpOnly = []string{"status", "upgrade", "demo"}
+var helpOnly = []string{"status", "upgrade", "demo", "healthcheck"}
 
 var parseErrorRE = regexp.MustCompile(`(?i)not defined|unknown (flag|command|shorthand)|invalid argument|bad flag`)
 
@@ -128,7 +134,7 @@ var parseErrorRE = regexp.MustCompile(`(?i)not defined|unknown (flag|command|sho
 //   - check, version, certs (in the test's directory) and iptables
 //     (without --apply, which prints the rules and changes nothing) run as
 //     written and must exit 0;
-//   - status, upgrade and demo get --help appended: every flag before it
+//   - status, upgrade, demo and healthcheck get --help appended: every flag before it
 //     must parse.
 //
 // A -c FILE that does not exist in the directory gets the page's first

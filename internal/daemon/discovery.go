@@ -140,7 +140,7 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 	}
 	if len(dockerFor) > 0 {
 		dc := cfg.Discovery.Docker
-		p, err := docker.New(docker.Config{Host: dc.Host, TLS: dockerTLS(dc), Label: dc.Label, PortLabel: dc.PortLabel,
+		p, err := docker.New(docker.Config{Host: dc.Host, TLS: tlsFiles(dc.TLS), Label: dc.Label, PortLabel: dc.PortLabel,
 			Network: dc.Network, Services: slices.Sorted(maps.Keys(dockerFor)), Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("discovery (docker): %w", err)
@@ -149,10 +149,6 @@ func newDiscovery(cfg *config.Config, log *slog.Logger) (*discoveryRun, error) {
 	}
 	return run, nil
 }
-
-// dockerTLS is the file's discovery.docker.tls for the docker package;
-// nil leaves TLS to the docker CLI's variables.
-func dockerTLS(dc config.DockerDiscovery) *tlsclient.Files { return tlsFiles(dc.TLS) }
 
 // tlsFiles is a tls section of the file for the package that dials; nil
 // (no section) leaves TLS to that source's CLI variables.

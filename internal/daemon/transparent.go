@@ -83,7 +83,7 @@ func openTransparent(ctx context.Context, cfg *config.Config, in *listen.Inherit
 	tr := &transparentRun{cfg: t, ln: ln, log: log.With("component", "transparent"),
 		port: ln.Addr().(*net.TCPAddr).Port, consumers: map[consumerKey]*consumerRoute{}}
 	if t.PerConsumer {
-		if tr.callers, err = docker.NewCallers(cfg.Discovery.Docker.Host, dockerTLS(cfg.Discovery.Docker), log); err != nil {
+		if tr.callers, err = docker.NewCallers(cfg.Discovery.Docker.Host, tlsFiles(cfg.Discovery.Docker.TLS), log); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("transparent listener (%s): %w", t.Origin, err)
 		}

@@ -498,3 +498,40 @@ func (p *reloadPlan[L]) commit(d *daemon, sum *admin.ReloadSummary) {
 		sum.Added = append(sum.Added, p.added[i].Name)
 	}
 }
+
+// Test hooks, set by tests before Run: every route rebuild, every health
+// verdict change, the running daemon once everything started.
+var (
+	testHookRebuilt func(service string, addrs []string)
+	testHookHealth  func(service, addr string, healthy bool)
+	testHookDaemon  func(d *daemon)
+)
+
+// setAddrs is the addresses of s, in its order.
+func setAddrs(s *backend.Set) []string {
+	out := make([]string, s.Len())
+	for i := range s.Len() {
+		out[i] = s.At(i).Addr
+	}
+	return out
+}
+
+// applyDiscovered takes the merged discovery result and rebuilds the routes
+// of the services whose endpoints changed.
+func (d *daemon) applyDiscovered(m map[string][]backend.Endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	prev := d.discovered
+	d.discovered = m // rebuild reads it
+	d.serving.rediscover(d, prev, m)
+	d.udpServing.rediscover(d, prev, m)
+}
+
+// backendList is a service's backends for the start-up log line.
+func backendList(s config.Service) []string {
+	out := make([]string, len(s.Backends))
+	for i, b := range s.Backends {
+		out[i] = b.String()
+	}
+	return out
+}

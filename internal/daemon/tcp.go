@@ -24,15 +24,11 @@ type tcpProtocol struct{}
 // tcpProto is the TCP protocol of every TCP service.
 var tcpProto protocol[*proxy.Listener] = tcpProtocol{}
 
-func (tcpProtocol) open(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
-	return openAll(ctx, in, services)
-}
-
-// openAll opens every service's listener, or none: on the first failure it
+// open opens every service's listener, or none: on the first failure it
 // closes those already open and reports which service and port failed. A
 // socket inherited in an upgrade for the same address is taken instead of
 // opening one (in may be nil).
-func openAll(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
+func (tcpProtocol) open(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*proxy.Listener, error) {
 	var out []*proxy.Listener
 	for _, s := range services {
 		var (
@@ -164,14 +160,7 @@ func (tcpProtocol) removedNote() string {
 	return "reload: service removed; its open connections carry on"
 }
 
-// Test hooks, set by tests before Run: every route rebuild, every health
-// verdict change, the running daemon once everything started.
-var (
-	testHookRebuilt func(service string, addrs []string)
-	testHookHealth  func(service, addr string, healthy bool)
-	testHookDaemon  func(d *daemon)
-)
-
+// removedAddrs is the addresses of prev that cur no longer has.
 func removedAddrs(prev, cur *backend.Set) []string {
 	now := setAddrs(cur)
 	var out []string
@@ -179,34 +168,6 @@ func removedAddrs(prev, cur *backend.Set) []string {
 		if addr := prev.At(i).Addr; !slices.Contains(now, addr) {
 			out = append(out, addr)
 		}
-	}
-	return out
-}
-
-func setAddrs(s *backend.Set) []string {
-	out := make([]string, s.Len())
-	for i := range s.Len() {
-		out[i] = s.At(i).Addr
-	}
-	return out
-}
-
-// applyDiscovered takes the merged discovery result and rebuilds the routes
-// of the services whose endpoints changed.
-func (d *daemon) applyDiscovered(m map[string][]backend.Endpoint) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	prev := d.discovered
-	d.discovered = m // rebuild reads it
-	d.serving.rediscover(d, prev, m)
-	d.udpServing.rediscover(d, prev, m)
-}
-
-// backendList is a service's backends for the start-up log line.
-func backendList(s config.Service) []string {
-	out := make([]string, len(s.Backends))
-	for i, b := range s.Backends {
-		out[i] = b.String()
 	}
 	return out
 }

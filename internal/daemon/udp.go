@@ -65,10 +65,19 @@ func udpNetwork(addr string) string { return ipNetwork("udp", addr) }
 // net.core.rmem_max (208 KiB unless raised).
 const udpReadBuffer = 4 << 20
 
-// openUDP opens every UDP service's socket, or none: on the first failure
-// it closes those already open and reports which service failed. A socket
+// udpProtocol is what UDP services do their own way (see service.go): a
+// read loop with sessions instead of connections, a send/expect datagram
+// check, routes with a session table and the drained backends (their
+// sessions stay until they expire), and the UDP counters.
+type udpProtocol struct{}
+
+// udpProto is the UDP protocol of every UDP service.
+var udpProto protocol[*udp.Listener] = udpProtocol{}
+
+// open opens every UDP service's socket, or none: on the first failure it
+// closes those already open and reports which service failed. A socket
 // passed by systemd's socket activation is taken instead (in may be nil).
-func openUDP(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*udp.Listener, error) {
+func (udpProtocol) open(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*udp.Listener, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
@@ -97,19 +106,6 @@ func openUDP(ctx context.Context, in *listen.Inherited, services []config.Servic
 		out = append(out, udp.NewListener(conn, &udp.Route{Service: s.Name, Backends: backend.NewSet()}))
 	}
 	return out, nil
-}
-
-// udpProtocol is what UDP services do their own way (see service.go): a
-// read loop with sessions instead of connections, a send/expect datagram
-// check, routes with a session table and the drained backends (their
-// sessions stay until they expire), and the UDP counters.
-type udpProtocol struct{}
-
-// udpProto is the UDP protocol of every UDP service.
-var udpProto protocol[*udp.Listener] = udpProtocol{}
-
-func (udpProtocol) open(ctx context.Context, in *listen.Inherited, services []config.Service) ([]*udp.Listener, error) {
-	return openUDP(ctx, in, services)
 }
 
 // serve runs l's read loop. A UDP listener that dies is logged; the

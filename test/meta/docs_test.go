@@ -24,7 +24,7 @@ import (
 //	                   check mode (see runDocCommand), docker run lines of the image too
 //	```console         a transcript: "$ cat F" writes the lines after it to F, every other
 //	                   "$ attache …" runs, and its output must be the lines after it
-//	```text, ```mermaid, ```go, ```make  shown, not run
+//	```text, ```mermaid, ```go  shown, not run
 //
 // Any other info string, or none, is an error, so that no example escapes.
 var knownLangs = []string{"yaml", "sh", "console", "text", "mermaid", "go"}

@@ -39,9 +39,9 @@ func (l *LogBuffer) String() string {
 	return l.buf.String()
 }
 
-// Snapshot is everything written so far and a channel closed by the next
+// snapshot is everything written so far and a channel closed by the next
 // write.
-func (l *LogBuffer) Snapshot() (string, <-chan struct{}) {
+func (l *LogBuffer) snapshot() (string, <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.changed == nil {
@@ -76,7 +76,7 @@ var (
 func (l *LogBuffer) Await(done <-chan struct{}, timeout time.Duration, match func(text string) bool) error {
 	deadline := time.After(timeout)
 	for {
-		text, changed := l.Snapshot()
+		text, changed := l.snapshot()
 		if match(text) {
 			return nil
 		}

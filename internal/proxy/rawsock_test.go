@@ -60,16 +60,16 @@ func TestRawSockCloseDuringBlockedWrite(t *testing.T) {
 		_, err := rs.Write(make([]byte, 8<<20)) // far more than the buffers hold
 		wrote <- err
 	}()
-	for writing := false; !writing; {
-		rs.mu.Lock()
-		writing = rs.writing
-		rs.mu.Unlock()
+	testenv.WaitFor(t, "the Write under way", func() bool {
 		select {
 		case err := <-wrote:
 			t.Fatalf("Write returned before the backend read anything: %v", err)
 		default:
 		}
-	}
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.writing
+	})
 	if err := rs.Close(); err != nil {
 		t.Fatalf("Close during a blocked Write: %v", err)
 	}

@@ -37,9 +37,6 @@ func (r *Recorder) Note(addr string, err error) {
 func (r *Recorder) Last() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.last == nil {
-		return nil
-	}
 	return r.last
 }
 

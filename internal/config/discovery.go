@@ -97,9 +97,11 @@ func (p *fileParser) discovery(n *yaml.Node) Discovery {
 				"dial_timeout": func(v *yaml.Node) { d.Etcd.DialTimeout = p.duration(v, "dial_timeout", false) },
 				"tls":          func(v *yaml.Node) { d.Etcd.TLS = p.clientTLS(v, "discovery.etcd.tls") },
 			})
-			for _, ep := range d.Etcd.Endpoints {
-				if tn := keyNode(deref(v), "tls"); tn != nil && strings.HasPrefix(ep, "http://") {
-					p.errorf(tn, "tls", "endpoint %s is plain http://: write https:// or host:port to reach it over TLS", ep)
+			if tn := keyNode(deref(v), "tls"); tn != nil {
+				for _, ep := range d.Etcd.Endpoints {
+					if strings.HasPrefix(ep, "http://") {
+						p.errorf(tn, "tls", "endpoint %s is plain http://: write https:// or host:port to reach it over TLS", ep)
+					}
 				}
 			}
 		},

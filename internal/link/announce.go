@@ -69,13 +69,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 	if a.Advertise == "" || a.Prefix == "" || len(a.Endpoints) == 0 || a.Services == nil {
 		return errors.New("link announcer: Endpoints, Prefix, Advertise and Services are required")
 	}
-	dialTimeout := a.DialTimeout
-	if dialTimeout <= 0 {
-		dialTimeout = 5 * time.Second
-	}
 	cli, err := etcdclient.New(ctx, etcdclient.Config{
 		Endpoints: a.Endpoints, Username: a.Username, Password: a.Password, TLS: a.TLS,
-		DialTimeout: dialTimeout,
+		DialTimeout: a.DialTimeout, // etcdclient's default when 0
 		// gRPC's default reconnect back-off grows to 120 s; a host whose
 		// network comes back must announce itself again within about a
 		// TTL.

@@ -82,22 +82,16 @@ func FromEnviron(environ []string, pid int) (*Notifier, error) {
 	return n, nil
 }
 
+// lookup is the value of name in environ, "" when unset. The first
+// mention wins on a duplicated name, as with getenv(3) and os.Getenv (and
+// so with sd_listen_fds(3)).
 func lookup(environ []string, name string) string {
-	var v string
 	for _, kv := range environ {
-		if k, val, ok := strings.Cut(kv, "="); ok && k == name {
-			v = val // the last one wins, as with getenv on a duplicated name
+		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
+			return v
 		}
 	}
-	return v
-}
-
-// Socket is the address messages go to ("" for a nil Notifier).
-func (n *Notifier) Socket() string {
-	if n == nil {
-		return ""
-	}
-	return n.addr.Name
+	return ""
 }
 
 // Send sends one message of newline-separated VARIABLE=value assignments,
@@ -146,14 +140,6 @@ func (n *Notifier) Reloading(status string) error {
 // Stopping says the service is shutting down (STOPPING=1).
 func (n *Notifier) Stopping(status string) error {
 	return n.Send(withStatus(status, "STOPPING=1")...)
-}
-
-// Status sets the free-form status line systemctl status shows.
-func (n *Notifier) Status(status string) error {
-	if status == "" {
-		return nil
-	}
-	return n.Send("STATUS=" + oneLine(status))
 }
 
 // MainPID tells the service manager that pid is the service's main process

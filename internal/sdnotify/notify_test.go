@@ -64,6 +64,7 @@ func TestFromEnviron(t *testing.T) {
 		{name: "watchdog for any pid", env: []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=500"}, watchdog: 500 * time.Microsecond},
 		{name: "watchdog for another pid", env: []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=3000000", "WATCHDOG_PID=1"}},
 		{name: "watchdog zero", env: []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=0"}, err: `WATCHDOG_USEC="0": want a positive number`},
+		{name: "duplicate: the first wins, as getenv", env: []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=3000000", "WATCHDOG_USEC=0"}, watchdog: 3 * time.Second},
 		{name: "watchdog text", env: []string{"NOTIFY_SOCKET=/n", "WATCHDOG_USEC=3s"}, err: `WATCHDOG_USEC="3s"`},
 	}
 	for _, tt := range tests {
@@ -139,13 +140,6 @@ func TestMessages(t *testing.T) {
 			if got := receive(t, srv); got["MAINPID"] != "4242" || got["READY"] != "1" || len(got) != 2 {
 				t.Fatalf("MainPID sent %v", got)
 			}
-
-			if err := n.Status("upgrading"); err != nil {
-				t.Fatal(err)
-			}
-			if got := receive(t, srv); got["STATUS"] != "upgrading" || len(got) != 1 {
-				t.Fatalf("Status sent %v", got)
-			}
 		})
 	}
 }
@@ -178,13 +172,13 @@ func TestNoSocketListening(t *testing.T) {
 // TestNilNotifier: outside systemd every call does nothing.
 func TestNilNotifier(t *testing.T) {
 	var n *Notifier
-	for _, err := range []error{n.Ready("x"), n.Reloading("x"), n.Stopping("x"), n.Status("x"), n.MainPID(1, "x"), n.Send("READY=1")} {
+	for _, err := range []error{n.Ready("x"), n.Reloading("x"), n.Stopping("x"), n.MainPID(1, "x"), n.Send("READY=1")} {
 		if err != nil {
 			t.Fatalf("nil notifier: %v", err)
 		}
 	}
-	if n.WatchdogInterval() != 0 || n.Socket() != "" {
-		t.Fatal("nil notifier has a watchdog or a socket")
+	if n.WatchdogInterval() != 0 {
+		t.Fatal("nil notifier has a watchdog")
 	}
 	n.Watchdog(t.Context()) // returns at once
 }

@@ -2,9 +2,9 @@ package testenv
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"os"
 	"testing"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 )
 
 // EtcdTLSName is the DNS name in the certificate of StartEtcdTLS's member
@@ -27,18 +27,16 @@ func (e *Etcd) TLS() *ServerTLS { return e.tls }
 // "https://127.0.0.1:port".
 func (e *Etcd) URL() string { return e.clientURL.String() }
 
-// etcdClientTLS is the TLS configuration of the member's own test client.
+// etcdClientTLS is the TLS configuration of the member's own test client,
+// made by etcd's transport package as the member's own is.
 func etcdClientTLS(t testing.TB, s *ServerTLS) *tls.Config {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(s.ClientCert, s.ClientKey)
+	conf, err := transport.TLSInfo{
+		CertFile: s.ClientCert, KeyFile: s.ClientKey,
+		TrustedCAFile: s.PKI.CAFile, ServerName: s.Name,
+	}.ClientConfig()
 	if err != nil {
-		t.Fatalf("etcd: test client certificate: %v", err)
+		t.Fatalf("etcd: test client TLS: %v", err)
 	}
-	pem, err := os.ReadFile(s.PKI.CAFile)
-	if err != nil {
-		t.Fatalf("etcd: test client CA: %v", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: s.Name, MinVersion: tls.VersionTLS12}
+	return conf
 }

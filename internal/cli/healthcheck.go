@@ -242,7 +242,7 @@ func probeListeners(ctx context.Context, t probeTarget) (string, error) {
 	var errs []string
 	for _, l := range ls {
 		network, addr := "tcp", loopbackFor(l.addr)
-		if path, ok := strings.CutPrefix(l.addr, "unix://"); ok {
+		if path, ok := config.UnixPath(l.addr); ok {
 			network, addr = "unix", path
 		} else if _, port, _ := net.SplitHostPort(addr); port == "0" {
 			errs = append(errs, fmt.Sprintf("%s listens on port 0 (chosen at start): give --admin", l.name))

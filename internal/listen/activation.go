@@ -36,6 +36,10 @@ type Want struct {
 	Addr string
 }
 
+// key is how an activated socket is found again: by network family and
+// configured address ("tcp 127.0.0.1:6379").
+func (w Want) key() string { return w.Network + " " + w.Addr }
+
 // Activated matches the sockets passed by socket activation to the wanted
 // listeners and returns them ready to be taken (Take, Listen and
 // TakePacket find them by configured address). It takes ownership of every
@@ -61,7 +65,7 @@ func Activated(ctx context.Context, passed []sdnotify.Passed, want []Want) (*Inh
 			return fail(fmt.Errorf("%s, a %s socket on %s, matches no configured listener (configured: %s); remove it from the socket unit or configure a listener on that address",
 				p.Label(), strings.ToUpper(network), local, describe(want)))
 		}
-		in.activated[w.Network+" "+w.Addr] = sock
+		in.activated[w.key()] = sock
 		p.File.Close() // the listener holds a duplicate of its own
 		passed[i].File = nil
 	}
@@ -110,7 +114,7 @@ func adoptPassed(p sdnotify.Passed) (sock any, network string, local net.Addr, e
 // by address, skipping listeners already given a socket.
 func matchWant(ctx context.Context, name, network string, local net.Addr, want []Want, taken map[string]any) (Want, bool) {
 	free := func(w Want) bool {
-		_, ok := taken[w.Network+" "+w.Addr]
+		_, ok := taken[w.key()]
 		return w.Network == network && !ok
 	}
 	for _, w := range want {
@@ -195,8 +199,7 @@ func closeAny(sock any) {
 // nil. network is as given to Listen ("tcp4", "tcp6", "tcp", "unix", "udp"
 // …). in.mu is held.
 func (in *Inherited) takeActivated(network, addr string) any {
-	family := strings.TrimRight(network, "46")
-	k := family + " " + addr
+	k := Want{Network: strings.TrimRight(network, "46"), Addr: addr}.key()
 	sock, ok := in.activated[k]
 	if !ok {
 		return nil

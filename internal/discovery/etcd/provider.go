@@ -403,7 +403,7 @@ func (p *Provider) connect(ctx context.Context) (*etcdclient.Client, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		err = fmt.Errorf("connect to %s: %w", strings.Join(p.endpoints, ","), err)
+		// err names the endpoints ("etcd client for …").
 		p.recordError(err)
 		p.log.Log(ctx, repeats.Level(err), "etcd client", "err", err, "retry_in", wait)
 		if !sleep(ctx, wait) {

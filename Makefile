@@ -47,7 +47,7 @@ build:
 # Man pages for every command (dist/man/attache.1, attache-check.1 …),
 # written from the command tree the binary runs; read one with man -l.
 man:
-	$(GO) run -ldflags "-X github.com/attache/attache/internal/cli.Version=$(VERSION)" ./internal/cli/genman dist/man
+	$(GO) run -ldflags "$(LDFLAGS)" ./internal/cli/genman dist/man
 
 # The image from the binary `build` made (Dockerfile.dist): fast, and needs
 # no builder image. The root Dockerfile builds the same image from source.

@@ -102,7 +102,7 @@ func (c *Client) handshake(ctx context.Context, service, addr string, protos []s
 	}
 	id := c.Identity
 	pool := id.Pool()
-	tc := tls.Client(raw, &tls.Config{
+	tc := tls.Client(watchEOF(raw), &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: ServerName(service),
 		NextProtos: protos,
@@ -138,7 +138,7 @@ func (c *Client) handshake(ctx context.Context, service, addr string, protos []s
 
 // dialPerConn opens a link connection of its own for one stream
 // (attache/1): a TLS handshake, then the server's status byte.
-func (c *Client) dialPerConn(ctx context.Context, service, addr string) (*tls.Conn, error) {
+func (c *Client) dialPerConn(ctx context.Context, service, addr string) (*tlsStream, error) {
 	ctx, cancel := c.dialTimeout(ctx)
 	defer cancel()
 	tc, err := c.handshake(ctx, service, addr, []string{ALPN})
@@ -150,7 +150,7 @@ func (c *Client) dialPerConn(ctx context.Context, service, addr string) (*tls.Co
 		return nil, err
 	}
 	c.Stats.handshake(false, tc.ConnectionState().DidResume)
-	return tc, nil
+	return newTLSStream(tc), nil
 }
 
 // readStatus reads the link server's answer to a stream: nil when it has

@@ -229,7 +229,7 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn) {
 	}()
 	timeout := s.handshakeTimeout()
 	_ = raw.SetDeadline(time.Now().Add(timeout))
-	tc := tls.Server(raw, s.config())
+	tc := tls.Server(watchEOF(raw), s.config())
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -246,7 +246,7 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn) {
 		return
 	}
 	service, _ := ServiceFromSNI(cs.ServerName)
-	s.serveStream(ctx, tc, service, leaf, func() {
+	s.serveStream(ctx, newTLSStream(tc), service, leaf, func() {
 		s.Stats.handshake(true, cs.DidResume)
 		_ = raw.SetDeadline(time.Time{})
 		s.logger().Debug("link stream", "service", service, "peer", certs.Names(leaf), "remote", raw.RemoteAddr().String(), "resumed", cs.DidResume)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -121,19 +120,31 @@ func closeConn(h halfConn, reset bool) {
 	case *net.TCPConn:
 		_ = s.SetLinger(0)
 		s.Close()
-	case *tls.Conn:
-		// Under the TLS stream, so that no close_notify goes first
-		// (the peer would read it as the stream's clean end).
+	case netConner:
+		// A TLS stream (a *tls.Conn, a per-connection link's stream):
+		// reset under it, so that no close_notify goes first (the peer
+		// would read it as the stream's clean end).
 		if tc, ok := s.NetConn().(halfConn); ok {
 			closeConn(tc, true)
 		}
-		s.Close()
+		h.Close()
 	case resetter:
 		_ = s.Reset() // a stream of a multiplexed link: its peer sees a reset
+	case lingerer:
+		_ = s.SetLinger(0) // a TCP socket wrapped for a TLS stream
+		h.Close()
 	default:
 		h.Close()
 	}
 }
+
+// netConner is a stream over a socket of its own: a *tls.Conn, or a type
+// embedding one (a per-connection link's stream).
+type netConner interface{ NetConn() net.Conn }
+
+// lingerer is a TCP socket, possibly wrapped, that a zero linger makes
+// close with a reset.
+type lingerer interface{ SetLinger(sec int) error }
 
 // resetter is a connection that can end with a reset rather than an EOF:
 // a stream of a multiplexed link (link.Stream).
@@ -412,7 +423,7 @@ func shutRead(h net.Conn) {
 	switch s := h.(type) {
 	case *rawSock:
 		s.shutdownRead()
-	case *tls.Conn:
+	case netConner:
 		shutRead(s.NetConn())
 	case interface{ CloseRead() error }:
 		_ = s.CloseRead() // a *net.TCPConn; a link stream: its reads return EOF from now on

@@ -1,0 +1,91 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+
+	"github.com/attache/attache/internal/certs"
+)
+
+// TestLinkCutIsNotAnEOF: a client that cuts its link stream (a TCP reset
+// under a per-connection stream, a stream reset on a multiplexed link)
+// while the server side is writing to it must never look, to the server
+// side's reader, like a clean end: that reader would pass a FIN on and
+// the service would take a cut stream for a complete one. On a
+// per-connection link the reset's error often goes to the server's write,
+// and the read sees the socket's EOF without TLS's close_notify.
+func TestLinkCutIsNotAnEOF(t *testing.T) { forModes(t, testLinkCutIsNotAnEOF) }
+
+func testLinkCutIsNotAnEOF(t *testing.T, perConn bool) {
+	p := newPKI(t, "fleet")
+	ends := make(chan error, 1)
+	flood := Target{Allow: []string{"host-a"}, Handle: func(ctx context.Context, c net.Conn, ready func(error) error) {
+		defer c.Close()
+		if ready(nil) != nil {
+			return
+		}
+		go func() {
+			b := make([]byte, 16<<10)
+			for {
+				if _, err := c.Write(b); err != nil {
+					return
+				}
+			}
+		}()
+		b := make([]byte, 4<<10)
+		for {
+			if _, err := c.Read(b); err != nil {
+				ends <- err
+				return
+			}
+		}
+	}}
+	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"flood": flood})
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), PerConnection: perConn}
+	defer cl.Close()
+
+	const rounds = 40
+	for i := range rounds {
+		c, err := cl.Dial(ctxT(t), "flood", srv.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte("some bytes, then a reset")); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 64<<10)
+		if _, err := io.ReadAtLeast(c, b, 32<<10); err != nil { // the server is writing
+			t.Fatal(err)
+		}
+		cut(t, c)
+		err = <-ends
+		if err == nil || errors.Is(err, io.EOF) {
+			t.Fatalf("round %d: the server read %v after the client cut its stream, want a reset", i, err)
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("round %d: the server read %v, want ECONNRESET", i, err)
+		}
+	}
+}
+
+// cut ends a dialled stream abruptly: a reset.
+func cut(t *testing.T, c net.Conn) {
+	t.Helper()
+	switch s := c.(type) {
+	case *Stream:
+		_ = s.Reset()
+	case interface{ NetConn() net.Conn }:
+		tc, ok := s.NetConn().(interface{ SetLinger(int) error })
+		if !ok {
+			t.Fatalf("%T is not over a TCP socket", s.NetConn())
+		}
+		_ = tc.SetLinger(0)
+		_ = s.NetConn().Close()
+	default:
+		t.Fatalf("cannot cut a %T", c)
+	}
+}

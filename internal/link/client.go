@@ -102,7 +102,7 @@ func (c *Client) handshake(ctx context.Context, service, addr string, protos []s
 	}
 	id := c.Identity
 	pool := id.Pool()
-	tc := tls.Client(watchEOF(raw), &tls.Config{
+	tc := tls.Client(wrapSocket(raw), &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: ServerName(service),
 		NextProtos: protos,

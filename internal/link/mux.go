@@ -126,10 +126,35 @@ type batchWriter struct {
 	writing bool // a write to the connection is in flight
 	closing bool
 	done    chan struct{} // the flusher has returned
+	// sock is the TLS connection's socket, corked around each write so
+	// that a batch of many records leaves in one system call; nil when
+	// not over TCP.
+	sock *linkSocket
 }
+
+// writeOut writes b to the connection: the only place that does.
+func (w *batchWriter) writeOut(b []byte) error {
+	if w.sock == nil || len(b) <= maxRecord {
+		_, err := w.Conn.Write(b)
+		return err
+	}
+	w.sock.cork()
+	_, err := w.Conn.Write(b)
+	if uerr := w.sock.uncork(); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+// maxRecord is the most plaintext one TLS record carries: a write that
+// fits is one record, and one system call without corking.
+const maxRecord = 16 << 10
 
 func newBatchWriter(c net.Conn) *batchWriter {
 	w := &batchWriter{Conn: c, done: make(chan struct{})}
+	if tc, ok := c.(*tls.Conn); ok {
+		w.sock, _ = tc.NetConn().(*linkSocket)
+	}
 	w.more.L, w.room.L = &w.mu, &w.mu
 	go w.flush()
 	return w
@@ -151,7 +176,7 @@ func (w *batchWriter) Write(p []byte) (int, error) {
 		// flusher.
 		w.writing = true
 		w.mu.Unlock()
-		_, err := w.Conn.Write(p)
+		err := w.writeOut(p)
 		w.mu.Lock()
 		w.writing = false
 		if err != nil && w.err == nil {
@@ -190,7 +215,7 @@ func (w *batchWriter) flush() {
 		w.buf, w.spare = w.spare[:0], nil
 		w.writing = true
 		w.mu.Unlock()
-		_, err := w.Conn.Write(out)
+		err := w.writeOut(out)
 		w.mu.Lock()
 		w.writing = false
 		if cap(out) <= 4*batchLimit {

@@ -229,7 +229,7 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn) {
 	}()
 	timeout := s.handshakeTimeout()
 	_ = raw.SetDeadline(time.Now().Add(timeout))
-	tc := tls.Server(watchEOF(raw), s.config())
+	tc := tls.Server(wrapSocket(raw), s.config())
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()

@@ -89,3 +89,54 @@ func cut(t *testing.T, c net.Conn) {
 		t.Fatalf("cannot cut a %T", c)
 	}
 }
+
+// TestCorkedSocketWritesOnce: while corked, a session's socket holds what
+// TLS writes, and uncork sends it in order, in one write.
+func TestCorkedSocketWritesOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	s, ok := wrapSocket(raw).(*linkSocket)
+	if !ok {
+		t.Fatalf("a TCP socket was not wrapped")
+	}
+	defer s.Close()
+
+	s.cork()
+	for _, part := range []string{"first record, ", "second, ", "third"} {
+		if _, err := s.Write([]byte(part)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := string(s.held); got != "first record, second, third" {
+		t.Fatalf("corked socket holds %q", got)
+	}
+	if err := s.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.held) != 0 {
+		t.Fatalf("uncork left %d bytes held", len(s.held))
+	}
+	if _, err := s.Write([]byte(", then uncorked")); err != nil {
+		t.Fatal(err)
+	}
+	s.CloseWrite()
+	got, err := io.ReadAll(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "first record, second, third, then uncorked"; string(got) != want {
+		t.Fatalf("peer read %q, want %q", got, want)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -21,24 +22,31 @@ import (
 // as the reset it stands for. A proxy that took it for an EOF would pass a
 // FIN on: a cut stream delivered as a complete one.
 
-// eofConn is the TCP socket under a link's TLS connection, noting whether
-// a read reached its EOF.
-type eofConn struct {
+// linkSocket is the TCP socket under a link's TLS connection, noting whether
+// a read reached its EOF. It can also be corked: crypto/tls writes every
+// record (16 KiB of plaintext at most) with a system call of its own, and
+// a multiplexed session's flusher corks the socket around each batch so
+// that the batch's records leave in one write.
+type linkSocket struct {
 	*net.TCPConn
 	eof      atomic.Bool // a read returned the socket's EOF
 	readShut atomic.Bool // CloseRead was called: its EOF is ours, not the peer's
+
+	wmu    sync.Mutex // orders writes: a corked batch, then what follows
+	corked bool
+	held   []byte // records written while corked
 }
 
-// watchEOF wraps raw for the TLS connection that runs over it, when it is
+// wrapSocket wraps raw for the TLS connection that runs over it, when it is
 // a TCP socket (anything else is used as it is).
-func watchEOF(raw net.Conn) net.Conn {
+func wrapSocket(raw net.Conn) net.Conn {
 	if tc, ok := raw.(*net.TCPConn); ok {
-		return &eofConn{TCPConn: tc}
+		return &linkSocket{TCPConn: tc}
 	}
 	return raw
 }
 
-func (c *eofConn) Read(b []byte) (int, error) {
+func (c *linkSocket) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
 	if err == io.EOF && !c.readShut.Load() {
 		c.eof.Store(true)
@@ -46,8 +54,48 @@ func (c *eofConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// Write writes b, or holds it while the socket is corked.
+func (c *linkSocket) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.corked {
+		c.held = append(c.held, b...)
+		return len(b), nil
+	}
+	return c.TCPConn.Write(b)
+}
+
+// cork holds the writes that follow until uncork.
+func (c *linkSocket) cork() {
+	c.wmu.Lock()
+	c.corked = true
+	c.wmu.Unlock()
+}
+
+// uncork writes what was held, in one write, and lets later writes
+// through.
+func (c *linkSocket) uncork() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.corked = false
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.TCPConn.Write(c.held)
+	if cap(c.held) > maxHeld {
+		c.held = nil // a burst's buffer is not kept
+	} else {
+		c.held = c.held[:0]
+	}
+	return err
+}
+
+// maxHeld is the largest held buffer kept for the next batch: a full batch
+// and its TLS overhead.
+const maxHeld = batchLimit + batchLimit/8
+
 // CloseRead shuts the read side; the EOF that follows is not a cut.
-func (c *eofConn) CloseRead() error {
+func (c *linkSocket) CloseRead() error {
 	c.readShut.Store(true)
 	return c.TCPConn.CloseRead()
 }
@@ -56,12 +104,12 @@ func (c *eofConn) CloseRead() error {
 // Read turns an EOF that came without close_notify into ECONNRESET.
 type tlsStream struct {
 	*tls.Conn
-	raw *eofConn // nil when the socket is not TCP
+	raw *linkSocket // nil when the socket is not TCP
 }
 
-// newTLSStream makes tc, built over watchEOF's result, a stream.
+// newTLSStream makes tc, built over wrapSocket's result, a stream.
 func newTLSStream(tc *tls.Conn) *tlsStream {
-	raw, _ := tc.NetConn().(*eofConn)
+	raw, _ := tc.NetConn().(*linkSocket)
 	return &tlsStream{Conn: tc, raw: raw}
 }
 

@@ -290,7 +290,13 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 		rawLn  syscall.RawConn
 		accept *acceptCall
 	)
-	if loops := p.eventLoops(); len(loops) > 0 {
+	// A route the loops cannot carry (a link dialer, a PROXY header) is
+	// accepted through Go's poller: its connections go to the copy
+	// goroutines anyway, and moving a loop's socket there costs a dup(2),
+	// a close(2) and more per connection. A reload that changes the
+	// route's kind keeps the listener's way of accepting; both carry
+	// either kind.
+	if loops := p.eventLoops(); len(loops) > 0 && l.route.Load().loopDialable() {
 		// With no connection cap to wait on, the loops accept
 		// themselves; else this goroutine does, on a raw socket.
 		if l.maxConns == 0 {

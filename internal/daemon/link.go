@@ -157,7 +157,7 @@ func (d *daemon) linkTarget(service string) (link.Target, bool) {
 
 // linkDial is the dialer of a service whose backends are attache:// links,
 // or nil for a service of plain backends.
-func (d *daemon) linkDial(s config.Service) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func (d *daemon) linkDial(s config.Service) proxy.DialFunc {
 	if len(s.Backends) == 0 || s.Backends[0].Link == "" || d.link == nil {
 		return nil
 	}

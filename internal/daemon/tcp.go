@@ -78,7 +78,9 @@ func (tcpProtocol) checker(d *daemon, sv *served) health.Checker {
 	if ld := d.linkDial(sv.svc); ld != nil {
 		// Across the link: passes once the link server has authorised
 		// this host and connected to its own backend (see package link).
-		dial = ld
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return ld(ctx, network, addr, nil)
+		}
 	}
 	if hc.Send != "" || hc.Expect != "" {
 		return health.SendExpect{Send: []byte(hc.Send), Expect: []byte(hc.Expect), Dial: dial}

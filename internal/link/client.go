@@ -38,9 +38,9 @@ type Client struct {
 
 // DialFunc is the client's dialer for one remote service, in the shape the
 // proxy and the health checks take: addr is the link server's host:port.
-func (c *Client) DialFunc(service string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, _ string, addr string) (net.Conn, error) {
-		return c.Dial(ctx, service, addr)
+func (c *Client) DialFunc(service string) func(ctx context.Context, network, addr string, early []byte) (net.Conn, error) {
+	return func(ctx context.Context, _ string, addr string, early []byte) (net.Conn, error) {
+		return c.DialEarly(ctx, service, addr, early)
 	}
 }
 
@@ -49,20 +49,29 @@ func (c *Client) DialFunc(service string) func(ctx context.Context, network, add
 // service's backend (see the package doc): a *Stream on a pooled
 // connection, or a *tls.Conn of its own with PerConnection.
 func (c *Client) Dial(ctx context.Context, service, addr string) (net.Conn, error) {
+	return c.DialEarly(ctx, service, addr, nil)
+}
+
+// DialEarly is Dial, sending early (the client's first bytes) with the
+// stream's opening: they reach the service's backend as soon as the link
+// server has connected to it, without waiting for its answer to cross
+// back. A dial that fails delivered none of them (the server drops the
+// bytes of a stream it refuses).
+func (c *Client) DialEarly(ctx context.Context, service, addr string, early []byte) (net.Conn, error) {
 	var (
 		conn net.Conn
 		err  error
 	)
 	if c.PerConnection {
-		conn, err = c.dialPerConn(ctx, service, addr)
+		conn, err = c.dialPerConn(ctx, service, addr, early)
 		var refused *RefusedError
 		if errors.As(err, &refused) && refused.Status == statusGoingAway {
 			// That process is stopping or handing over: a new
 			// connection reaches its successor.
-			conn, err = c.dialPerConn(ctx, service, addr)
+			conn, err = c.dialPerConn(ctx, service, addr, early)
 		}
 	} else {
-		conn, err = c.dialStream(ctx, service, addr)
+		conn, err = c.dialStream(ctx, service, addr, early)
 	}
 	if err != nil {
 		c.Stats.dialError()
@@ -138,12 +147,24 @@ func (c *Client) handshake(ctx context.Context, service, addr string, protos []s
 
 // dialPerConn opens a link connection of its own for one stream
 // (attache/1): a TLS handshake, then the server's status byte.
-func (c *Client) dialPerConn(ctx context.Context, service, addr string) (*tlsStream, error) {
+func (c *Client) dialPerConn(ctx context.Context, service, addr string, early []byte) (*tlsStream, error) {
 	ctx, cancel := c.dialTimeout(ctx)
 	defer cancel()
 	tc, err := c.handshake(ctx, service, addr, []string{ALPN})
 	if err != nil {
 		return nil, err
+	}
+	if len(early) > 0 {
+		// Sent before the status byte is read: the server reads the
+		// stream only once it has connected to the backend, and drops
+		// it with the connection when it refuses.
+		stop := context.AfterFunc(ctx, func() { _ = tc.SetWriteDeadline(time.Unix(1, 0)) })
+		_, err := tc.Write(early)
+		stop()
+		if err != nil {
+			tc.Close()
+			return nil, fmt.Errorf("link server %s: sending the first bytes for service %q: %w", addr, service, err)
+		}
 	}
 	if err := readStatus(ctx, tc, service, addr); err != nil {
 		tc.Close()

@@ -39,12 +39,19 @@ const ALPN2 = "attache/2"
 const streamVersion byte = 1
 
 func encodeStreamHeader(service string) ([]byte, error) {
+	return streamOpening(service, nil)
+}
+
+// streamOpening is what a stream's opening frame carries: its header, then
+// the client's early bytes.
+func streamOpening(service string, early []byte) ([]byte, error) {
 	if service == "" || len(service) > 255 {
 		return nil, fmt.Errorf("link: service name %q must be 1 to 255 bytes", service)
 	}
-	b := make([]byte, 0, 2+len(service))
+	b := make([]byte, 0, 2+len(service)+len(early))
 	b = append(b, streamVersion, byte(len(service)))
-	return append(b, service...), nil
+	b = append(b, service...)
+	return append(b, early...), nil
 }
 
 // readStreamHeader reads a stream's header and returns its service.

@@ -258,11 +258,11 @@ func (cs *clientSession) release() {
 // waits for the server's answer. A session that carried streams before but
 // cannot open this one (the server went away, the connection died) is
 // retired and the open retried once on another.
-func (c *Client) dialStream(ctx context.Context, service, addr string) (net.Conn, error) {
+func (c *Client) dialStream(ctx context.Context, service, addr string, early []byte) (net.Conn, error) {
 	if c.Identity == nil {
 		return nil, ErrNoIdentity
 	}
-	hdr, err := encodeStreamHeader(service)
+	msg, err := streamOpening(service, early)
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +272,7 @@ func (c *Client) dialStream(ctx context.Context, service, addr string) (net.Conn
 	for range 2 {
 		cs, err := c.session(ctx, service, addr)
 		if errors.Is(err, errLegacyServer) {
-			tc, err := c.dialPerConn(ctx, service, addr)
+			tc, err := c.dialPerConn(ctx, service, addr, early)
 			if err != nil {
 				return nil, err
 			}
@@ -281,7 +281,7 @@ func (c *Client) dialStream(ctx context.Context, service, addr string) (net.Conn
 		if err != nil {
 			return nil, err
 		}
-		st, err := cs.open(ctx, hdr, service, addr)
+		st, err := cs.open(ctx, msg, service, addr)
 		if err == nil {
 			cs.used.Store(true)
 			return st, nil
@@ -310,8 +310,8 @@ func (c *Client) dialStream(ctx context.Context, service, addr string) (net.Conn
 	return nil, lastErr
 }
 
-// open opens a stream on the session, sends its header and reads the
-// server's answer.
+// open opens a stream on the session, sends its header (and the client's
+// early bytes after it, in the same frame) and reads the server's answer.
 func (cs *clientSession) open(ctx context.Context, hdr []byte, service, addr string) (*Stream, error) {
 	ys, err := cs.mux.OpenStream(ctx)
 	if err != nil {

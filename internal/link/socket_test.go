@@ -1,12 +1,14 @@
 package link
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/attache/attache/internal/certs"
 )
@@ -138,5 +140,50 @@ func TestCorkedSocketWritesOnce(t *testing.T) {
 	}
 	if want := "first record, second, third, then uncorked"; string(got) != want {
 		t.Fatalf("peer read %q, want %q", got, want)
+	}
+}
+
+// TestLinkDialEarly: the client's first bytes go with the stream's opening
+// and reach the backend once, before what follows; a refused stream
+// returns the refusal, its early bytes dropped with it.
+func TestLinkDialEarly(t *testing.T) { forModes(t, testLinkDialEarly) }
+
+func testLinkDialEarly(t *testing.T, perConn bool) {
+	p := newPKI(t, "fleet")
+	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")})
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), PerConnection: perConn}
+	defer cl.Close()
+
+	early := bytes.Repeat([]byte("early;"), 10<<10) // 60 KiB: more than one frame
+	c, err := cl.DialEarly(ctxT(t), "echo", srv.addr, early)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() {
+		_, _ = c.Write([]byte("late"))
+		_ = c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := append(early, "late"...); !bytes.Equal(got, want) {
+		t.Fatalf("echoed %d bytes, want the %d early ones then 4 late ones, once and in order", len(got), len(early))
+	}
+
+	_, err = cl.DialEarly(ctxT(t), "nobody", srv.addr, []byte("dropped"))
+	if perConn {
+		// Refused in the handshake (the service is in the SNI), before
+		// the early bytes could go.
+		if err == nil {
+			t.Fatal("dial of a service not offered succeeded")
+		}
+		return
+	}
+	var refused *RefusedError
+	if !errors.As(err, &refused) || refused.Status != statusUnknown {
+		t.Fatalf("dial of a service not offered: %v, want a refusal (unknown service)", err)
 	}
 }

@@ -42,6 +42,9 @@ type conn struct {
 	early      *[]byte
 	earlyN     int
 	bytesEarly int64 // of those, written to the backend (in bytesIn too)
+	// earlySent: the route's dialer sent the early bytes with its
+	// opening (a link stream's first frame), so handle does not.
+	earlySent bool
 	// budget is the dial retry budget (see dialBudget), which a loop
 	// that dialled first hands over with the connection.
 	budget    backend.DialBudget
@@ -205,6 +208,11 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 			return
 		}
 	}
+	if r.Dial != nil && c.early == nil && c.ready == nil && r.SendProxy == 0 && len(r.SendProxyFor) == 0 {
+		if !c.readEarly() {
+			return // the client reset, or its socket failed
+		}
+	}
 	bc, target, err := p.dial(ctx, c, r)
 	if err != nil {
 		c.tellReady(err)
@@ -221,6 +229,12 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 		return // finish closes both
 	}
 	c.backendAddr = target.Addr
+	if c.early != nil && c.earlySent {
+		c.movedIn.Add(int64(c.earlyN))
+		c.bytesEarly = int64(c.earlyN)
+		bufPool.Put(c.early)
+		c.early = nil
+	}
 	if c.early != nil {
 		n, err := bc.Write((*c.early)[:c.earlyN])
 		c.movedIn.Add(int64(n))

@@ -134,7 +134,14 @@ func (p *Proxy) dialOne(ctx context.Context, c *conn, r *Route, d *net.Dialer, b
 			bc = rs
 		}
 	} else {
-		bc, err = r.dialBackend(ctx, d, network, address)
+		var early []byte
+		if c.early != nil && r.Dial != nil && r.SendProxyVersion(b.Addr) == 0 {
+			early = (*c.early)[:c.earlyN]
+		}
+		bc, err = r.dialBackend(ctx, d, network, address, early)
+		if err == nil && early != nil {
+			c.earlySent = true
+		}
 	}
 	if err != nil {
 		return nil, err

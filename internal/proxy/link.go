@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,7 +23,14 @@ import (
 // sockets and falls back to a buffered copy otherwise.
 
 // DialFunc opens a connection to a backend, as net.Dialer.DialContext does.
-type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+// early, when not empty, are the client's first bytes: the dialer sends
+// them with its opening, so that they reach the backend without waiting
+// for the answer that the backend is connected (a link stream's first
+// frame carries them), and a connection it returns has sent them. A dial
+// that fails has delivered none of them to any backend (a link server
+// that refuses a stream drops its bytes), so the next backend gets them
+// all.
+type DialFunc func(ctx context.Context, network, addr string, early []byte) (net.Conn, error)
 
 // halfConn is a connection whose write half can be shut: a socket, or a
 // *tls.Conn, whose CloseWrite sends TLS 1.3's close_notify (the peer reads
@@ -34,13 +42,13 @@ type halfConn interface {
 
 // dialBackend dials addr with the route's Dial when it has one, bounded by
 // the connect timeout as the plain dialer is, else with d.
-func (r *Route) dialBackend(ctx context.Context, d *net.Dialer, network, addr string) (net.Conn, error) {
+func (r *Route) dialBackend(ctx context.Context, d *net.Dialer, network, addr string, early []byte) (net.Conn, error) {
 	if r.Dial == nil {
 		return d.DialContext(ctx, network, addr)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.connectTimeout())
 	defer cancel()
-	c, err := r.Dial(ctx, network, addr)
+	c, err := r.Dial(ctx, network, addr, early)
 	if err != nil {
 		return nil, err
 	}
@@ -49,6 +57,47 @@ func (r *Route) dialBackend(ctx context.Context, d *net.Dialer, network, addr st
 		return nil, errors.New("proxy: the route's dialer returned a connection without CloseWrite")
 	}
 	return c, nil
+}
+
+// readEarly reads what the client has sent already, without waiting, so
+// that a route's dialer can send it with its opening (see DialFunc): for
+// a client that speaks first (a request on a new connection), the request
+// then crosses a link with the stream's opening instead of after the link
+// server's answer. It reports false when the client's socket failed (a
+// reset): the connection ends there.
+func (c *conn) readEarly() bool {
+	sc, ok := c.client.(syscall.Conn)
+	if !ok {
+		return true // a loop's socket (its route became a link's since): no early bytes
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	b := bufPool.Get().(*[]byte)
+	var n int
+	var rerr error
+	_ = raw.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = unix.Read(int(fd), *b)
+			if rerr != unix.EINTR {
+				return true // one try: never waits
+			}
+		}
+	})
+	switch {
+	case rerr == unix.EAGAIN || n == 0 && rerr == nil:
+		// Nothing yet, or an EOF, which the copy reads again: TCP
+		// repeats an EOF, where a reset's error is given once.
+		bufPool.Put(b)
+		return true
+	case rerr != nil:
+		bufPool.Put(b)
+		c.markAborted("client reset before the backend was dialled")
+		return false
+	}
+	c.early, c.earlyN = b, n
+	return true
 }
 
 // ErrShuttingDown is what a handed-off stream's ready hears when the proxy

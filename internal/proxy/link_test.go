@@ -7,8 +7,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,10 +81,17 @@ func TestRouteDialTLS(t *testing.T) {
 		<-done
 	})
 	r := NewRoute("tls", ln.Addr().String())
-	r.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+	r.Dial = func(ctx context.Context, network, addr string, early []byte) (net.Conn, error) {
 		var d tls.Dialer
 		d.Config = cliConf
-		return d.DialContext(ctx, network, addr)
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil && len(early) > 0 {
+			if _, err := c.Write(early); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+		return c, err
 	}
 	l := start(t, &Proxy{}, r, 0)
 	for _, size := range []int{5, 3*bufSize + 7, 4 << 20} {
@@ -178,4 +187,87 @@ func waitStats(t *testing.T, l *Listener, cond func(*Stats) bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestRouteDialEarly: a client's first bytes, read before the dial, go to
+// the route's dialer with its opening; a dial that fails passes them on
+// whole to the next attempt, and the backend gets them exactly once,
+// before what the client sends later.
+func TestRouteDialEarly(t *testing.T) {
+	echo := testenv.Echo(t, "127.0.0.1:0")
+	var (
+		mu                     sync.Mutex
+		attempts, sawEarly     int
+		refusedEarly, retained int // refusals given early bytes; dials after one given them again
+		lastRefusedEarly       bool
+	)
+	r := NewRoute("early", "127.0.0.1:1", echo)
+	r.Retries = 1
+	r.Dial = func(ctx context.Context, network, addr string, early []byte) (net.Conn, error) {
+		mu.Lock()
+		attempts++
+		if len(early) > 0 {
+			sawEarly++
+			if string(early) != "first bytes;" {
+				mu.Unlock()
+				return nil, fmt.Errorf("early bytes %q, want the client's first write", early)
+			}
+		}
+		if addr != echo {
+			if len(early) > 0 {
+				refusedEarly++
+				lastRefusedEarly = true
+			}
+			mu.Unlock()
+			return nil, errors.New("refused, as a link server without a backend refuses")
+		}
+		if lastRefusedEarly && len(early) > 0 {
+			retained++
+		}
+		lastRefusedEarly = false
+		mu.Unlock()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil && len(early) > 0 {
+			if _, err := c.Write(early); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+		return c, err
+	}
+	r.Passive = false // round robin: every other connection tries the refusing one first
+	l := start(t, &Proxy{}, r, 0)
+	for i := 0; i < 50; i++ {
+		c := dial(t, l.Addr().String())
+		_ = c.SetDeadline(time.Now().Add(deadlineFor))
+		if _, err := c.Write([]byte("first bytes;")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len("first bytes;"))
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if _, err := c.Write([]byte("then more")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.CloseWrite()
+		rest, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if all := string(got) + string(rest); all != "first bytes;then more" {
+			t.Fatalf("connection %d: echoed %q, want each byte once, in order", i, all)
+		}
+		c.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sawEarly == 0 || refusedEarly == 0 {
+		t.Errorf("of %d dials, %d were given early bytes and %d refusals were: the early path was not exercised", attempts, sawEarly, refusedEarly)
+	}
+	if retained != refusedEarly {
+		t.Errorf("%d refused dials were given early bytes, and %d of the dials after them: the next attempt must get them whole", refusedEarly, retained)
+	}
+	t.Logf("%d of %d dials were given the client's first bytes (%d refused)", sawEarly, attempts, refusedEarly)
 }

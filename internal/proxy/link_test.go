@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +55,23 @@ func tlsExchange(t *testing.T, c net.Conn, payload []byte) {
 	}
 }
 
+// earlyDialer is a route dialer that dials with dial and sends the
+// client's early bytes on the new connection, as a link dialer sends them
+// with its opening.
+func earlyDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) DialFunc {
+	return func(ctx context.Context, network, addr string, early []byte) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil || len(early) == 0 {
+			return c, err
+		}
+		if _, err := c.Write(early); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
 // TestRouteDialTLS: a route whose Dial returns a *tls.Conn (as the link
 // client does) carries bytes both ways and half-close, in bulk too.
 func TestRouteDialTLS(t *testing.T) {
@@ -81,18 +99,7 @@ func TestRouteDialTLS(t *testing.T) {
 		<-done
 	})
 	r := NewRoute("tls", ln.Addr().String())
-	r.Dial = func(ctx context.Context, network, addr string, early []byte) (net.Conn, error) {
-		var d tls.Dialer
-		d.Config = cliConf
-		c, err := d.DialContext(ctx, network, addr)
-		if err == nil && len(early) > 0 {
-			if _, err := c.Write(early); err != nil {
-				c.Close()
-				return nil, err
-			}
-		}
-		return c, err
-	}
+	r.Dial = earlyDialer((&tls.Dialer{Config: cliConf}).DialContext)
 	l := start(t, &Proxy{}, r, 0)
 	for _, size := range []int{5, 3*bufSize + 7, 4 << 20} {
 		payload := make([]byte, size)
@@ -226,15 +233,7 @@ func TestRouteDialEarly(t *testing.T) {
 		}
 		lastRefusedEarly = false
 		mu.Unlock()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		if err == nil && len(early) > 0 {
-			if _, err := c.Write(early); err != nil {
-				c.Close()
-				return nil, err
-			}
-		}
-		return c, err
+		return earlyDialer((&net.Dialer{}).DialContext)(ctx, network, addr, early)
 	}
 	r.Passive = false // round robin: every other connection tries the refusing one first
 	l := start(t, &Proxy{}, r, 0)
@@ -270,4 +269,50 @@ func TestRouteDialEarly(t *testing.T) {
 		t.Errorf("%d refused dials were given early bytes, and %d of the dials after them: the next attempt must get them whole", refusedEarly, retained)
 	}
 	t.Logf("%d of %d dials were given the client's first bytes (%d refused)", sawEarly, attempts, refusedEarly)
+}
+
+// TestRouteDialEarlyKeepsResets: a client that sends and resets at once
+// has its reset taken by the early read or by the copy after it, never
+// turned into a clean end: a backend that was dialled reads an error, not
+// an EOF.
+func TestRouteDialEarlyKeepsResets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := make(chan error, 64)
+	var dialled atomic.Int32
+	testenv.Serve(t, ln, func(c net.Conn) {
+		dialled.Add(1)
+		_ = c.SetReadDeadline(time.Now().Add(deadlineFor))
+		_, err := io.Copy(io.Discard, c)
+		ends <- err // nil: a clean EOF
+	})
+	r := NewRoute("early-reset", ln.Addr().String())
+	r.Dial = earlyDialer((&net.Dialer{}).DialContext)
+	l := start(t, &Proxy{}, r, 0)
+	const rounds = 40
+	for range rounds {
+		c := dial(t, l.Addr().String())
+		if _, err := c.Write([]byte("a request, then a reset")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetLinger(0)
+		c.Close()
+	}
+	waitStats(t, l, func(s *Stats) bool { return s.Active.Load() == 0 && s.Accepted.Load() == rounds })
+	// Every backend connection was dialled by now; each one's reader
+	// reports how its stream ended.
+	n := int(dialled.Load())
+	for i := range n {
+		select {
+		case err := <-ends:
+			if err == nil {
+				t.Fatalf("backend connection %d of %d read a clean end of a stream its client reset", i+1, n)
+			}
+		case <-time.After(deadlineFor):
+			t.Fatalf("%d of %d backend connections did not end", n-i, n)
+		}
+	}
+	t.Logf("%d of %d resets reached a dialled backend as errors; the early read took the rest", n, rounds)
 }

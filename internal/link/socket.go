@@ -34,7 +34,7 @@ type linkSocket struct {
 
 	wmu    sync.Mutex // orders writes: a corked batch, then what follows
 	corked bool
-	held   []byte // records written while corked
+	held   *[]byte // records written while corked (from heldPool)
 }
 
 // wrapSocket wraps raw for the TLS connection that runs over it, when it is
@@ -59,7 +59,10 @@ func (c *linkSocket) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.corked {
-		c.held = append(c.held, b...)
+		if c.held == nil {
+			c.held = heldPool.Get().(*[]byte)
+		}
+		*c.held = append(*c.held, b...)
 		return len(b), nil
 	}
 	return c.TCPConn.Write(b)
@@ -78,20 +81,24 @@ func (c *linkSocket) uncork() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.corked = false
-	if len(c.held) == 0 {
+	if c.held == nil {
 		return nil
 	}
-	_, err := c.TCPConn.Write(c.held)
-	if cap(c.held) > maxHeld {
-		c.held = nil // a burst's buffer is not kept
-	} else {
-		c.held = c.held[:0]
+	_, err := c.TCPConn.Write(*c.held)
+	if cap(*c.held) <= maxHeld {
+		*c.held = (*c.held)[:0]
+		heldPool.Put(c.held)
 	}
+	c.held = nil
 	return err
 }
 
-// maxHeld is the largest held buffer kept for the next batch: a full batch
-// and its TLS overhead.
+// heldPool lends the buffers corked writes gather in: a socket holds one
+// only between cork and uncork, so an idle link connection holds none.
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// maxHeld is the largest held buffer pooled again: a full batch and its
+// TLS overhead.
 const maxHeld = batchLimit + batchLimit/8
 
 // CloseRead shuts the read side; the EOF that follows is not a cut.

@@ -121,14 +121,14 @@ func TestCorkedSocketWritesOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := string(s.held); got != "first record, second, third" {
+	if got := string(*s.held); got != "first record, second, third" {
 		t.Fatalf("corked socket holds %q", got)
 	}
 	if err := s.uncork(); err != nil {
 		t.Fatal(err)
 	}
-	if len(s.held) != 0 {
-		t.Fatalf("uncork left %d bytes held", len(s.held))
+	if s.held != nil {
+		t.Fatalf("uncork left %d bytes held", len(*s.held))
 	}
 	if _, err := s.Write([]byte(", then uncorked")); err != nil {
 		t.Fatal(err)

@@ -38,10 +38,6 @@ const ALPN2 = "attache/2"
 // a refusal, after which the stream ends).
 const streamVersion byte = 1
 
-func encodeStreamHeader(service string) ([]byte, error) {
-	return streamOpening(service, nil)
-}
-
 // streamOpening is what a stream's opening frame carries: its header, then
 // the client's early bytes.
 func streamOpening(service string, early []byte) ([]byte, error) {

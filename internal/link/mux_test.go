@@ -397,11 +397,11 @@ func TestMuxClientCertificateRotation(t *testing.T) {
 	})
 }
 
-// TestStreamHeader reads back what encodeStreamHeader wrote and refuses
+// TestStreamHeader reads back what streamOpening wrote and refuses
 // malformed headers.
 func TestStreamHeader(t *testing.T) {
 	for _, name := range []string{"a", "redis", string(slices.Repeat([]byte("x"), 255))} {
-		b, err := encodeStreamHeader(name)
+		b, err := streamOpening(name, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -410,9 +410,21 @@ func TestStreamHeader(t *testing.T) {
 			t.Errorf("header of %q read back as %q, %v", name, got, err)
 		}
 	}
+	// Early bytes follow the header, and the header's reader leaves them.
+	b, err := streamOpening("redis", []byte("PING\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(b)
+	if got, err := readStreamHeader(r); err != nil || got != "redis" {
+		t.Fatalf("opening with early bytes: service %q, %v", got, err)
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "PING\r\n" {
+		t.Fatalf("after the header: %q, want the early bytes", rest)
+	}
 	for _, name := range []string{"", string(slices.Repeat([]byte("x"), 256))} {
-		if _, err := encodeStreamHeader(name); err == nil {
-			t.Errorf("encodeStreamHeader(%d bytes) succeeded", len(name))
+		if _, err := streamOpening(name, nil); err == nil {
+			t.Errorf("streamOpening(%d bytes) succeeded", len(name))
 		}
 	}
 	for _, b := range [][]byte{{}, {streamVersion}, {9, 1, 'a'}, {streamVersion, 0}, {streamVersion, 5, 'a'}} {

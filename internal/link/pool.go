@@ -262,7 +262,7 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 	if c.Identity == nil {
 		return nil, ErrNoIdentity
 	}
-	msg, err := streamOpening(service, early)
+	opening, err := streamOpening(service, early)
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +281,7 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 		if err != nil {
 			return nil, err
 		}
-		st, err := cs.open(ctx, msg, service, addr)
+		st, err := cs.open(ctx, opening, service, addr)
 		if err == nil {
 			cs.used.Store(true)
 			return st, nil
@@ -312,7 +312,7 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 
 // open opens a stream on the session, sends its header (and the client's
 // early bytes after it, in the same frame) and reads the server's answer.
-func (cs *clientSession) open(ctx context.Context, hdr []byte, service, addr string) (*Stream, error) {
+func (cs *clientSession) open(ctx context.Context, opening []byte, service, addr string) (*Stream, error) {
 	ys, err := cs.mux.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("link session with %s: open a stream: %w", addr, err)
@@ -320,8 +320,8 @@ func (cs *clientSession) open(ctx context.Context, hdr []byte, service, addr str
 	cs.streams.Add(1)
 	st := newStream(ys, cs.tls, cs.stats, sideClient, cs.release)
 	// No deadline (a timer each way): a new stream's window takes the
-	// header at once, and the status read below is bounded by ctx.
-	if _, err := st.Write(hdr); err != nil {
+	// opening at once, and the status read below is bounded by ctx.
+	if _, err := st.Write(opening); err != nil {
 		st.Reset()
 		return nil, fmt.Errorf("link session with %s: %w", addr, err)
 	}

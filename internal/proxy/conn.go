@@ -208,7 +208,9 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 			return
 		}
 	}
-	if r.Dial != nil && c.early == nil && c.ready == nil && r.SendProxy == 0 && len(r.SendProxyFor) == 0 {
+	if r.Dial != nil && c.early == nil && c.ready == nil {
+		// For the dialer to send with its opening; after a PROXY
+		// header instead (dialOne decides), like a loop's early bytes.
 		if !c.readEarly() {
 			return // the client reset, or its socket failed
 		}
@@ -229,14 +231,12 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 		return // finish closes both
 	}
 	c.backendAddr = target.Addr
-	if c.early != nil && c.earlySent {
-		c.movedIn.Add(int64(c.earlyN))
-		c.bytesEarly = int64(c.earlyN)
-		bufPool.Put(c.early)
-		c.early = nil
-	}
 	if c.early != nil {
-		n, err := bc.Write((*c.early)[:c.earlyN])
+		// Sent already when the route's dialer took them.
+		n, err := c.earlyN, error(nil)
+		if !c.earlySent {
+			n, err = bc.Write((*c.early)[:c.earlyN])
+		}
 		c.movedIn.Add(int64(n))
 		c.bytesEarly = int64(n)
 		bufPool.Put(c.early)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -315,4 +316,46 @@ func TestRouteDialEarlyKeepsResets(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d resets reached a dialled backend as errors; the early read took the rest", n, rounds)
+}
+
+// TestRouteDialEarlyAfterProxyHeader: on a route that sends a PROXY
+// header, the client's early bytes do not go with the dialer's opening,
+// which would put them before the header, but after it.
+func TestRouteDialEarlyAfterProxyHeader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	testenv.Serve(t, ln, func(c net.Conn) {
+		_ = c.SetReadDeadline(time.Now().Add(deadlineFor))
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	})
+	r := NewRoute("early-pp", ln.Addr().String())
+	r.SendProxy = 1
+	var gaveEarly atomic.Bool
+	r.Dial = func(ctx context.Context, network, addr string, early []byte) (net.Conn, error) {
+		if len(early) > 0 {
+			gaveEarly.Store(true)
+		}
+		return earlyDialer((&net.Dialer{}).DialContext)(ctx, network, addr, early)
+	}
+	l := start(t, &Proxy{}, r, 0)
+	c := dial(t, l.Addr().String())
+	if _, err := c.Write([]byte("first bytes")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CloseWrite()
+	select {
+	case b := <-got:
+		if !strings.HasPrefix(b, "PROXY TCP4 ") || !strings.HasSuffix(b, "\r\nfirst bytes") {
+			t.Fatalf("backend read %q, want the PROXY header, then the client's bytes", b)
+		}
+	case <-time.After(deadlineFor):
+		t.Fatal("the backend connection did not end")
+	}
+	if gaveEarly.Load() {
+		t.Error("the dialer was given early bytes on a route that sends a PROXY header")
+	}
 }

@@ -1,4 +1,4 @@
-# attache: `make test` is what CI runs (.ci/run installs the packages first).
+# attache: `make test` is what CI runs (.ci/run calls it; its deps target installs the Debian packages first).
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/attache/attache/internal/cli.Version=$(VERSION)

@@ -32,6 +32,7 @@ type Stream struct {
 	sendWin  int64
 	sentEnd  bool  // END_STREAM sent
 	closed   bool  // Close or Reset was called
+	writing  bool  // a Write is under way
 	err      error // the stream failed: reads and writes return it
 	status   int
 	// response is closed when the answer came (client) or the stream
@@ -247,6 +248,14 @@ func (st *Stream) Read(b []byte) (int, error) {
 func (st *Stream) Write(b []byte) (int, error) {
 	st.wmu.Lock()
 	defer st.wmu.Unlock()
+	st.mu.Lock()
+	st.writing = true
+	st.mu.Unlock()
+	defer func() {
+		st.mu.Lock()
+		st.writing = false
+		st.mu.Unlock()
+	}()
 	total := 0
 	for len(b) > 0 {
 		n, err := st.take(len(b))
@@ -357,7 +366,10 @@ func (st *Stream) Close() error {
 		st.mu.Unlock()
 		return nil
 	}
-	unread := st.recv.len() > 0
+	// Bytes left unread here, or a write still waiting for the window
+	// (its bytes will not all go): the peer must not take what it got
+	// for the whole stream.
+	unread := st.recv.len() > 0 || st.writing
 	st.mu.Unlock()
 	if unread {
 		return st.Reset()

@@ -28,7 +28,7 @@ type Client struct {
 	// the server's status byte); zero means 10s.
 	Timeout time.Duration
 	// PerConnection gives every stream a TLS connection of its own
-	// (attache/1) instead of a stream on a pooled connection (attache/2).
+	// (attache/1) instead of a stream on a pooled connection (attache/h2).
 	PerConnection bool
 
 	once  sync.Once

@@ -1,13 +1,11 @@
 package link
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -264,7 +262,7 @@ func TestMuxFallsBackToAttache1(t *testing.T) {
 	if _, opened := cl.Stats.Sessions("client"); opened != 0 {
 		t.Errorf("%d pooled connections opened to an attache/1 server, want 0", opened)
 	}
-	// One handshake offered attache/2 and was answered attache/1; the
+	// One handshake offered attache/h2 and was answered attache/1; the
 	// three dials then had connections of their own.
 	if total, _ := cl.Stats.ClientHandshakes(); total != 3 {
 		t.Errorf("client handshakes %d, want 3", total)
@@ -397,39 +395,21 @@ func TestMuxClientCertificateRotation(t *testing.T) {
 	})
 }
 
-// TestStreamHeader reads back what streamOpening wrote and refuses
-// malformed headers.
-func TestStreamHeader(t *testing.T) {
-	for _, name := range []string{"a", "redis", string(slices.Repeat([]byte("x"), 255))} {
-		b, err := streamOpening(name, nil)
-		if err != nil {
-			t.Fatal(err)
+// TestAnswerStatuses checks that every answer of attache/1 has an HTTP
+// status of its own on multiplexed links, and reads back as itself.
+func TestAnswerStatuses(t *testing.T) {
+	seen := map[int]bool{}
+	for _, status := range []byte{statusOK, statusNotAllowed, statusUnknown, statusNoBackend, statusExpired, statusGoingAway} {
+		code, ok := statusToHTTP[status]
+		if !ok || seen[code] {
+			t.Fatalf("status %d: HTTP status %d missing or shared", status, code)
 		}
-		got, err := readStreamHeader(bytes.NewReader(b))
-		if err != nil || got != name {
-			t.Errorf("header of %q read back as %q, %v", name, got, err)
-		}
-	}
-	// Early bytes follow the header, and the header's reader leaves them.
-	b, err := streamOpening("redis", []byte("PING\r\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := bytes.NewReader(b)
-	if got, err := readStreamHeader(r); err != nil || got != "redis" {
-		t.Fatalf("opening with early bytes: service %q, %v", got, err)
-	}
-	if rest, _ := io.ReadAll(r); string(rest) != "PING\r\n" {
-		t.Fatalf("after the header: %q, want the early bytes", rest)
-	}
-	for _, name := range []string{"", string(slices.Repeat([]byte("x"), 256))} {
-		if _, err := streamOpening(name, nil); err == nil {
-			t.Errorf("streamOpening(%d bytes) succeeded", len(name))
+		seen[code] = true
+		if back := httpToStatus[code]; back != status {
+			t.Fatalf("HTTP status %d reads back as %d, want %d", code, back, status)
 		}
 	}
-	for _, b := range [][]byte{{}, {streamVersion}, {9, 1, 'a'}, {streamVersion, 0}, {streamVersion, 5, 'a'}} {
-		if got, err := readStreamHeader(bytes.NewReader(b)); err == nil {
-			t.Errorf("header %v read as %q", b, got)
-		}
+	if _, ok := httpToStatus[418]; ok {
+		t.Fatal("an HTTP status no server sends maps to an answer")
 	}
 }

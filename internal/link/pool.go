@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-yamux/v5"
+	"github.com/attache/attache/internal/h2mux"
 )
 
 // How a Client spreads streams over pooled connections to one link server:
@@ -57,7 +57,7 @@ type sessionDial struct {
 
 // clientSession is one pooled connection.
 type clientSession struct {
-	mux   *yamux.Session
+	mux   *h2mux.Session
 	tls   *tls.Conn
 	addr  string
 	gen   uint64 // the identity generation it was set up with
@@ -158,7 +158,7 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 func (pe *peer) pick(gen uint64) (best *clientSession, retired []*clientSession) {
 	kept := pe.sessions[:0]
 	for _, cs := range pe.sessions {
-		if cs.mux.IsClosed() || cs.retired.Load() {
+		if cs.mux.IsClosed() || cs.retired.Load() || cs.mux.GoneAway() {
 			continue
 		}
 		if cs.gen != gen {
@@ -215,7 +215,10 @@ func (c *Client) newSession(ctx context.Context, service, addr string) (*clientS
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	mux, err := yamux.Client(newBatchWriter(tc), muxConfig(timeout), nil)
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	mux, err := h2mux.Client(tc, muxConfig(timeout, tc))
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("link session with %s: %w", addr, err)
@@ -225,7 +228,7 @@ func (c *Client) newSession(ctx context.Context, service, addr string) (*clientS
 	// Owned by the session: it ends when the session closes (peer gone,
 	// retired and idle, or Client.Close).
 	go func() {
-		<-mux.CloseChan()
+		<-mux.Done()
 		c.Stats.sessionClosed(sideClient)
 	}()
 	return s, nil
@@ -262,9 +265,8 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 	if c.Identity == nil {
 		return nil, ErrNoIdentity
 	}
-	opening, err := streamOpening(service, early)
-	if err != nil {
-		return nil, err
+	if service == "" {
+		return nil, errors.New("link: no service name to dial")
 	}
 	ctx, cancel := c.dialTimeout(ctx)
 	defer cancel()
@@ -281,7 +283,7 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 		if err != nil {
 			return nil, err
 		}
-		st, err := cs.open(ctx, opening, service, addr)
+		st, err := cs.open(ctx, service, addr, early)
 		if err == nil {
 			cs.used.Store(true)
 			return st, nil
@@ -310,24 +312,44 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 	return nil, lastErr
 }
 
-// open opens a stream on the session, sends its header (and the client's
-// early bytes after it, in the same frame) and reads the server's answer.
-func (cs *clientSession) open(ctx context.Context, opening []byte, service, addr string) (*Stream, error) {
-	ys, err := cs.mux.OpenStream(ctx)
+// open opens a stream on the session, sends the client's early bytes right
+// behind its opening frame, and waits for the server's answer. A stream
+// the server did not take because it is going away (or a session that
+// can open no more) is a RefusedError with statusGoingAway: the caller
+// opens it again on a new connection.
+func (cs *clientSession) open(ctx context.Context, service, addr string, early []byte) (*Stream, error) {
+	hs, err := cs.mux.Open(service)
+	if errors.Is(err, h2mux.ErrGoingAway) || errors.Is(err, h2mux.ErrExhausted) {
+		return nil, &RefusedError{Service: service, Addr: addr, Status: statusGoingAway}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("link session with %s: open a stream: %w", addr, err)
 	}
 	cs.streams.Add(1)
-	st := newStream(ys, cs.tls, cs.stats, sideClient, cs.release)
-	// No deadline (a timer each way): a new stream's window takes the
-	// opening at once, and the status read below is bounded by ctx.
-	if _, err := st.Write(opening); err != nil {
-		st.Reset()
-		return nil, fmt.Errorf("link session with %s: %w", addr, err)
+	st := newStream(hs, cs.tls, cs.stats, sideClient, cs.release)
+	if len(early) > 0 {
+		// Within the stream's first window: queued behind the
+		// opening at once.
+		if _, err := st.Write(early); err != nil {
+			st.Reset()
+			return nil, fmt.Errorf("link session with %s: %w", addr, err)
+		}
 	}
-	if err := readStatus(ctx, st, service, addr); err != nil {
+	code, err := st.Response(ctx)
+	switch {
+	case errors.Is(err, h2mux.ErrRefused) || errors.Is(err, h2mux.ErrGoingAway):
 		st.Reset()
-		return nil, err
+		return nil, &RefusedError{Service: service, Addr: addr, Status: statusGoingAway}
+	case err != nil:
+		st.Reset()
+		return nil, fmt.Errorf("link server %s did not answer for service %q: %w", addr, service, err)
+	case code != statusToHTTP[statusOK]:
+		st.Reset()
+		status, ok := httpToStatus[code]
+		if !ok {
+			status = statusUnknownAnswer
+		}
+		return nil, &RefusedError{Service: service, Addr: addr, Status: status}
 	}
 	st.opened()
 	return st, nil

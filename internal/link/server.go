@@ -256,7 +256,7 @@ func (s *Server) serveConn(ctx context.Context, raw net.Conn) {
 // serveStream authorises a stream to service for the peer with
 // certificate leaf and hands it to the service's handler; authorised runs
 // once the checks pass, before the handler. c is a *tls.Conn of its own
-// (attache/1) or a *Stream of a multiplexed connection (attache/2).
+// (attache/1) or a *Stream of a multiplexed connection (attache/h2).
 func (s *Server) serveStream(ctx context.Context, c net.Conn, service string, leaf *x509.Certificate, authorised func()) {
 	names := certs.Names(leaf)
 	if now := time.Now(); now.After(leaf.NotAfter) {
@@ -289,8 +289,7 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, service string, le
 				st.goAway() // the next streams need not reach the handler to hear it
 			}
 			s.logger().Debug("link stream sent elsewhere: going away", "service", service, "peer", names, "remote", c.RemoteAddr().String())
-			_ = c.SetWriteDeadline(time.Now().Add(timeout))
-			_, _ = c.Write([]byte{statusGoingAway})
+			_ = answer(c, statusGoingAway, timeout)
 			c.Close()
 			return err
 		}
@@ -298,27 +297,29 @@ func (s *Server) serveStream(ctx context.Context, c net.Conn, service string, le
 			s.refuseStream(c, statusNoBackend, &refusal{reason: ReasonNoBackend, service: service, names: names, detail: err.Error()})
 			return err
 		}
-		st, multiplexed := c.(*Stream)
-		if !multiplexed {
-			// A stream's first byte goes into its window at once;
-			// a TLS connection's write may wait on the socket.
-			_ = c.SetWriteDeadline(time.Now().Add(timeout))
-		}
-		_, werr := c.Write([]byte{statusOK})
-		if !multiplexed {
-			_ = c.SetWriteDeadline(time.Time{})
-		}
-		if werr == nil && multiplexed {
+		werr := answer(c, statusOK, timeout)
+		if st, multiplexed := c.(*Stream); werr == nil && multiplexed {
 			st.opened()
 		}
 		return werr
 	})
 }
 
+// answer sends the server's answer to a stream: a multiplexed stream's
+// HEADERS, or attache/1's status byte, whose write is bounded by timeout.
+func answer(c net.Conn, status byte, timeout time.Duration) error {
+	if st, ok := c.(*Stream); ok {
+		return st.answer(status)
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Write([]byte{status})
+	_ = c.SetWriteDeadline(time.Time{})
+	return err
+}
+
 // refuseStream tells an authenticated client why, then closes.
 func (s *Server) refuseStream(tc net.Conn, status byte, r *refusal) {
-	_ = tc.SetWriteDeadline(time.Now().Add(s.handshakeTimeout()))
-	_, _ = tc.Write([]byte{status})
+	_ = answer(tc, status, s.handshakeTimeout())
 	s.refused(tc, r)
 	tc.Close()
 }

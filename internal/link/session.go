@@ -7,17 +7,16 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/attache/attache/internal/certs"
-	"github.com/libp2p/go-yamux/v5"
+	"github.com/attache/attache/internal/h2mux"
 )
 
 // serverSession is a multiplexed connection a client set up with the
 // link server: each stream it opens names a service and is authorised on
 // its own against the certificate the handshake checked.
 type serverSession struct {
-	mux  *yamux.Session
+	mux  *h2mux.Session
 	tls  *tls.Conn
 	leaf *x509.Certificate
 	gen  uint64 // the server identity's generation at the handshake
@@ -37,10 +36,10 @@ type sessions struct {
 }
 
 // startSession serves a multiplexed connection whose handshake chose
-// attache/2. It returns at once: the session's streams are served on
+// attache/h2. It returns at once: the session's streams are served on
 // goroutines of the server's (see Close), not the handshake's.
 func (s *Server) startSession(ctx context.Context, tc *tls.Conn, leaf *x509.Certificate, resumed bool) {
-	mux, err := yamux.Server(newBatchWriter(tc), muxConfig(s.handshakeTimeout()), nil)
+	mux, err := h2mux.Server(tc, muxConfig(s.handshakeTimeout(), tc))
 	if err != nil {
 		s.logger().Error("link session", "remote", tc.RemoteAddr().String(), "error", err)
 		tc.Close()
@@ -77,12 +76,12 @@ func (s *Server) acceptStreams(ctx context.Context, ss *serverSession) {
 		s.Stats.sessionClosed(sideServer)
 	}()
 	for {
-		ys, err := ss.mux.AcceptStream()
+		hs, err := ss.mux.Accept()
 		if err != nil {
 			return
 		}
 		ss.streams.Add(1)
-		st := newStream(ys, ss.tls, s.Stats, sideServer, ss.release)
+		st := newStream(hs, ss.tls, s.Stats, sideServer, ss.release)
 		st.goAway = ss.goAway
 		if ss.gen != s.Identity.Generation() {
 			// This server's certificate changed: the client sets up a
@@ -90,14 +89,14 @@ func (s *Server) acceptStreams(ctx context.Context, ss *serverSession) {
 			ss.goAway()
 		}
 		if ss.goingAway.Load() {
-			s.sess.wg.Go(func() { refuseGoingAway(st, s.handshakeTimeout()) })
+			s.sess.wg.Go(func() { refuseGoingAway(st) })
 			continue
 		}
 		s.sess.wg.Go(func() { s.serveSessionStream(ctx, st, ss.leaf) })
 	}
 }
 
-// serveSessionStream reads a stream's header and serves it.
+// serveSessionStream serves a stream to the service its opening named.
 func (s *Server) serveSessionStream(ctx context.Context, st *Stream, leaf *x509.Certificate) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -105,20 +104,7 @@ func (s *Server) serveSessionStream(ctx context.Context, st *Stream, leaf *x509.
 			st.Reset()
 		}
 	}()
-	_ = st.SetReadDeadline(time.Now().Add(s.handshakeTimeout()))
-	service, err := readStreamHeader(st)
-	if err != nil {
-		r := classify(err)
-		if r.reason == ReasonHandshake {
-			r.reason = ReasonNoService
-		}
-		r.names = certs.Names(leaf)
-		s.refused(st, r)
-		st.Reset()
-		return
-	}
-	_ = st.SetReadDeadline(time.Time{})
-	s.serveStream(ctx, st, service, leaf, func() {})
+	s.serveStream(ctx, st, st.Authority(), leaf, func() {})
 }
 
 func (ss *serverSession) release() {
@@ -128,22 +114,22 @@ func (ss *serverSession) release() {
 }
 
 // goAway takes the session out of service: the streams it carries go on,
-// new ones are answered statusGoingAway (the client opens them again on a
-// new connection), and it closes once its last stream ends. (Not yamux's
-// GO_AWAY: libp2p's yamux ends the whole session when it receives one.)
+// the client hears GOAWAY and opens its next streams on a new connection
+// (those already on their way are refused, and opened again there too),
+// and the session closes once its last stream ends.
 func (ss *serverSession) goAway() {
 	if ss.goingAway.Swap(true) {
 		return
 	}
+	ss.mux.GoAway()
 	if ss.streams.Load() == 0 {
 		_ = ss.mux.Close()
 	}
 }
 
 // refuseGoingAway answers a stream opened on a session that is going away.
-func refuseGoingAway(st *Stream, timeout time.Duration) {
-	_ = st.SetWriteDeadline(time.Now().Add(timeout))
-	_, _ = st.Write([]byte{statusGoingAway})
+func refuseGoingAway(st *Stream) {
+	_ = st.answer(statusGoingAway)
 	_ = st.Close()
 }
 

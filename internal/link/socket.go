@@ -97,9 +97,9 @@ func (c *linkSocket) uncork() error {
 // only between cork and uncork, so an idle link connection holds none.
 var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
-// maxHeld is the largest held buffer pooled again: a full batch and its
-// TLS overhead.
-const maxHeld = batchLimit + batchLimit/8
+// maxHeld is the largest held buffer pooled again: a session's full batch
+// (256 KiB and a frame) and its TLS overhead.
+const maxHeld = 320 << 10
 
 // CloseRead shuts the read side; the EOF that follows is not a cut.
 func (c *linkSocket) CloseRead() error {

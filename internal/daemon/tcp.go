@@ -122,6 +122,8 @@ func (tcpProtocol) publish(d *daemon, sv *served, prev *backend.Set) {
 		SendProxy:      send,
 		SendProxyFor:   sendFor,
 		Dial:           d.linkDial(s),
+		// A multiplexed link's streams go on the event loops.
+		DialLoopStreams: d.link != nil && !d.link.client.PerConnection,
 	})
 	if !s.CloseOnRemove || prev == nil {
 		return

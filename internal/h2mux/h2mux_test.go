@@ -473,3 +473,118 @@ func TestBadPrefaceIsRefused(t *testing.T) {
 		t.Fatal("an HTTP/1.1 request was taken for a session")
 	}
 }
+
+// notifier counts a stream's notify calls and lets a test wait for one.
+type notifier struct{ c chan struct{} }
+
+func newNotifier(st *Stream) *notifier {
+	n := &notifier{c: make(chan struct{}, 100)}
+	st.SetNotify(func() { n.c <- struct{}{} })
+	return n
+}
+
+func (n *notifier) wait(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-n.c:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no notify: %s", what)
+	}
+}
+
+// TestTryReadNotifies drives a stream as an event loop does: TryRead until
+// EAGAIN or a short read, then only after the notify.
+func TestTryReadNotifies(t *testing.T) {
+	cs, ss := pair(t, Config{})
+	c, s := open(t, cs, ss, "svc")
+	n := newNotifier(s)
+	buf := make([]byte, 4)
+	if _, err := s.TryRead(buf); !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("TryRead of an empty stream: %v, want EAGAIN", err)
+	}
+	c.Write([]byte("abcdef"))
+	n.wait(t, "bytes came after EAGAIN")
+	if k, err := s.TryRead(buf); k != 4 || err != nil {
+		t.Fatalf("TryRead: %d, %v", k, err)
+	}
+	// 2 bytes left: a short read empties the stream and arms the notify.
+	if k, err := s.TryRead(buf); k != 2 || err != nil {
+		t.Fatalf("TryRead: %d, %v", k, err)
+	}
+	c.Write([]byte("gh"))
+	c.CloseWrite()
+	n.wait(t, "bytes came after a short read")
+	// The bytes and the end may both be there: the short read that
+	// empties the stream notifies at once, for the read of the end.
+	var got []byte
+	for {
+		k, err := s.TryRead(buf)
+		got = append(got, buf[:k]...)
+		if err == io.EOF {
+			break
+		}
+		if errors.Is(err, syscall.EAGAIN) || k < len(buf) {
+			n.wait(t, "the end after the last bytes")
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if string(got) != "gh" {
+		t.Fatalf("read %q after the notify, want gh", got)
+	}
+}
+
+// TestTryWriteNotifies fills a stream's window with TryWrite, checks that
+// the writer hears when the reader gives it back, and that the bytes
+// arrive whole and in order.
+func TestTryWriteNotifies(t *testing.T) {
+	const window = 64 << 10
+	cs, ss := pair(t, Config{Window: window})
+	c, s := open(t, cs, ss, "svc")
+	n := newNotifier(c)
+	payload := make([]byte, 5*window+123)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(s); got <- b }()
+	rest := payload
+	stops := 0
+	for len(rest) > 0 {
+		k, err := c.TryWrite(rest)
+		rest = rest[k:]
+		if errors.Is(err, syscall.EAGAIN) {
+			stops++
+			n.wait(t, "room in the window")
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.CloseWrite()
+	if b := <-got; !bytes.Equal(b, payload) {
+		t.Fatalf("read %d bytes, differing from the %d written", len(b), len(payload))
+	}
+	if stops == 0 {
+		t.Fatal("TryWrite never waited for a window five times its size")
+	}
+}
+
+// TestTryReadSeesReset checks that a reset reaches a reader waiting for the
+// notify.
+func TestTryReadSeesReset(t *testing.T) {
+	cs, ss := pair(t, Config{})
+	c, s := open(t, cs, ss, "svc")
+	n := newNotifier(s)
+	if _, err := s.TryRead(make([]byte, 8)); !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("TryRead: %v", err)
+	}
+	c.Reset()
+	n.wait(t, "the reset")
+	if _, err := s.TryRead(make([]byte, 8)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("TryRead after the peer's reset: %v, want ECONNRESET", err)
+	}
+}

@@ -146,9 +146,12 @@ type Session struct {
 	connSend   int64  // connection-level send window
 	connWait   chan struct{}
 	connUnack  uint32 // bytes received and not yet given back
-	goingAway  bool   // server: GoAway was called
-	goneAway   bool   // client: the peer sent GOAWAY
-	err        error  // why the session closed
+	// roomWait are streams whose TryWrite waits for the batch to drain
+	// or the connection's window to grow (under wmu).
+	roomWait  []*Stream
+	goingAway bool  // server: GoAway was called
+	goneAway  bool  // client: the peer sent GOAWAY
+	err       error // why the session closed
 
 	accept    chan *Stream
 	done      chan struct{}
@@ -349,6 +352,86 @@ func (s *Session) writeData(id uint32, end bool, b []byte) error {
 	return nil
 }
 
+// writeEnd writes END_STREAM: one small frame, which does not wait for
+// the batch to drain.
+func (s *Session) writeEnd(id uint32) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.werr != nil {
+		return s.werr
+	}
+	if s.closing {
+		return ErrSessionClosed
+	}
+	_ = s.wfr.WriteData(id, true, nil)
+	s.more.Signal()
+	return nil
+}
+
+// tryWrite writes what of b st's window, the connection's window and the
+// batch take now (see Stream.TryWrite).
+func (s *Session) tryWrite(st *Stream, b []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	total := 0
+	for len(b) > 0 {
+		if s.werr != nil {
+			return total, st.errOr(s.werr)
+		}
+		if s.closing {
+			return total, ErrSessionClosed
+		}
+		st.mu.Lock()
+		switch {
+		case st.err != nil:
+			err := st.err
+			st.mu.Unlock()
+			return total, err
+		case st.sentEnd || st.closed:
+			st.mu.Unlock()
+			return total, fmt.Errorf("h2mux: write after close: %w", syscall.EPIPE)
+		}
+		s.mu.Lock()
+		n := min(int64(min(len(b), s.peerFrame)), st.sendWin, s.connSend)
+		full := len(s.batch) >= batchLimit
+		if n <= 0 || full {
+			connShort := s.connSend <= 0
+			s.mu.Unlock()
+			st.wantWrite = true
+			st.mu.Unlock()
+			if full || connShort {
+				s.roomWait = append(s.roomWait, st)
+			}
+			return total, syscall.EAGAIN
+		}
+		s.connSend -= n
+		st.sendWin -= n
+		s.mu.Unlock()
+		st.mu.Unlock()
+		_ = s.wfr.WriteData(st.id, false, b[:n])
+		s.more.Signal()
+		total += int(n)
+		b = b[n:]
+	}
+	return total, nil
+}
+
+// wakeRoomWait tells the streams whose TryWrite waited for room that there
+// is some; wmu is held.
+func (s *Session) wakeRoomWaitLocked() {
+	if len(s.roomWait) == 0 {
+		return
+	}
+	waiting := s.roomWait
+	s.roomWait = nil
+	// Not under wmu: a notify function may write at once.
+	s.wmu.Unlock()
+	for _, st := range waiting {
+		st.writable()
+	}
+	s.wmu.Lock()
+}
+
 // flush writes the batch to the connection whenever it has frames.
 func (s *Session) flush() {
 	defer close(s.flushed)
@@ -378,6 +461,7 @@ func (s *Session) flush() {
 			s.wmu.Lock()
 		}
 		s.room.Broadcast()
+		s.wakeRoomWaitLocked()
 	}
 }
 
@@ -425,6 +509,9 @@ func (s *Session) dispatch(f http2.Frame) error {
 			close(s.connWait)
 			s.connWait = make(chan struct{})
 			s.mu.Unlock()
+			s.wmu.Lock()
+			s.wakeRoomWaitLocked()
+			s.wmu.Unlock()
 		} else if st := s.lookup(f.StreamID); st != nil {
 			st.addSendWindow(int64(f.Increment))
 		}

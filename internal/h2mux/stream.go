@@ -30,11 +30,16 @@ type Stream struct {
 	readShut bool   // CloseRead: reads return EOF, arrivals are dropped
 	unacked  uint32 // bytes taken by the reader, not yet given back
 	sendWin  int64
-	sentEnd  bool  // END_STREAM sent
-	closed   bool  // Close or Reset was called
-	writing  bool  // a Write is under way
-	err      error // the stream failed: reads and writes return it
-	status   int
+	sentEnd  bool // END_STREAM sent
+	closed   bool // Close or Reset was called
+	writing  bool // a Write is under way
+	// notify is called, once per arming, when a TryRead or TryWrite
+	// that could not go on (wantRead, wantWrite) may succeed.
+	notify    func()
+	wantRead  bool
+	wantWrite bool
+	err       error // the stream failed: reads and writes return it
+	status    int
 	// response is closed when the answer came (client) or the stream
 	// failed before it did.
 	response chan struct{}
@@ -100,8 +105,12 @@ func (st *Stream) received(b []byte, end bool, pad uint32) error {
 		st.recvEnd = true
 	}
 	done := st.recvEnd && st.sentEnd
+	f := st.armedLocked(true, false)
 	st.mu.Unlock()
 	wake(st.rwake)
+	if f != nil {
+		f()
+	}
 	if give > 0 && !end {
 		st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
 	}
@@ -135,8 +144,34 @@ func (st *Stream) responded(status int, end bool) {
 func (st *Stream) addSendWindow(n int64) {
 	st.mu.Lock()
 	st.sendWin += n
+	f := st.armedLocked(false, st.sendWin > 0)
 	st.mu.Unlock()
 	wake(st.wwake)
+	if f != nil {
+		f()
+	}
+}
+
+// armedLocked disarms and returns the notify function when a TryRead
+// (read) or a TryWrite (write) waits for what just happened; st.mu is
+// held, and the caller calls it after unlocking.
+func (st *Stream) armedLocked(read, write bool) func() {
+	if (read && st.wantRead) || (write && st.wantWrite) {
+		st.wantRead, st.wantWrite = false, false
+		return st.notify
+	}
+	return nil
+}
+
+// writable tells a TryWrite waiting for the session's batch or the
+// connection's window that it may go on.
+func (st *Stream) writable() {
+	st.mu.Lock()
+	f := st.armedLocked(false, true)
+	st.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 // peerReset ends the stream after the peer's RST_STREAM (or GOAWAY).
@@ -160,9 +195,13 @@ func (st *Stream) fail(err error) {
 		st.answered = true
 		close(st.response)
 	}
+	f := st.armedLocked(true, true)
 	st.mu.Unlock()
 	wake(st.rwake)
 	wake(st.wwake)
+	if f != nil {
+		f()
+	}
 }
 
 // Response waits for the answer to a stream this client opened: the
@@ -216,17 +255,7 @@ func (st *Stream) Read(b []byte) (int, error) {
 				st.mu.Unlock()
 				return 0, nil
 			}
-			n := st.recv.read(b)
-			st.unacked += uint32(n)
-			give := uint32(0)
-			if st.unacked >= st.s.window/4 && !st.recvEnd {
-				give, st.unacked = st.unacked, 0
-			}
-			st.mu.Unlock()
-			if give > 0 {
-				st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
-			}
-			return n, nil
+			return st.readLocked(b), nil
 		case st.err != nil:
 			err := st.err
 			st.mu.Unlock()
@@ -333,7 +362,7 @@ func (st *Stream) CloseWrite() error {
 	st.sentEnd = true
 	done := st.recvEnd
 	st.mu.Unlock()
-	if err := st.s.writeData(st.id, true, nil); err != nil {
+	if err := st.s.writeEnd(st.id); err != nil {
 		return err
 	}
 	if done {
@@ -350,8 +379,12 @@ func (st *Stream) CloseRead() error {
 	give := uint32(st.recv.reset()) + st.unacked
 	st.unacked = 0
 	end := st.recvEnd || st.err != nil
+	f := st.armedLocked(true, false)
 	st.mu.Unlock()
 	wake(st.rwake)
+	if f != nil {
+		f()
+	}
 	if give > 0 && !end {
 		st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
 	}
@@ -449,3 +482,79 @@ func setTimer(tm *time.Timer, t time.Time, c chan struct{}) *time.Timer {
 // LocalAddr and RemoteAddr are the session connection's.
 func (st *Stream) LocalAddr() net.Addr  { return st.s.LocalAddr() }
 func (st *Stream) RemoteAddr() net.Addr { return st.s.RemoteAddr() }
+
+// readLocked takes buffered bytes into b and unlocks st.mu; it gives the
+// window back once a quarter of it was read.
+func (st *Stream) readLocked(b []byte) int {
+	n := st.recv.read(b)
+	st.unacked += uint32(n)
+	give := uint32(0)
+	if st.unacked >= st.s.window/4 && !st.recvEnd {
+		give, st.unacked = st.unacked, 0
+	}
+	st.mu.Unlock()
+	if give > 0 {
+		st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
+	}
+	return n
+}
+
+// SetNotify sets the function called when a TryRead or a TryWrite that
+// returned EAGAIN may go on (bytes, an end or an error came; the window or
+// the session's batch has room). It is called at most once per EAGAIN, from
+// the session's goroutines or whichever goroutine changed the stream, and
+// must not block: an event loop posts itself a turn.
+func (st *Stream) SetNotify(f func()) {
+	st.mu.Lock()
+	st.notify = f
+	st.mu.Unlock()
+}
+
+// TryRead is Read without waiting: syscall.EAGAIN when nothing is there
+// yet, and then the notify function is called once something is. A read
+// that empties the buffer arms it too (or calls it at once when the end
+// came already), so that after a short read the caller may wait for the
+// notify, as after a short read of a socket for an edge.
+func (st *Stream) TryRead(b []byte) (int, error) {
+	st.mu.Lock()
+	switch {
+	case st.readShut:
+		st.mu.Unlock()
+		return 0, io.EOF
+	case st.recv.len() > 0 && len(b) > 0:
+		var now func()
+		if st.recv.len() <= len(b) {
+			if st.recvEnd {
+				// Emptied, and the end is there already: the
+				// notify comes at once, for the read that
+				// returns it.
+				now = st.notify
+			} else {
+				st.wantRead = true
+			}
+		}
+		n := st.readLocked(b)
+		if now != nil {
+			now()
+		}
+		return n, nil
+	case st.err != nil:
+		err := st.err
+		st.mu.Unlock()
+		return 0, err
+	case st.recvEnd:
+		st.mu.Unlock()
+		return 0, io.EOF
+	}
+	st.wantRead = true
+	st.mu.Unlock()
+	return 0, syscall.EAGAIN
+}
+
+// TryWrite is Write without waiting: it writes what the windows and the
+// session's batch take now, and returns syscall.EAGAIN with the count
+// when that is not all of b; the notify function is called once more may
+// go.
+func (st *Stream) TryWrite(b []byte) (int, error) {
+	return st.s.tryWrite(st, b)
+}

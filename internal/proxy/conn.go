@@ -252,11 +252,26 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 	if r.IdleTimeout > 0 {
 		c.stopIdle = c.watchIdle(r.IdleTimeout)
 	}
+	if vs, ok := c.client.(loopStream); ok {
+		if bs, ok := bc.(*rawSock); ok {
+			// A link server's stream to a socket the loop dialled.
+			started = p.adoptStream(c, bs.lp, bs, vs, true)
+			return
+		}
+	}
 	if cs, ok := c.client.(*rawSock); ok && cs.netConn() == nil {
 		if bs, ok := bc.(*rawSock); ok {
 			// Both sockets are the loop's: it carries the connection.
 			started = p.adopt(c, bs.lp, cs, bs)
 			return
+		}
+		if vs, ok := bc.(loopStream); ok {
+			if lp := p.loopFor(c); lp != nil {
+				// A multiplexed link's stream: the loop carries it
+				// too, with no goroutine while it is idle.
+				started = p.adoptStream(c, lp, cs, vs, false)
+				return
+			}
 		}
 		// The backend is a Unix socket or a link stream: the copy
 		// goroutines carry it, and the client socket moves to them.

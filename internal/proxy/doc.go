@@ -76,4 +76,12 @@
 //  8. Only the loop's goroutine closes an adopted descriptor; any other
 //     goroutine posts the close (rawSock.Close), as it posts everything
 //     it wants done to a pair.
+//  9. A multiplexed link's stream is a side without a descriptor
+//     (side.vs, loopStream): no epoll, and its notify stands for the
+//     edge. A TryRead or TryWrite that returns EAGAIN arms the notify,
+//     and so does a TryRead that empties the stream (a short read: the
+//     stream calls the notify at once if its end came already), so rules
+//     1 and 2 hold for it as written; cantSendStream clears writable
+//     without epoll. The notify posts streamReady, which sets both flags
+//     (always safe) and turns both directions. A stream never splices.
 package proxy

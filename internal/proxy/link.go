@@ -32,6 +32,20 @@ import (
 // all.
 type DialFunc func(ctx context.Context, network, addr string, early []byte) (net.Conn, error)
 
+// loopStream is a connection the event loop carries without a socket: a
+// multiplexed link's stream (link.Stream). TryRead and TryWrite never
+// wait: when one cannot go on (syscall.EAGAIN; for TryRead also a read
+// that emptied the stream) the function given to SetNotify is called once
+// it may, from another goroutine, and must not block.
+type loopStream interface {
+	halfConn
+	TryRead(b []byte) (int, error)
+	TryWrite(b []byte) (int, error)
+	SetNotify(func())
+	CloseRead() error
+	Reset() error
+}
+
 // halfConn is a connection whose write half can be shut: a socket, or a
 // *tls.Conn, whose CloseWrite sends TLS 1.3's close_notify (the peer reads
 // EOF and may still write back).
@@ -66,25 +80,36 @@ func (r *Route) dialBackend(ctx context.Context, d *net.Dialer, network, addr st
 // server's answer. It reports false when the client's socket failed (a
 // reset): the connection ends there.
 func (c *conn) readEarly() bool {
-	sc, ok := c.client.(syscall.Conn)
-	if !ok {
-		return true // a loop's socket (its route became a link's since): no early bytes
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return true
-	}
 	b := bufPool.Get().(*[]byte)
 	var n int
 	var rerr error
-	_ = raw.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = unix.Read(int(fd), *b)
-			if rerr != unix.EINTR {
-				return true // one try: never waits
-			}
+	switch cs := c.client.(type) {
+	case *rawSock:
+		if cs.netConn() != nil {
+			bufPool.Put(b)
+			return true
 		}
-	})
+		// Not on a loop yet: this goroutine owns the non-blocking
+		// descriptor.
+		n, rerr = rawRead(cs.fd, *b)
+	case syscall.Conn:
+		raw, err := cs.SyscallConn()
+		if err != nil {
+			bufPool.Put(b)
+			return true
+		}
+		_ = raw.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = unix.Read(int(fd), *b)
+				if rerr != unix.EINTR {
+					return true // one try: never waits
+				}
+			}
+		})
+	default:
+		bufPool.Put(b)
+		return true
+	}
 	switch {
 	case rerr == unix.EAGAIN || n == 0 && rerr == nil:
 		// Nothing yet, or an EOF, which the copy reads again: TCP

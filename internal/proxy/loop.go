@@ -101,11 +101,19 @@ type slot struct {
 	gen uint32
 }
 
-// side is one socket of a connection on the loop.
+// side is one socket of a connection on the loop, or a stream of a
+// multiplexed link (vs), which has no descriptor: its reads and writes
+// never wait, and it tells the loop when one that could not go on may
+// (streamReady), where a socket has epoll.
 type side struct {
 	fd   int
 	gen  uint32
 	sock *rawSock
+	vs   loopStream
+	// readyQueued is set while a streamReady for vs is posted and has
+	// not run: one is enough.
+	readyQueued atomic.Bool
+	readyFn     func()
 
 	// Set by the loop's goroutine only, and the readiness flags only
 	// through the helpers in loopready.go.
@@ -527,6 +535,9 @@ func (d *dir) count(n int) {
 // move reads one chunk from d's source and writes it on; it reports
 // whether to go on.
 func (lp *loop) move(d *dir) bool {
+	if d.src.vs != nil {
+		return lp.moveStream(d)
+	}
 	if d.splice {
 		return lp.moveSplice(d)
 	}
@@ -547,9 +558,33 @@ func (lp *loop) move(d *dir) bool {
 	if !lp.write(d, lp.scratch[:n]) {
 		return false
 	}
-	// A read that filled the buffer means a bulk stream: splice it.
-	d.splice = n == len(lp.scratch)
+	// A read that filled the buffer means a bulk stream: splice it
+	// (socket to socket only).
+	d.splice = n == len(lp.scratch) && d.dst.vs == nil
 	return true
+}
+
+// moveStream reads one chunk from d's source, a link stream, and writes it
+// on. A read shorter than the buffer emptied the stream, and armed its
+// notify (TryRead's contract), so the source waits for streamReady.
+func (lp *loop) moveStream(d *dir) bool {
+	n, err := d.src.vs.TryRead(lp.scratch)
+	lp.scoreGuess(d.src, err)
+	switch {
+	case err == unix.EAGAIN:
+		cantRecv(d.src)
+		return false
+	case err == io.EOF:
+		d.pr.eof(d)
+		return false
+	case err != nil:
+		d.pr.failWith(d, err)
+		return false
+	}
+	if n < len(lp.scratch) {
+		cantRecv(d.src)
+	}
+	return lp.write(d, lp.scratch[:n])
 }
 
 // write writes b to d's destination; what it cannot take yet is kept in a
@@ -584,6 +619,19 @@ func (lp *loop) flush(d *dir) bool {
 // the destination takes no more for now (false, and how much went). n is
 // -1 when the write failed and the pair is closed.
 func (lp *loop) writeOut(d *dir, b []byte) (n int, ok bool) {
+	if d.dst.vs != nil {
+		m, err := d.dst.vs.TryWrite(b)
+		d.count(m)
+		switch {
+		case err == nil:
+			return m, true
+		case err == unix.EAGAIN:
+			cantSendStream(d.dst)
+			return m, false
+		}
+		d.pr.failWith(d, err)
+		return -1, false
+	}
 	for n < len(b) {
 		m, err := rawWrite(d.dst.fd, b[n:])
 		switch {
@@ -682,22 +730,40 @@ func (pr *pair) eof(d *dir) {
 		pr.close()
 		return
 	}
-	rawShutdownWrite(d.dst.fd)
+	if d.dst.vs != nil {
+		_ = d.dst.vs.CloseWrite() // a failure shows on the other direction
+	} else {
+		rawShutdownWrite(d.dst.fd)
+	}
 	if d == &pr.down {
 		// The backend ended its side (see conn.endDrained): during a
 		// drain, so does the client's read side, here and now, since
 		// this goroutine owns the descriptor.
 		pr.c.backendDone.Store(true)
 		if pr.p.draining.Load() {
-			rawShutdownRead(pr.client.fd)
+			pr.shutClientRead()
 		}
 	}
+}
+
+// shutClientRead shuts the client's read side (see conn.endDrained).
+func (pr *pair) shutClientRead() {
+	if pr.client.vs != nil {
+		_ = pr.client.vs.CloseRead()
+		return
+	}
+	rawShutdownRead(pr.client.fd)
 }
 
 // fail ends the pair after an error in d: a reset stream cannot be
 // finished, so both sides close, with a reset (see pair.reset).
 func (pr *pair) fail(d *dir, op string, err error) {
-	d.err = &net.OpError{Op: op, Net: "tcp", Err: os.NewSyscallError(op, err)}
+	pr.failWith(d, &net.OpError{Op: op, Net: "tcp", Err: os.NewSyscallError(op, err)})
+}
+
+// failWith is fail with the error as it came (a link stream's).
+func (pr *pair) failWith(d *dir, err error) {
+	d.err = err
 	pr.reset = true
 	pr.close()
 }
@@ -733,9 +799,17 @@ func (pr *pair) start() {
 	// (a handler's dial watched it for the connect).
 	maySend(pr.client)
 	maySend(pr.backend)
-	if err := pr.lp.stopSend(pr.backend); err != nil {
-		pr.epollFailed(nil, err)
-		return
+	for _, s := range []*side{pr.client, pr.backend} {
+		if s.vs != nil {
+			// No edge for what came before: the first read says.
+			mayRecv(s)
+		}
+	}
+	if pr.backend.vs == nil {
+		if err := pr.lp.stopSend(pr.backend); err != nil {
+			pr.epollFailed(nil, err)
+			return
+		}
 	}
 	if pr.early != nil {
 		pr.up.count(pr.earlyOff)
@@ -775,6 +849,16 @@ func (pr *pair) close() {
 	}
 	for _, s := range []*side{pr.client, pr.backend} {
 		if s == nil {
+			continue
+		}
+		if s.vs != nil {
+			s.vs.SetNotify(nil)
+			if pr.reset {
+				_ = s.vs.Reset()
+			} else {
+				_ = s.vs.Close()
+			}
+			s.pr, s.rd, s.wr = nil, nil, nil
 			continue
 		}
 		pr.lp.unregister(s)
@@ -822,6 +906,69 @@ func (p *Proxy) adopt(c *conn, lp *loop, cs, bs *rawSock) bool {
 	}
 	lp.post(pr.start)
 	return true
+}
+
+// adoptStream hands c to lp when one side is a socket and the other a
+// multiplexed link's stream: the client's socket and the stream c dialled
+// (the link client's ambassador), or the stream the link server handed over
+// and the backend socket c dialled (sock is then bs, on lp already). It
+// reports false when c was aborted meanwhile (the caller then finishes it).
+func (p *Proxy) adoptStream(c *conn, lp *loop, sock *rawSock, vs loopStream, clientIsStream bool) bool {
+	ss := &side{fd: -1, vs: vs}
+	var sockSide *side
+	if sock.side != nil {
+		sockSide = sock.side // dialled by the loop
+	} else {
+		sockSide = &side{fd: sock.fd, sock: sock}
+	}
+	pr := &pair{lp: lp, p: p, c: c, client: sockSide, backend: ss}
+	if clientIsStream {
+		pr.client, pr.backend = ss, sockSide
+	}
+	ss.readyFn = func() { lp.streamReady(ss) }
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return false
+	}
+	if sock.side == nil {
+		if err := lp.register(sockSide); err != nil {
+			return false
+		}
+	}
+	sock.mu.Lock()
+	sock.state, sock.lp, sock.pr = rawOwned, lp, pr
+	sock.mu.Unlock()
+	ss.pr = pr // before the notify: streamReady drops events of no pair
+	vs.SetNotify(func() {
+		if !ss.readyQueued.Swap(true) {
+			lp.post(ss.readyFn)
+		}
+	})
+	lp.post(pr.start)
+	return true
+}
+
+// streamReady runs on the loop when a link stream's TryRead or TryWrite
+// that could not go on may (its notify): it moves what waited, as an epoll
+// edge does for a socket. Both flags are set; the reads and writes that
+// follow say EAGAIN again at worst.
+func (lp *loop) streamReady(s *side) {
+	s.readyQueued.Store(false)
+	pr := s.pr
+	if pr == nil || pr.phase != pairMoving {
+		return
+	}
+	mayRecv(s)
+	maySend(s)
+	lp.safely(pr, func() {
+		if s.writable && s.wr.pending() {
+			lp.turn(s.wr)
+		}
+		if s.readable && pr.phase == pairMoving {
+			lp.turn(s.rd)
+		}
+	})
 }
 
 // connect opens a socket to ap and waits, until ctx is done, for the loop
@@ -914,7 +1061,13 @@ func envLoops(log *slog.Logger) int {
 // loopFor returns the loop c's sockets go on, or nil when c is not for the
 // loop engine (it is off, or the client socket is not one of its own).
 func (p *Proxy) loopFor(c *conn) *loop {
-	if s, ok := c.client.(*rawSock); !ok || s.netConn() != nil {
+	switch s := c.client.(type) {
+	case *rawSock:
+		if s.netConn() != nil {
+			return nil
+		}
+	case loopStream: // a link server's stream: its backend socket goes on a loop
+	default:
 		return nil
 	}
 	all := p.eventLoops()

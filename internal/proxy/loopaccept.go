@@ -47,6 +47,13 @@ func (r *Route) loopDialable() bool {
 	return r.Dial == nil && r.AcceptProxy == nil && r.SendProxy == 0 && len(r.SendProxyFor) == 0
 }
 
+// loopCarried reports whether the loops carry r's connections once
+// dialled: they dial r's backends themselves, or r's Dial returns streams
+// they carry (a multiplexed link's).
+func (r *Route) loopCarried() bool {
+	return r.loopDialable() || r.Dial != nil && r.DialLoopStreams && r.AcceptProxy == nil && r.SendProxy == 0 && len(r.SendProxyFor) == 0
+}
+
 // serveOnLoops registers l with every loop and waits until ctx is done or
 // l is closed. It reports false, having done nothing, when l cannot be
 // served that way (Serve then runs its own accept loop).

@@ -84,6 +84,10 @@ func (lp *loop) cantSend(s *side) error {
 	return lp.wantSend(s)
 }
 
+// cantSendStream: a link stream's TryWrite returned EAGAIN; that call
+// armed its notify, which says when there is room (streamReady).
+func cantSendStream(s *side) { s.writable = false }
+
 // wantSend makes epoll report when s can take more bytes; it stays armed
 // until stopSend.
 func (lp *loop) wantSend(s *side) error {

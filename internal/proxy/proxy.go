@@ -51,6 +51,10 @@ type Route struct {
 	// dialer: the link client's mutual-TLS dialer for attache:// backends
 	// (see link.go). Each dial is bounded by ConnectTimeout.
 	Dial DialFunc
+	// DialLoopStreams says that Dial returns streams the event loops carry
+	// (a multiplexed link's, see loopStream): the listener then accepts on
+	// the loops, and a connection holds no goroutine while it is idle.
+	DialLoopStreams bool
 	// AcceptProxy, when set, makes the listener read a PROXY protocol
 	// header at the start of each connection (see AcceptProxy).
 	AcceptProxy *AcceptProxy
@@ -290,13 +294,13 @@ func (p *Proxy) Serve(ctx context.Context, l *Listener) error {
 		rawLn  syscall.RawConn
 		accept *acceptCall
 	)
-	// A route the loops cannot carry (a link dialer, a PROXY header) is
+	// A route the loops cannot carry (a per-connection link, a PROXY header) is
 	// accepted through Go's poller: its connections go to the copy
 	// goroutines anyway, and moving a loop's socket there costs a dup(2),
 	// a close(2) and more per connection. A reload that changes the
 	// route's kind keeps the listener's way of accepting; both carry
 	// either kind.
-	if loops := p.eventLoops(); len(loops) > 0 && l.route.Load().loopDialable() {
+	if loops := p.eventLoops(); len(loops) > 0 && l.route.Load().loopCarried() {
 		// With no connection cap to wait on, the loops accept
 		// themselves; else this goroutine does, on a raw socket.
 		if l.maxConns == 0 {

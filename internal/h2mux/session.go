@@ -336,9 +336,19 @@ func (s *Session) control(write func(*http2.Framer) error) {
 
 // writeData writes one DATA frame, waiting while the batch is full.
 func (s *Session) writeData(id uint32, end bool, b []byte) error {
+	return s.writeFrame(id, end, b, true)
+}
+
+// writeEnd writes END_STREAM: one small frame, which does not wait for
+// the batch to drain.
+func (s *Session) writeEnd(id uint32) error {
+	return s.writeFrame(id, true, nil, false)
+}
+
+func (s *Session) writeFrame(id uint32, end bool, b []byte, wait bool) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	for s.werr == nil && !s.closing && len(s.batch) >= batchLimit {
+	for wait && s.werr == nil && !s.closing && len(s.batch) >= batchLimit {
 		s.room.Wait()
 	}
 	if s.werr != nil {
@@ -348,22 +358,6 @@ func (s *Session) writeData(id uint32, end bool, b []byte) error {
 		return ErrSessionClosed
 	}
 	_ = s.wfr.WriteData(id, end, b)
-	s.more.Signal()
-	return nil
-}
-
-// writeEnd writes END_STREAM: one small frame, which does not wait for
-// the batch to drain.
-func (s *Session) writeEnd(id uint32) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.werr != nil {
-		return s.werr
-	}
-	if s.closing {
-		return ErrSessionClosed
-	}
-	_ = s.wfr.WriteData(id, true, nil)
 	s.more.Signal()
 	return nil
 }

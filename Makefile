@@ -40,6 +40,7 @@ fuzz-smoke:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseBackend$$' -fuzztime=50000x ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzParseValue$$' -fuzztime=30000x ./internal/discovery/etcd
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=400000x ./internal/proxyproto
+	$(GO) test -run='^$$' -fuzz='^FuzzServerFrames$$' -fuzztime=20000x ./internal/h2mux
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/attache ./cmd/attache

@@ -86,6 +86,9 @@ type loop struct {
 	// begun counts the connections the loop took over from the loop
 	// that accepted them, or accepted itself (acceptOnLoop), for tests.
 	begun atomic.Int64
+	// streams counts the link streams the loop carries (side.vs): while
+	// it carries any, it never waits in a raw epoll_wait (see serve).
+	streams int
 	// polling is set while the loop waits for events: it has nothing to
 	// do, so a connection handed to it now starts at once (acceptOnLoop).
 	polling atomic.Bool
@@ -269,7 +272,11 @@ func (lp *loop) serve() {
 			lp.log("event loop failed; connections on it are stuck", "error", err)
 			return
 		}
-		hot = n > 0
+		// A loop that carries link streams gives its P back whenever it
+		// waits: their bytes come and go through the sessions'
+		// goroutines (the reader, the flusher), which must not wait
+		// for a P while the loop holds one in a raw wait.
+		hot = n > 0 && lp.streams == 0
 		if lp.batch(events[:n], sides) {
 			lp.closeWake()
 			return
@@ -803,6 +810,7 @@ func (pr *pair) start() {
 		if s.vs != nil {
 			// No edge for what came before: the first read says.
 			mayRecv(s)
+			pr.lp.streams++
 		}
 	}
 	if pr.backend.vs == nil {
@@ -852,6 +860,9 @@ func (pr *pair) close() {
 			continue
 		}
 		if s.vs != nil {
+			if pr.phase == pairClosed && s.rd != nil {
+				pr.lp.streams-- // counted at start
+			}
 			s.vs.SetNotify(nil)
 			if pr.reset {
 				_ = s.vs.Reset()

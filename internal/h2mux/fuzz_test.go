@@ -50,7 +50,9 @@ func FuzzServerFrames(f *testing.F) {
 		},
 		func(fr *http2.Framer) { _ = fr.WriteRSTStream(3, http2.ErrCodeCancel) },
 		func(fr *http2.Framer) { _ = fr.WritePing(false, [8]byte{1}) },
-		func(fr *http2.Framer) { _ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1}) },
+		func(fr *http2.Framer) {
+			_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+		},
 		func(fr *http2.Framer) { _ = fr.WriteGoAway(0, http2.ErrCodeNo, nil) },
 	))
 	f.Add(frames(

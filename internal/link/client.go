@@ -30,6 +30,10 @@ type Client struct {
 	// PerConnection gives every stream a TLS connection of its own
 	// (attache/1) instead of a stream on a pooled connection (attache/h2).
 	PerConnection bool
+	// Sessions is how many pooled connections a link server gets at
+	// least once it carries streams (more open as streams grow); zero
+	// means one per CPU. At most 4.
+	Sessions int
 
 	once  sync.Once
 	cache tls.ClientSessionCache

@@ -213,7 +213,7 @@ func TestLinkStreamHalfCloseAndResumption(t *testing.T) {
 func testLinkStreamHalfClose(t *testing.T, perConn bool) {
 	p := newPKI(t, "fleet")
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")})
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), PerConnection: perConn}
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), PerConnection: perConn, Sessions: 1}
 	defer cl.Close()
 
 	c, err := cl.Dial(ctxT(t), "echo", srv.addr)

@@ -125,7 +125,7 @@ func TestMuxBulkDoesNotStarveInteractive(t *testing.T) {
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{
 		"echo": echoTarget(t, AllowAny), "stalled": dialTo(stalled.Addr().String()), "sink": dialTo(sink),
 	})
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()}
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), Sessions: 1}
 	defer cl.Close()
 
 	const interactive, rounds = 8, 200
@@ -411,5 +411,40 @@ func TestAnswerStatuses(t *testing.T) {
 	}
 	if _, ok := httpToStatus[418]; ok {
 		t.Fatal("an HTTP status no server sends maps to an answer")
+	}
+}
+
+// TestMuxSpreadsOverSessions checks that a link server gets Sessions pooled
+// connections once it carries streams, and that new streams go to the least
+// loaded one: bulk streams then encrypt on as many goroutines (and CPUs).
+func TestMuxSpreadsOverSessions(t *testing.T) {
+	p := newPKI(t, "fleet")
+	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")})
+	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), Sessions: 2}
+	defer cl.Close()
+	dial := func(i int) net.Conn {
+		c, err := cl.Dial(ctxT(t), "echo", srv.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		roundTrip(t, c, fmt.Sprintf("stream %d", i))
+		return c
+	}
+	first := dial(0)
+	// The second stream goes on the first connection while the second
+	// connection is dialled in the background.
+	dial(1)
+	waitFor(t, "a second pooled connection", func() bool {
+		p := cl.streamPool()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.peers[srv.addr].sessions) == 2
+	})
+	a, b := dial(2), dial(3)
+	for _, c := range []net.Conn{a, b} {
+		if c.LocalAddr().String() == first.LocalAddr().String() {
+			t.Fatal("a stream went to the connection carrying two while the other carried fewer")
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,14 +15,27 @@ import (
 )
 
 // How a Client spreads streams over pooled connections to one link server:
-// streams go to the least loaded connection; once every connection carries
+// streams go to the least loaded connection; while there are fewer
+// connections than CPUs, or once every connection carries
 // streamsPerSession, another one is opened (the new streams go on meanwhile
-// on the existing ones), up to sessionsPerPeer. Several connections spread
-// the encryption of busy links over the send loops of several sessions.
+// on the existing ones), up to sessionsPerPeer. Each connection encrypts on
+// its own goroutine and decrypts on the peer's, so a connection per CPU
+// lets bulk streams use every core at both ends, as HAProxy's threads do
+// with a TLS connection each.
 const (
 	streamsPerSession = 64
 	sessionsPerPeer   = 4
 )
+
+// minSessions is how many pooled connections a link server gets as soon as
+// it carries streams: Client.Sessions, or one per CPU, up to
+// sessionsPerPeer.
+func (c *Client) minSessions() int {
+	if c.Sessions > 0 {
+		return min(c.Sessions, sessionsPerPeer)
+	}
+	return min(runtime.GOMAXPROCS(0), sessionsPerPeer)
+}
 
 // ErrClientClosed is returned by dials after Client.Close.
 var ErrClientClosed = errors.New("link: client closed")
@@ -122,7 +136,8 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 			return nil, errLegacyServer
 		}
 		best, retired := pe.pick(c.Identity.Generation())
-		if best != nil && (best.streams.Load() < streamsPerSession || len(pe.sessions) >= sessionsPerPeer) {
+		grow := best == nil || len(pe.sessions) < c.minSessions() || best.streams.Load() >= streamsPerSession
+		if best != nil && (!grow || len(pe.sessions) >= sessionsPerPeer) {
 			p.mu.Unlock()
 			closeIdle(retired)
 			return best, nil

@@ -588,3 +588,24 @@ func TestTryReadSeesReset(t *testing.T) {
 		t.Fatalf("TryRead after the peer's reset: %v, want ECONNRESET", err)
 	}
 }
+
+func TestAppendDataMatchesFramer(t *testing.T) {
+	for _, c := range []struct {
+		id   uint32
+		end  bool
+		size int
+	}{{1, false, 0}, {1, true, 0}, {3, false, 1}, {maxStreamID, true, maxFrame}, {1 << 24, false, 70000}} {
+		payload := make([]byte, c.size)
+		for i := range payload {
+			payload[i] = byte(i)
+		}
+		var want bytes.Buffer
+		fr := http2.NewFramer(&want, nil)
+		if err := fr.WriteData(c.id, c.end, payload); err != nil {
+			t.Fatal(err)
+		}
+		if got := appendData(nil, c.id, c.end, payload); !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("appendData(%d, %v, %d bytes) differs from the framer's frame", c.id, c.end, c.size)
+		}
+	}
+}

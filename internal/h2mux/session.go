@@ -385,7 +385,7 @@ func (s *Session) tryWrite(st *Stream, b []byte) (int, error) {
 	total := 0
 	for len(b) > 0 {
 		if s.werr != nil {
-			return total, st.errOr(s.werr)
+			return total, st.failure(s.werr)
 		}
 		if s.closing {
 			return total, ErrSessionClosed

@@ -74,11 +74,12 @@ func (st *Stream) Session() *Session { return st.s }
 func (st *Stream) received(b []byte, end bool, pad uint32) error {
 	st.mu.Lock()
 	if st.err != nil || st.recvEnd {
+		err := st.errOr(errors.New("h2mux: data after the end of the stream"))
 		st.mu.Unlock()
 		if len(b) > 0 || end {
 			// Bytes after the end, or for a stream that failed
 			// here: the peer hears that it is gone.
-			st.s.resetStream(st.id, http2.ErrCodeStreamClosed, st.errOr(errors.New("h2mux: data after the end of the stream")))
+			st.s.resetStream(st.id, http2.ErrCodeStreamClosed, err)
 		}
 		return nil
 	}
@@ -120,11 +121,19 @@ func (st *Stream) received(b []byte, end bool, pad uint32) error {
 	return nil
 }
 
+// errOr is the stream's error if it failed, else err; st.mu is held.
 func (st *Stream) errOr(err error) error {
 	if st.err != nil {
 		return st.err
 	}
 	return err
+}
+
+// failure is errOr taking st.mu.
+func (st *Stream) failure(err error) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.errOr(err)
 }
 
 // responded records the answer to a stream this client opened.
@@ -293,7 +302,7 @@ func (st *Stream) Write(b []byte) (int, error) {
 		}
 		if err := st.s.writeData(st.id, false, b[:n]); err != nil {
 			st.fail(err)
-			return total, st.errOr(err)
+			return total, st.failure(err)
 		}
 		total += n
 		b = b[n:]

@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,6 +67,9 @@ type conn struct {
 	// backendDone: the backend ended its side and the client was told
 	// (its write side shut); only the client's side may still be open.
 	backendDone atomic.Bool
+	// clientShut and backendShut are set just before the copy shuts that
+	// socket's write half: its FIN is ours (see resetAtEOF).
+	clientShut, backendShut atomic.Bool
 
 	// Written before the copy goroutines start, or by one of them before
 	// its pending.Add; read by finish after both.
@@ -400,9 +405,57 @@ func unwrapOpError(err error) error {
 // shutdown(2): finish closes both sockets right after, and close sends the
 // same FIN (nothing is left unread on a socket that reached EOF).
 
+// errResetAtEOF is a direction's error when its source's EOF stood for a
+// reset (resetAtEOF).
+var errResetAtEOF = fmt.Errorf("the peer reset the connection (its error went to a write): %w", unix.ECONNRESET)
+
+// resetAtEOF reports whether the EOF just read from h stands for a reset.
+// TCP reports a reset's error to one system call only; on the goroutine
+// engine that is often the other direction's write to the same socket,
+// running at the same moment, and this direction's read then sees a plain
+// EOF. Passed on as a FIN, that would deliver a cut stream as a complete
+// one. The socket's TCP state tells: CLOSE after a reset, CLOSE_WAIT after
+// a FIN, unless this proxy sent its own FIN too (shut: the other
+// direction had ended), after which CLOSE is a clean end. (The loops need
+// no check: one goroutine serves both directions, and a failed write
+// ends the pair before the read.)
+func resetAtEOF(h halfConn, shut *atomic.Bool) bool {
+	if shut.Load() {
+		return false
+	}
+	if rs, ok := h.(*rawSock); ok {
+		h = rs.netConn() // a raw descriptor may be reused once closed
+	}
+	sc, ok := h.(syscall.Conn)
+	if !ok || sc == nil {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	if err := raw.Control(func(f uintptr) { closed = tcpStateClosed(int(f)) }); err != nil {
+		// Closed under this direction: the other one failed (its
+		// write took the reset's error) or the connection was aborted;
+		// either way no FIN may follow.
+		return true
+	}
+	return closed
+}
+
+// tcpStateClosed reports whether the TCP socket fd is in state CLOSE.
+func tcpStateClosed(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == unix.BPF_TCP_CLOSE
+}
+
 func (p *Proxy) clientToBackend(c *conn) {
 	defer p.copyDone(c)
 	n, err := copyConn(asSock(c.backend), asSock(c.client), &c.movedIn)
+	if err == nil && resetAtEOF(asSock(c.client), &c.clientShut) {
+		err = errResetAtEOF
+	}
 	c.bytesIn, c.upErr = n+c.bytesEarly, err
 	if err != nil {
 		c.fail()
@@ -410,6 +463,7 @@ func (p *Proxy) clientToBackend(c *conn) {
 	}
 	// The client finished sending: tell the backend, keep reading replies.
 	if c.pending.Load() == 2 {
+		c.backendShut.Store(true)
 		_ = asSock(c.backend).CloseWrite()
 	}
 }
@@ -417,12 +471,16 @@ func (p *Proxy) clientToBackend(c *conn) {
 func (p *Proxy) backendToClient(c *conn) {
 	defer p.copyDone(c)
 	n, err := copyConn(asSock(c.client), asSock(c.backend), &c.movedOut)
+	if err == nil && resetAtEOF(asSock(c.backend), &c.backendShut) {
+		err = errResetAtEOF
+	}
 	c.bytesOut, c.downErr = n, err
 	if err != nil {
 		c.fail()
 		return
 	}
 	if c.pending.Load() == 2 {
+		c.clientShut.Store(true)
 		_ = asSock(c.client).CloseWrite()
 		c.backendDown(p)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -354,4 +355,88 @@ func TestDrainEndsConnectionsTheBackendEnded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClientResetUnderFloodIsNotAnEOF: a client sends, then resets, while
+// the backend floods it. TCP hands the reset's error to one system call,
+// and with the backend's bytes flowing it is usually the proxy's write to
+// the client; the read of the client then sees a plain EOF. Passed on as
+// a FIN, the backend would take the cut upload for a complete one: it must
+// see a reset, on both engines.
+func TestClientResetUnderFloodIsNotAnEOF(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			ends := make(chan error, 1)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.Serve(t, ln, func(c net.Conn) {
+				go func() {
+					b := make([]byte, 16<<10)
+					for {
+						if _, err := c.Write(b); err != nil {
+							return
+						}
+					}
+				}()
+				b := make([]byte, 4<<10)
+				for {
+					if _, err := c.Read(b); err != nil {
+						if err == io.EOF && tcpClosed(c) {
+							// The reset came, and this end's own
+							// write took its error: the kernel
+							// reports it once.
+							err = unix.ECONNRESET
+						}
+						ends <- err
+						return
+					}
+				}
+			})
+			l := start(t, &Proxy{Loops: e.loops}, NewRoute("flood", ln.Addr().String()), 0)
+			const rounds = 40
+			for i := range rounds {
+				c := dial(t, l.Addr().String())
+				if _, err := c.Write([]byte("some bytes, then a reset")); err != nil {
+					t.Fatal(err)
+				}
+				// Wait for the flood to reach the client, so that the
+				// proxy is writing when the reset comes.
+				if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil {
+					t.Fatal(err)
+				}
+				_ = c.SetLinger(0)
+				c.Close()
+				select {
+				case err := <-ends:
+					if !errors.Is(err, unix.ECONNRESET) {
+						t.Fatalf("round %d: the backend's read of a reset client's upload ended with %v, want ECONNRESET", i, err)
+					}
+				case <-time.After(deadlineFor):
+					t.Fatalf("round %d: the backend never saw the end of the upload", i)
+				}
+			}
+		})
+	}
+}
+
+// tcpClosed reports whether c's TCP state is CLOSE: a reset came (or the
+// connection ended both ways), unlike a FIN alone, after which a socket
+// that still sends is half-open (CLOSE_WAIT).
+func tcpClosed(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	_ = raw.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		closed = err == nil && info.State == unix.BPF_TCP_CLOSE
+	})
+	return closed
 }

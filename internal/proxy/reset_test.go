@@ -383,7 +383,7 @@ func TestClientResetUnderFloodIsNotAnEOF(t *testing.T) {
 				b := make([]byte, 4<<10)
 				for {
 					if _, err := c.Read(b); err != nil {
-						if err == io.EOF && tcpClosed(c) {
+						if sc, ok := c.(syscall.Conn); ok && err == io.EOF && testenv.TCPClosed(sc) {
 							// The reset came, and this end's own
 							// write took its error: the kernel
 							// reports it once.
@@ -419,24 +419,4 @@ func TestClientResetUnderFloodIsNotAnEOF(t *testing.T) {
 			}
 		})
 	}
-}
-
-// tcpClosed reports whether c's TCP state is CLOSE: a reset came (or the
-// connection ended both ways), unlike a FIN alone, after which a socket
-// that still sends is half-open (CLOSE_WAIT).
-func tcpClosed(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	closed := false
-	_ = raw.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		closed = err == nil && info.State == unix.BPF_TCP_CLOSE
-	})
-	return closed
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/attache/attache/internal/testenv"
 )
 
 // Peers: the senders and receivers at both ends of a connection. Each
@@ -334,29 +336,13 @@ func (in *inStream) readToEnd() (eof bool, err error) {
 			in.got.Store(in.v.got)
 		}
 		if rerr == io.EOF {
-			in.closedAtEOF = tcpClosed(in.c)
+			in.closedAtEOF = testenv.TCPClosed(in.c)
 			return true, nil
 		}
 		if rerr != nil {
 			return false, rerr
 		}
 	}
-}
-
-// tcpClosed reports whether c's TCP state is CLOSE: a reset came (or the
-// connection ended both ways), unlike a FIN alone, after which a socket
-// that still sends is half-open (CLOSE_WAIT).
-func tcpClosed(c sock) bool {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	closed := false
-	_ = raw.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		closed = err == nil && info.State == unix.BPF_TCP_CLOSE
-	})
-	return closed
 }
 
 // sleep waits d or until ctx is done.

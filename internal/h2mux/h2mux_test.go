@@ -609,3 +609,33 @@ func TestAppendDataMatchesFramer(t *testing.T) {
 		}
 	}
 }
+
+// TestFullBacklogRefusesWithoutGoingAway: streams beyond the accept backlog
+// are refused (to be opened again), and the session stays in service.
+func TestFullBacklogRefusesWithoutGoingAway(t *testing.T) {
+	cs, ss := pair(t, Config{Backlog: 1})
+	first, err := cs.Open("svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := cs.Open("svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := second.Response(ctx); !errors.Is(err, ErrRefused) {
+		t.Fatalf("a stream beyond the backlog: %v, want ErrRefused", err)
+	}
+	if cs.GoneAway() {
+		t.Fatal("a full backlog was taken for GOAWAY")
+	}
+	s, err := ss.Accept()
+	if err != nil || s.ID() != first.ID() {
+		t.Fatalf("accepted %v, %v; want the first stream", s, err)
+	}
+	s.Respond(200)
+	if code, err := first.Response(ctx); code != 200 || err != nil {
+		t.Fatalf("the first stream: %d, %v", code, err)
+	}
+}

@@ -305,9 +305,16 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 		}
 		var refused *RefusedError
 		if errors.As(err, &refused) && refused.Status == statusGoingAway {
-			cs.retire()
+			// The server said GOAWAY (it sends that before refusing
+			// streams for it; a session out of stream identifiers
+			// retired itself in open): the next try goes on a new
+			// connection. Refused without it, the server's backlog
+			// of streams to accept was full: the connection is fine.
+			if cs.mux.GoneAway() || cs.mux.IsClosed() {
+				cs.retire()
+			}
 			lastErr = err
-			continue // on a new connection
+			continue
 		}
 		if errors.As(err, &refused) {
 			return nil, err
@@ -334,7 +341,11 @@ func (c *Client) dialStream(ctx context.Context, service, addr string, early []b
 // opens it again on a new connection.
 func (cs *clientSession) open(ctx context.Context, service, addr string, early []byte) (*Stream, error) {
 	hs, err := cs.mux.Open(service)
-	if errors.Is(err, h2mux.ErrGoingAway) || errors.Is(err, h2mux.ErrExhausted) {
+	if errors.Is(err, h2mux.ErrExhausted) {
+		cs.retire() // no stream identifiers left: a new connection
+		return nil, &RefusedError{Service: service, Addr: addr, Status: statusGoingAway}
+	}
+	if errors.Is(err, h2mux.ErrGoingAway) {
 		return nil, &RefusedError{Service: service, Addr: addr, Status: statusGoingAway}
 	}
 	if err != nil {

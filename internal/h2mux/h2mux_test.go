@@ -197,7 +197,6 @@ func TestStalledReaderDoesNotStarveOthers(t *testing.T) {
 	go func() {
 		buf := make([]byte, 64<<10)
 		var n int64
-		_ = bulkC.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		for {
 			m, err := bulkC.Write(buf)
 			n += int64(m)
@@ -224,6 +223,9 @@ func TestStalledReaderDoesNotStarveOthers(t *testing.T) {
 		}
 		c.Close()
 	}
+	// The bulk writer used up its window and waits: end its write.
+	waitFor(t, func() bool { bulkC.mu.Lock(); defer bulkC.mu.Unlock(); return bulkC.sendWin == 0 }, "the stalled stream's window used up")
+	_ = bulkC.SetWriteDeadline(time.Now())
 	n := <-wrote
 	if n != 256<<10 {
 		t.Fatalf("the stalled stream took %d bytes, want exactly its window (%d)", n, 256<<10)

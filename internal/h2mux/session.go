@@ -162,36 +162,35 @@ type Session struct {
 // Client starts the client side of a session over conn: it sends the
 // preface and its settings and waits for the server's.
 func Client(conn net.Conn, cfg Config) (*Session, error) {
-	s := newSession(conn, true, cfg)
-	s.wmu.Lock()
-	s.batch = append(s.batch, http2.ClientPreface...)
-	s.writeSettingsLocked()
-	s.wmu.Unlock()
-	go s.flush()
-	if err := s.readSettings(); err != nil {
-		s.closeWith(err)
-		return nil, err
-	}
-	go s.readLoop()
-	go s.keepAlive()
-	return s, nil
+	return start(newSession(conn, true, cfg), nil)
 }
 
 // Server starts the server side of a session over conn: it sends its
 // settings and waits for the client's preface and settings.
 func Server(conn net.Conn, cfg Config) (*Session, error) {
 	s := newSession(conn, false, cfg)
+	return start(s, s.readPreface)
+}
+
+// start sends this side's opening (a client's preface, then the settings),
+// reads the peer's (readPreface first, for a server) and starts the
+// session's goroutines; a session that fails to start is closed.
+func start(s *Session, readPreface func() error) (*Session, error) {
 	s.wmu.Lock()
+	if s.client {
+		s.batch = append(s.batch, http2.ClientPreface...)
+	}
 	s.writeSettingsLocked()
 	s.wmu.Unlock()
 	go s.flush()
-	if err := s.readPreface(); err != nil {
-		s.closeWith(err)
-		return nil, err
-	}
-	if err := s.readSettings(); err != nil {
-		s.closeWith(err)
-		return nil, err
+	for _, read := range []func() error{readPreface, s.readSettings} {
+		if read == nil {
+			continue
+		}
+		if err := read(); err != nil {
+			s.closeWith(err)
+			return nil, err
+		}
 	}
 	go s.readLoop()
 	go s.keepAlive()

@@ -32,7 +32,6 @@ type Stream struct {
 	sendWin  int64
 	sentEnd  bool // END_STREAM sent
 	closed   bool // Close or Reset was called
-	writing  bool // a Write is under way
 	// notify is called, once per arming, when a TryRead or TryWrite
 	// that could not go on (wantRead, wantWrite) may succeed.
 	notify    func()
@@ -113,7 +112,7 @@ func (st *Stream) received(b []byte, end bool, pad uint32) error {
 		f()
 	}
 	if give > 0 && !end {
-		st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
+		st.giveWindow(give)
 	}
 	if done {
 		st.s.forget(st.id)
@@ -286,14 +285,6 @@ func (st *Stream) Read(b []byte) (int, error) {
 func (st *Stream) Write(b []byte) (int, error) {
 	st.wmu.Lock()
 	defer st.wmu.Unlock()
-	st.mu.Lock()
-	st.writing = true
-	st.mu.Unlock()
-	defer func() {
-		st.mu.Lock()
-		st.writing = false
-		st.mu.Unlock()
-	}()
 	total := 0
 	for len(b) > 0 {
 		n, err := st.take(len(b))
@@ -395,7 +386,7 @@ func (st *Stream) CloseRead() error {
 		f()
 	}
 	if give > 0 && !end {
-		st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
+		st.giveWindow(give)
 	}
 	return nil
 }
@@ -408,14 +399,15 @@ func (st *Stream) Close() error {
 		st.mu.Unlock()
 		return nil
 	}
-	// Bytes left unread here, or a write still waiting for the window
-	// (its bytes will not all go): the peer must not take what it got
-	// for the whole stream.
-	unread := st.recv.len() > 0 || st.writing
+	unread := st.recv.len() > 0
 	st.mu.Unlock()
-	if unread {
+	// Bytes left unread here, or a write still under way (waiting for
+	// the window: its bytes will not all go): the peer must not take
+	// what it got for the whole stream.
+	if unread || !st.wmu.TryLock() {
 		return st.Reset()
 	}
+	st.wmu.Unlock()
 	err := st.CloseWrite()
 	st.mu.Lock()
 	st.closed = true
@@ -503,7 +495,7 @@ func (st *Stream) readLocked(b []byte) int {
 	}
 	st.mu.Unlock()
 	if give > 0 {
-		st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, give) })
+		st.giveWindow(give)
 	}
 	return n
 }
@@ -566,4 +558,9 @@ func (st *Stream) TryRead(b []byte) (int, error) {
 // go.
 func (st *Stream) TryWrite(b []byte) (int, error) {
 	return st.s.tryWrite(st, b)
+}
+
+// giveWindow gives the peer n bytes of the stream's window back.
+func (st *Stream) giveWindow(n uint32) {
+	st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, n) })
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/certs"
+	"github.com/attache/attache/internal/testenv"
 )
 
 // TestLinkCutIsNotAnEOF: a client that cuts its link stream (a TCP reset
@@ -30,21 +31,7 @@ func testLinkCutIsNotAnEOF(t *testing.T, perConn bool) {
 		if ready(nil) != nil {
 			return
 		}
-		go func() {
-			b := make([]byte, 16<<10)
-			for {
-				if _, err := c.Write(b); err != nil {
-					return
-				}
-			}
-		}()
-		b := make([]byte, 4<<10)
-		for {
-			if _, err := c.Read(b); err != nil {
-				ends <- err
-				return
-			}
-		}
+		ends <- testenv.FloodUntilEnd(c)
 	}}
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"flood": flood})
 	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), PerConnection: perConn}

@@ -424,10 +424,14 @@ func resetAtEOF(h halfConn, shut *atomic.Bool) bool {
 		return false
 	}
 	if rs, ok := h.(*rawSock); ok {
-		h = rs.netConn() // a raw descriptor may be reused once closed
+		nc := rs.netConn() // a raw descriptor may be reused once closed
+		if nc == nil {
+			return false
+		}
+		h = nc
 	}
 	sc, ok := h.(syscall.Conn)
-	if !ok || sc == nil {
+	if !ok {
 		return false
 	}
 	raw, err := sc.SyscallConn()

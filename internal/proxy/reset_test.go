@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -371,29 +370,7 @@ func TestClientResetUnderFloodIsNotAnEOF(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			testenv.Serve(t, ln, func(c net.Conn) {
-				go func() {
-					b := make([]byte, 16<<10)
-					for {
-						if _, err := c.Write(b); err != nil {
-							return
-						}
-					}
-				}()
-				b := make([]byte, 4<<10)
-				for {
-					if _, err := c.Read(b); err != nil {
-						if sc, ok := c.(syscall.Conn); ok && err == io.EOF && testenv.TCPClosed(sc) {
-							// The reset came, and this end's own
-							// write took its error: the kernel
-							// reports it once.
-							err = unix.ECONNRESET
-						}
-						ends <- err
-						return
-					}
-				}
-			})
+			testenv.Serve(t, ln, func(c net.Conn) { ends <- testenv.FloodUntilEnd(c) })
 			l := start(t, &Proxy{Loops: e.loops}, NewRoute("flood", ln.Addr().String()), 0)
 			const rounds = 40
 			for i := range rounds {

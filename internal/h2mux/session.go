@@ -129,7 +129,6 @@ type Session struct {
 	room    sync.Cond // writers of data wait for the batch to drain
 	batch   []byte
 	spare   []byte
-	writing bool
 	wfr     *http2.Framer
 	enc     *hpack.Encoder
 	hbuf    bytes.Buffer
@@ -454,11 +453,9 @@ func (s *Session) flush() {
 		}
 		out := s.batch
 		s.batch, s.spare = s.spare[:0], nil
-		s.writing = true
 		s.wmu.Unlock()
 		err := s.writeOut(out)
 		s.wmu.Lock()
-		s.writing = false
 		if cap(out) <= 4*batchLimit {
 			s.spare = out[:0]
 		}

@@ -65,9 +65,6 @@ func (st *Stream) Authority() string { return st.authority }
 // ID is the stream's HTTP/2 identifier.
 func (st *Stream) ID() uint32 { return st.id }
 
-// Session is the session the stream travels on.
-func (st *Stream) Session() *Session { return st.s }
-
 // received takes a DATA frame's bytes (or END_STREAM) on the reader's
 // goroutine. pad is the frame's padding, given back at once.
 func (st *Stream) received(b []byte, end bool, pad uint32) error {

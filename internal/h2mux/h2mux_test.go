@@ -641,3 +641,81 @@ func TestFullBacklogRefusesWithoutGoingAway(t *testing.T) {
 		t.Fatalf("the first stream: %d, %v", code, err)
 	}
 }
+
+// TestTryWriteToHandsOverInPlace drives a stream as an event loop writing
+// to a socket that takes only part of what it is offered: the bytes the
+// write takes are consumed, the rest is offered again, and every byte
+// arrives once and in order through a window far smaller than the stream
+// (so consumed bytes give the window back). The sender mixes full frames,
+// which the stream keeps without a copy, with small writes, which it
+// copies, so both ways of holding bytes are crossed.
+func TestTryWriteToHandsOverInPlace(t *testing.T) {
+	const window = 128 << 10
+	cs, ss := pair(t, Config{Window: window})
+	c, s := open(t, cs, ss, "svc")
+	n := newNotifier(s)
+	rng := rand.New(rand.NewPCG(7, 8))
+	want := make([]byte, 3<<20)
+	for i := range want {
+		want[i] = byte(rng.Uint32())
+	}
+	go func() {
+		rng := rand.New(rand.NewPCG(9, 10)) // the sender's own
+		b := want
+		for len(b) > 0 {
+			k := min(len(b), []int{1, 100, maxFrame, 3 * maxFrame, 5000}[rng.IntN(5)])
+			if _, err := c.Write(b[:k]); err != nil {
+				return
+			}
+			b = b[k:]
+		}
+		c.CloseWrite()
+	}()
+	var got []byte
+	offered := 0
+	take := func(bufs [][]byte) int {
+		// A socket whose buffer takes some of what it is offered.
+		total := 0
+		for _, b := range bufs {
+			total += len(b)
+		}
+		offered = total
+		k := rng.IntN(total + 1)
+		left := k
+		for _, b := range bufs {
+			m := min(left, len(b))
+			got = append(got, b[:m]...)
+			left -= m
+		}
+		return k
+	}
+	v := make([][]byte, 0, maxSlices)
+	for {
+		k, emptied, err := s.TryWriteTo(v, take)
+		if err == io.EOF {
+			break
+		}
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			n.wait(t, "bytes after EAGAIN")
+		case err != nil:
+			t.Fatal(err)
+		case emptied && k != offered:
+			t.Fatalf("emptied after taking %d of the %d bytes offered", k, offered)
+		case emptied:
+			n.wait(t, "bytes after the stream was emptied")
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("received %d bytes, want %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}

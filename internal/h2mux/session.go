@@ -23,6 +23,7 @@ package h2mux
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -120,7 +121,14 @@ type Session struct {
 	window   uint32 // our streams' receive window
 	writeOut func([]byte) error
 
-	rfr *http2.Framer
+	// The reader reads each frame's header itself (rhdr): a DATA
+	// frame's payload goes straight into a chunk (rchunk) that a
+	// stream may keep, any other frame to the read framer, which reads
+	// the header again from rsrc.
+	rfr    *http2.Framer
+	rsrc   prefixReader
+	rhdr   [frameHeaderLen]byte
+	rchunk *[]byte
 
 	// wmu orders frames: it guards the write framer, the HPACK encoder and
 	// the batch.
@@ -225,7 +233,8 @@ func newSession(conn net.Conn, client bool, cfg Config) *Session {
 	s.more.L, s.room.L = &s.wmu, &s.wmu
 	s.wfr = http2.NewFramer(batchWriter{s}, nil)
 	s.enc = hpack.NewEncoder(&s.hbuf)
-	s.rfr = http2.NewFramer(nil, conn)
+	s.rsrc.r = conn
+	s.rfr = http2.NewFramer(nil, &s.rsrc)
 	s.rfr.SetMaxReadFrameSize(maxFrame)
 	s.rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	s.rfr.MaxHeaderListSize = 16 << 10
@@ -470,9 +479,43 @@ func (s *Session) flush() {
 	}
 }
 
+// frameHeaderLen is the length of an HTTP/2 frame header (RFC 9113, 4.1).
+const frameHeaderLen = 9
+
+// prefixReader reads pre, then r: the read framer's source, given back the
+// header the reader read already.
+type prefixReader struct {
+	pre []byte
+	r   io.Reader
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.r.Read(b)
+}
+
 // readLoop reads and dispatches frames until the connection fails.
 func (s *Session) readLoop() {
 	for {
+		if _, err := io.ReadFull(s.conn, s.rhdr[:]); err != nil {
+			s.closeWith(err)
+			return
+		}
+		h := s.rhdr
+		if http2.FrameType(h[3]) == http2.FrameData {
+			length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+			id := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
+			if err := s.readData(length, http2.Flags(h[4]), id); err != nil {
+				s.closeWith(err)
+				return
+			}
+			continue
+		}
+		s.rsrc.pre = s.rhdr[:]
 		f, err := s.rfr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -493,10 +536,61 @@ func (s *Session) readLoop() {
 	}
 }
 
+// readData reads a DATA frame's payload into a chunk and gives it to its
+// stream: the payload's bytes are copied once on their way in, by the
+// connection's Read, and a stream keeps a full chunk as it is. It checks
+// what the read framer would (RFC 9113, 6.1): the frame's size, a stream,
+// and the padding.
+func (s *Session) readData(length int, flags http2.Flags, id uint32) error {
+	if length > maxFrame {
+		return http2.ErrFrameTooLarge
+	}
+	if id == 0 {
+		return fmt.Errorf("h2mux: DATA frame on stream 0: %w", http2.ConnectionError(http2.ErrCodeProtocol))
+	}
+	if s.rchunk == nil {
+		s.rchunk = chunkPool.Get().(*[]byte)
+	}
+	buf := *s.rchunk
+	if _, err := io.ReadFull(s.conn, buf[:length]); err != nil {
+		return err
+	}
+	s.frames.Add(1)
+	c := chunk{buf: s.rchunk, end: length}
+	if flags.Has(http2.FlagDataPadded) {
+		if length < 1 || int(buf[0]) > length-1 {
+			return fmt.Errorf("h2mux: DATA frame's padding exceeds it: %w", http2.ConnectionError(http2.ErrCodeProtocol))
+		}
+		c.off, c.end = 1, length-int(buf[0])
+	}
+	// The connection's window is given back at once: the stream's
+	// window bounds what it holds.
+	if length > 0 {
+		s.mu.Lock()
+		s.connUnack += uint32(length)
+		give := uint32(0)
+		if s.connUnack >= connWindow/4 {
+			give, s.connUnack = s.connUnack, 0
+		}
+		s.mu.Unlock()
+		if give > 0 {
+			s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, give) })
+		}
+	}
+	st := s.lookup(id)
+	if st == nil {
+		// A stream this side reset or finished: what the peer sent
+		// before it heard is dropped (RFC 9113, 5.4.2).
+		return nil
+	}
+	if st.deliver(c, flags.Has(http2.FlagDataEndStream), uint32(length-(c.end-c.off))) {
+		s.rchunk = nil // the stream keeps it
+	}
+	return nil
+}
+
 func (s *Session) dispatch(f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.DataFrame:
-		return s.onData(f)
 	case *http2.MetaHeadersFrame:
 		return s.onHeaders(f)
 	case *http2.RSTStreamFrame:
@@ -542,30 +636,6 @@ func (s *Session) lookup(id uint32) *Stream {
 	return st
 }
 
-func (s *Session) onData(f *http2.DataFrame) error {
-	// The connection's window is given back at once: the stream's
-	// window bounds what it holds.
-	if n := f.Length; n > 0 {
-		s.mu.Lock()
-		s.connUnack += n
-		give := uint32(0)
-		if s.connUnack >= connWindow/4 {
-			give, s.connUnack = s.connUnack, 0
-		}
-		s.mu.Unlock()
-		if give > 0 {
-			s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, give) })
-		}
-	}
-	st := s.lookup(f.StreamID)
-	if st == nil {
-		// A stream this side reset or finished: what the peer sent
-		// before it heard is dropped (RFC 9113, 5.4.2).
-		return nil
-	}
-	return st.received(f.Data(), f.StreamEnded(), f.Length-uint32(len(f.Data())))
-}
-
 func (s *Session) onHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	if s.client {
@@ -600,7 +670,7 @@ func (s *Session) onHeaders(f *http2.MetaHeadersFrame) error {
 	st := s.newStreamLocked(id, f.PseudoValue("authority"))
 	s.mu.Unlock()
 	if f.StreamEnded() {
-		_ = st.received(nil, true, 0)
+		st.deliver(chunk{}, true, 0)
 	}
 	select {
 	case s.accept <- st:

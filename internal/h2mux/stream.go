@@ -65,38 +65,46 @@ func (st *Stream) Authority() string { return st.authority }
 // ID is the stream's HTTP/2 identifier.
 func (st *Stream) ID() uint32 { return st.id }
 
-// received takes a DATA frame's bytes (or END_STREAM) on the reader's
-// goroutine. pad is the frame's padding, given back at once.
-func (st *Stream) received(b []byte, end bool, pad uint32) error {
+// deliver takes a DATA frame's payload, c (or END_STREAM), on the reader's
+// goroutine, and reports whether it kept c's buffer (else the caller keeps
+// it). pad is the frame's padding, given back at once.
+func (st *Stream) deliver(c chunk, end bool, pad uint32) (kept bool) {
+	n := c.end - c.off
 	st.mu.Lock()
 	if st.err != nil || st.recvEnd {
 		err := st.errOr(errors.New("h2mux: data after the end of the stream"))
 		st.mu.Unlock()
-		if len(b) > 0 || end {
+		if n > 0 || end {
 			// Bytes after the end, or for a stream that failed
 			// here: the peer hears that it is gone.
 			st.s.resetStream(st.id, http2.ErrCodeStreamClosed, err)
 		}
-		return nil
+		return false
 	}
 	give := pad
 	switch {
 	case st.readShut || st.closed:
-		if st.closed && len(b) > 0 {
+		if st.closed && n > 0 {
 			// Closed with the peer still sending: as a closed
 			// socket, answered with a reset.
 			st.mu.Unlock()
 			st.s.resetStream(st.id, http2.ErrCodeStreamClosed, net.ErrClosed)
-			return nil
+			return false
 		}
-		give += uint32(len(b)) // dropped: the window goes back
+		give += uint32(n) // dropped: the window goes back
 	default:
-		if st.recv.len()+int(st.unacked)+len(b) > int(st.s.window) {
+		if st.recv.len()+int(st.unacked)+n > int(st.s.window) {
 			st.mu.Unlock()
 			st.s.resetStream(st.id, http2.ErrCodeFlowControl, errors.New("h2mux: the peer overran the stream's window"))
-			return nil
+			return false
 		}
-		st.recv.write(b)
+		if kept = n >= chunkSize/2 && !st.recv.hasRoom(n); kept {
+			// A bulk frame: its buffer joins the stream as it is,
+			// no copy.
+			st.recv.take(c)
+		} else if n > 0 {
+			st.recv.write((*c.buf)[c.off:c.end])
+		}
 	}
 	if end {
 		st.recvEnd = true
@@ -114,7 +122,7 @@ func (st *Stream) received(b []byte, end bool, pad uint32) error {
 	if done {
 		st.s.forget(st.id)
 	}
-	return nil
+	return kept
 }
 
 // errOr is the stream's error if it failed, else err; st.mu is held.
@@ -141,7 +149,7 @@ func (st *Stream) responded(status int, end bool) {
 	}
 	st.mu.Unlock()
 	if end {
-		_ = st.received(nil, true, 0)
+		st.deliver(chunk{}, true, 0)
 	}
 }
 
@@ -485,6 +493,13 @@ func (st *Stream) RemoteAddr() net.Addr { return st.s.RemoteAddr() }
 // window back once a quarter of it was read.
 func (st *Stream) readLocked(b []byte) int {
 	n := st.recv.read(b)
+	st.consumedLocked(n)
+	return n
+}
+
+// consumedLocked counts n bytes taken by the reader and unlocks st.mu; it
+// gives the window back once a quarter of it was taken.
+func (st *Stream) consumedLocked(n int) {
 	st.unacked += uint32(n)
 	give := uint32(0)
 	if st.unacked >= st.s.window/4 && !st.recvEnd {
@@ -494,7 +509,6 @@ func (st *Stream) readLocked(b []byte) int {
 	if give > 0 {
 		st.giveWindow(give)
 	}
-	return n
 }
 
 // SetNotify sets the function called when a TryRead or a TryWrite that
@@ -548,6 +562,57 @@ func (st *Stream) TryRead(b []byte) (int, error) {
 	st.mu.Unlock()
 	return 0, syscall.EAGAIN
 }
+
+// TryWriteTo is TryRead without the copy out: write gets the bytes the
+// stream holds, in place, as up to maxSlices slices of its buffers
+// appended to v, and returns how many of them it took (for a socket: one
+// writev). Those are consumed as TryRead consumes, and so are returned
+// as n. emptied reports that write took everything the stream held: the
+// notify is then armed as after a TryRead that emptied it (or called at
+// once when the end came already). When the stream holds nothing it
+// returns what TryRead would: syscall.EAGAIN (armed), io.EOF or the
+// stream's error. write runs under the stream's lock, so that nothing
+// frees the buffers it reads: it must not block or use the stream.
+func (st *Stream) TryWriteTo(v [][]byte, write func([][]byte) int) (n int, emptied bool, err error) {
+	st.mu.Lock()
+	switch {
+	case st.readShut:
+		st.mu.Unlock()
+		return 0, false, io.EOF
+	case st.recv.len() > 0:
+		held := st.recv.len()
+		n = write(st.recv.peek(v[:0], maxSlices))
+		n = max(0, min(n, held))
+		st.recv.discard(n)
+		var now func()
+		if emptied = n == held; emptied {
+			if st.recvEnd {
+				now = st.notify
+			} else {
+				st.wantRead = true
+			}
+		}
+		st.consumedLocked(n)
+		if now != nil {
+			now()
+		}
+		return n, emptied, nil
+	case st.err != nil:
+		err := st.err
+		st.mu.Unlock()
+		return 0, false, err
+	case st.recvEnd:
+		st.mu.Unlock()
+		return 0, false, io.EOF
+	}
+	st.wantRead = true
+	st.mu.Unlock()
+	return 0, false, syscall.EAGAIN
+}
+
+// maxSlices bounds the slices TryWriteTo hands over at once: 512 KiB of
+// full chunks, as much as one writev to a socket takes in a turn.
+const maxSlices = 16
 
 // TryWrite is Write without waiting: it writes what the windows and the
 // session's batch take now, and returns syscall.EAGAIN with the count

@@ -40,6 +40,9 @@ type DialFunc func(ctx context.Context, network, addr string, early []byte) (net
 type loopStream interface {
 	halfConn
 	TryRead(b []byte) (int, error)
+	// TryWriteTo is TryRead handing the stream's own buffers to write
+	// instead of copying them out (see h2mux.Stream.TryWriteTo).
+	TryWriteTo(v [][]byte, write func([][]byte) int) (n int, emptied bool, err error)
 	TryWrite(b []byte) (int, error)
 	SetNotify(func())
 	CloseRead() error

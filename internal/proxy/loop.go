@@ -70,7 +70,17 @@ type loop struct {
 
 	// Owned by the loop's goroutine.
 	scratch []byte
-	again   []*dir
+	// out is moveStreamOut's writev: the socket, the slices and iovecs
+	// it reuses, its error, and the function given to TryWriteTo, made
+	// once (a closure per call would be allocated per call).
+	out struct {
+		fd     int
+		err    error
+		slices [][]byte
+		iovecs []unix.Iovec
+		write  func([][]byte) int
+	}
+	again []*dir
 	// waiting are the pairs whose connect is in progress, checked for
 	// their timeout every checkEvery; the loop keeps these itself, since
 	// a Go timer per connection would wake the runtime's poller each time.
@@ -175,10 +185,13 @@ type dir struct {
 
 	buf      *[]byte // bytes dst could not take yet: (*buf)[off:end]
 	off, end int
-	pipe     *pipe // or, in splice mode, in a pipe
-	splice   bool
-	small    int
-	queued   bool // in lp.again
+	// held: src, a link stream, still holds bytes that dst, a socket,
+	// could not take yet (moveStreamOut leaves them in the stream).
+	held   bool
+	pipe   *pipe // or, in splice mode, in a pipe
+	splice bool
+	small  int
+	queued bool // in lp.again
 }
 
 func newLoop(log func(string, ...any)) (*loop, error) {
@@ -199,6 +212,8 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
 	lp := &loop{epfd: epfd, wakefd: wakefd, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log}
+	lp.out.write = lp.writevOut
+	lp.out.slices = make([][]byte, 0, 16) // h2mux hands at most 16 at once
 	go lp.serve()
 	return lp, nil
 }
@@ -531,7 +546,7 @@ func (lp *loop) turnDir(d *dir) {
 }
 
 func (d *dir) pending() bool {
-	return d.buf != nil || (d.pipe != nil && d.pipe.buffered > 0)
+	return d.buf != nil || d.held || (d.pipe != nil && d.pipe.buffered > 0)
 }
 
 func (d *dir) count(n int) {
@@ -575,23 +590,78 @@ func (lp *loop) move(d *dir) bool {
 // on. A read shorter than the buffer emptied the stream, and armed its
 // notify (TryRead's contract), so the source waits for streamReady.
 func (lp *loop) moveStream(d *dir) bool {
+	if d.dst.vs == nil {
+		return lp.moveStreamOut(d)
+	}
 	n, err := d.src.vs.TryRead(lp.scratch)
-	lp.scoreGuess(d.src, err)
-	switch {
-	case err == unix.EAGAIN:
-		cantRecv(d.src)
-		return false
-	case err == io.EOF:
-		d.pr.eof(d)
-		return false
-	case err != nil:
-		d.pr.failWith(d, err)
+	if lp.streamStops(d, err) {
 		return false
 	}
 	if n < len(lp.scratch) {
 		cantRecv(d.src)
 	}
 	return lp.write(d, lp.scratch[:n])
+}
+
+// streamStops handles the error of a read of d's source, a link stream:
+// it reports whether d stops moving for now (nothing there yet, the end,
+// or a failure).
+func (lp *loop) streamStops(d *dir, err error) bool {
+	lp.scoreGuess(d.src, err)
+	switch {
+	case err == nil:
+		return false
+	case err == unix.EAGAIN:
+		cantRecv(d.src)
+	case err == io.EOF:
+		d.pr.eof(d)
+	default:
+		d.pr.failWith(d, err)
+	}
+	return true
+}
+
+// moveStreamOut writes what d's source, a link stream, holds to d's
+// destination, a socket, straight from the stream's buffers: one writev,
+// no copy into the loop's buffer. What the socket does not take stays in
+// the stream (d.held) until the socket is writable again; meanwhile the
+// stream's window, not a buffer of the loop's, holds the peer back.
+func (lp *loop) moveStreamOut(d *dir) bool {
+	lp.out.fd, lp.out.err = d.dst.fd, nil
+	n, emptied, err := d.src.vs.TryWriteTo(lp.out.slices, lp.out.write)
+	d.count(n)
+	d.held = false
+	if lp.streamStops(d, err) {
+		return false
+	}
+	switch werr := lp.out.err; {
+	case werr == unix.EAGAIN:
+		d.held = true
+		if err := lp.cantSend(d.dst); err != nil {
+			d.pr.epollFailed(d, err)
+		}
+		return false
+	case werr != nil:
+		d.pr.fail(d, "write", werr)
+		return false
+	}
+	if emptied {
+		// TryWriteTo armed the notify, as a short TryRead does.
+		cantRecv(d.src)
+	}
+	return true
+}
+
+// writevOut is moveStreamOut's write: it writes bufs to lp.out.fd and
+// records the error, for moveStreamOut to handle once the stream is
+// unlocked.
+func (lp *loop) writevOut(bufs [][]byte) int {
+	n, err := rawWritev(lp.out.fd, bufs, &lp.out.iovecs)
+	if err != nil {
+		lp.out.err = err
+		return 0
+	}
+	return n
 }
 
 // write writes b to d's destination; what it cannot take yet is kept in a
@@ -609,6 +679,9 @@ func (lp *loop) write(d *dir, b []byte) bool {
 func (lp *loop) flush(d *dir) bool {
 	if d.pipe != nil {
 		return lp.flushPipe(d)
+	}
+	if d.held {
+		return lp.moveStreamOut(d) && !d.held
 	}
 	n, ok := lp.writeOut(d, (*d.buf)[d.off:d.end])
 	if !ok {

@@ -41,6 +41,33 @@ func rawWrite(fd int, b []byte) (int, error) {
 	}
 }
 
+// rawWritev writes bufs to fd with one writev(2); iov is reused for the
+// iovecs.
+func rawWritev(fd int, bufs [][]byte, iov *[]unix.Iovec) (int, error) {
+	v := (*iov)[:0]
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		e := unix.Iovec{Base: unsafe.SliceData(b)}
+		e.SetLen(len(b))
+		v = append(v, e)
+	}
+	*iov = v
+	if len(v) == 0 {
+		return 0, nil
+	}
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(v))), uintptr(len(v)))
+		if e != unix.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			return int(r), nil
+		}
+	}
+}
+
 func rawClose(fd int) {
 	_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }

@@ -650,15 +650,8 @@ func TestFullBacklogRefusesWithoutGoingAway(t *testing.T) {
 // which the stream keeps without a copy, with small writes, which it
 // copies, so both ways of holding bytes are crossed.
 func TestTryWriteToHandsOverInPlace(t *testing.T) {
-	const window = 128 << 10
-	cs, ss := pair(t, Config{Window: window})
-	c, s := open(t, cs, ss, "svc")
+	c, s, rng, want := smallWindowStream(t, 7)
 	n := newNotifier(s)
-	rng := rand.New(rand.NewPCG(7, 8))
-	want := make([]byte, 3<<20)
-	for i := range want {
-		want[i] = byte(rng.Uint32())
-	}
 	go func() {
 		rng := rand.New(rand.NewPCG(9, 10)) // the sender's own
 		b := want
@@ -718,4 +711,54 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestTryReadFromFillsTheBatch drives a stream as an event loop reading a
+// socket does: each read gets room in the batch and fills some of it
+// (sometimes none), through a window far smaller than what is sent, and
+// every byte arrives once and in order.
+func TestTryReadFromFillsTheBatch(t *testing.T) {
+	c, s, rng, want := smallWindowStream(t, 11)
+	n := newNotifier(c)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(s)
+		got <- b
+	}()
+	left := want
+	for len(left) > 0 {
+		k, err := c.TryReadFrom(func(room []byte) int {
+			if len(room) == 0 || len(room) > maxFrame {
+				t.Errorf("room for %d bytes, want 1 to %d", len(room), maxFrame)
+			}
+			m := min(rng.IntN(len(room)+1), len(left))
+			copy(room, left[:m])
+			return m
+		})
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			n.wait(t, "room after EAGAIN")
+		case err != nil:
+			t.Fatal(err)
+		}
+		left = left[k:]
+	}
+	c.CloseWrite()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("received %d bytes, want %d (first difference at %d)", len(b), len(want), firstDiff(b, want))
+	}
+}
+
+// smallWindowStream opens a stream whose window (128 KiB) is far smaller
+// than the 3 MiB of random bytes it returns to send, with a random source
+// seeded by seed for the test's own choices.
+func smallWindowStream(t *testing.T, seed uint64) (c, s *Stream, rng *rand.Rand, want []byte) {
+	cs, ss := pair(t, Config{Window: 128 << 10})
+	c, s = open(t, cs, ss, "svc")
+	rng = rand.New(rand.NewPCG(seed, seed+1))
+	want = make([]byte, 3<<20)
+	for i := range want {
+		want[i] = byte(rng.Uint32())
+	}
+	return c, s, rng, want
 }

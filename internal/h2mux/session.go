@@ -29,6 +29,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -391,45 +392,83 @@ func (s *Session) tryWrite(st *Stream, b []byte) (int, error) {
 	defer s.wmu.Unlock()
 	total := 0
 	for len(b) > 0 {
-		if s.werr != nil {
-			return total, st.failure(s.werr)
-		}
-		if s.closing {
-			return total, ErrSessionClosed
-		}
-		st.mu.Lock()
-		switch {
-		case st.err != nil:
-			err := st.err
-			st.mu.Unlock()
+		n, err := s.reserveLocked(st, len(b))
+		if err != nil {
 			return total, err
-		case st.sentEnd || st.closed:
-			st.mu.Unlock()
-			return total, fmt.Errorf("h2mux: write after close: %w", syscall.EPIPE)
 		}
-		s.mu.Lock()
-		n := min(int64(min(len(b), s.peerFrame)), st.sendWin, s.connSend)
-		full := len(s.batch) >= batchLimit
-		if n <= 0 || full {
-			connShort := s.connSend <= 0
-			s.mu.Unlock()
-			st.wantWrite = true
-			st.mu.Unlock()
-			if full || connShort {
-				s.roomWait = append(s.roomWait, st)
-			}
-			return total, syscall.EAGAIN
-		}
-		s.connSend -= n
-		st.sendWin -= n
-		s.mu.Unlock()
-		st.mu.Unlock()
 		s.batch = appendData(s.batch, st.id, false, b[:n])
 		s.more.Signal()
-		total += int(n)
+		total += n
 		b = b[n:]
 	}
 	return total, nil
+}
+
+// tryReadFrom has read put up to a frame of st's bytes straight into the
+// batch, behind the frame's header (see Stream.TryReadFrom).
+func (s *Session) tryReadFrom(st *Stream, read func([]byte) int) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	n, err := s.reserveLocked(st, maxFrame)
+	if err != nil {
+		return 0, err
+	}
+	at := len(s.batch)
+	s.batch = slices.Grow(s.batch, frameHeaderLen+n)[:at+frameHeaderLen+n]
+	got := min(max(read(s.batch[at+frameHeaderLen:]), 0), n)
+	if got < n {
+		// The windows give back what the read did not fill.
+		st.mu.Lock()
+		s.mu.Lock()
+		s.connSend += int64(n - got)
+		st.sendWin += int64(n - got)
+		s.mu.Unlock()
+		st.mu.Unlock()
+	}
+	if got == 0 {
+		s.batch = s.batch[:at]
+		return 0, nil
+	}
+	s.batch = appendData(s.batch[:at], st.id, false, nil)
+	s.batch = s.batch[:at+frameHeaderLen+got]
+	s.batch[at], s.batch[at+1], s.batch[at+2] = byte(got>>16), byte(got>>8), byte(got)
+	s.more.Signal()
+	return got, nil
+}
+
+// reserveLocked takes up to want bytes of st's window and the
+// connection's for a write into the batch, at most a frame; wmu is held.
+// When the windows or the batch have no room it arms st's notify for when
+// they do and returns syscall.EAGAIN.
+func (s *Session) reserveLocked(st *Stream, want int) (int, error) {
+	if s.werr != nil {
+		return 0, st.failure(s.werr)
+	}
+	if s.closing {
+		return 0, ErrSessionClosed
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	switch {
+	case st.err != nil:
+		return 0, st.err
+	case st.sentEnd || st.closed:
+		return 0, fmt.Errorf("h2mux: write after close: %w", syscall.EPIPE)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := min(int64(min(want, s.peerFrame)), st.sendWin, s.connSend)
+	full := len(s.batch) >= batchLimit
+	if n <= 0 || full {
+		st.wantWrite = true
+		if full || s.connSend <= 0 {
+			s.roomWait = append(s.roomWait, st)
+		}
+		return 0, syscall.EAGAIN
+	}
+	s.connSend -= n
+	st.sendWin -= n
+	return int(n), nil
 }
 
 // wakeRoomWait tells the streams whose TryWrite waited for room that there

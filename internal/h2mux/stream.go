@@ -622,6 +622,18 @@ func (st *Stream) TryWrite(b []byte) (int, error) {
 	return st.s.tryWrite(st, b)
 }
 
+// TryReadFrom is TryWrite without the copy in: read gets room in the
+// session's batch, behind a DATA frame's header, for at most what the
+// windows and the batch take now (a frame at most), and returns how many
+// bytes it put there (for a socket: one read). It returns that count,
+// which may be 0 when read had none; syscall.EAGAIN when the stream takes
+// nothing now, and then the notify is called once it may; or the stream's
+// error. read runs under the session's write lock: it must not block or
+// use the session.
+func (st *Stream) TryReadFrom(read func([]byte) int) (int, error) {
+	return st.s.tryReadFrom(st, read)
+}
+
 // giveWindow gives the peer n bytes of the stream's window back.
 func (st *Stream) giveWindow(n uint32) {
 	st.s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(st.id, n) })

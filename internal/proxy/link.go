@@ -44,6 +44,9 @@ type loopStream interface {
 	// instead of copying them out (see h2mux.Stream.TryWriteTo).
 	TryWriteTo(v [][]byte, write func([][]byte) int) (n int, emptied bool, err error)
 	TryWrite(b []byte) (int, error)
+	// TryReadFrom is TryWrite having read put the bytes straight into
+	// the stream's outgoing frames (see h2mux.Stream.TryReadFrom).
+	TryReadFrom(read func([]byte) int) (int, error)
 	SetNotify(func())
 	CloseRead() error
 	Reset() error

@@ -80,6 +80,13 @@ type loop struct {
 		iovecs []unix.Iovec
 		write  func([][]byte) int
 	}
+	// in is moveIntoStream's read, likewise: the socket, its error and
+	// how much room the stream gave the read.
+	in struct {
+		fd, room int
+		err      error
+		read     func([]byte) int
+	}
 	again []*dir
 	// waiting are the pairs whose connect is in progress, checked for
 	// their timeout every checkEvery; the loop keeps these itself, since
@@ -213,6 +220,7 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 	}
 	lp := &loop{epfd: epfd, wakefd: wakefd, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log}
 	lp.out.write = lp.writevOut
+	lp.in.read = lp.readIn
 	lp.out.slices = make([][]byte, 0, 16) // h2mux hands at most 16 at once
 	go lp.serve()
 	return lp, nil
@@ -563,6 +571,9 @@ func (lp *loop) move(d *dir) bool {
 	if d.splice {
 		return lp.moveSplice(d)
 	}
+	if d.dst.vs != nil {
+		return lp.moveIntoStream(d)
+	}
 	n, err := rawRead(d.src.fd, lp.scratch)
 	lp.scoreGuess(d.src, err)
 	switch {
@@ -601,6 +612,53 @@ func (lp *loop) moveStream(d *dir) bool {
 		cantRecv(d.src)
 	}
 	return lp.write(d, lp.scratch[:n])
+}
+
+// moveIntoStream reads d's source, a socket, straight into the session
+// batch of d's destination, a link stream, behind a frame's header: no
+// copy through the loop's buffer. When the stream takes nothing now,
+// nothing is read: the bytes wait in the socket, and d waits for the
+// stream's notify (streamReady turns the direction again).
+func (lp *loop) moveIntoStream(d *dir) bool {
+	lp.in.fd, lp.in.err = d.src.fd, nil
+	n, err := d.dst.vs.TryReadFrom(lp.in.read)
+	switch {
+	case err == unix.EAGAIN:
+		cantSendStream(d.dst)
+		return false
+	case err != nil:
+		d.pr.failWith(d, err)
+		return false
+	}
+	d.count(n)
+	rerr := lp.in.err
+	lp.scoreGuess(d.src, rerr)
+	switch {
+	case rerr == unix.EAGAIN:
+		cantRecv(d.src)
+		return false
+	case rerr != nil:
+		d.pr.fail(d, "read", rerr)
+		return false
+	case n == 0:
+		d.pr.eof(d)
+		return false
+	}
+	readShort(d.src, n, lp.in.room)
+	return true
+}
+
+// readIn is moveIntoStream's read: it reads lp.in.fd into b and records
+// the error, for moveIntoStream to handle once the session is unlocked
+// (0 with no error is the end).
+func (lp *loop) readIn(b []byte) int {
+	lp.in.room = len(b)
+	n, err := rawRead(lp.in.fd, b)
+	if err != nil {
+		lp.in.err = err
+		return 0
+	}
+	return n
 }
 
 // streamStops handles the error of a read of d's source, a link stream:
@@ -1046,7 +1104,9 @@ func (lp *loop) streamReady(s *side) {
 	mayRecv(s)
 	maySend(s)
 	lp.safely(pr, func() {
-		if s.writable && s.wr.pending() {
+		// A direction into the stream waits with its bytes in its
+		// source socket (moveIntoStream), not pending here.
+		if s.writable && (s.wr.pending() || s.wr.src.readable) {
 			lp.turn(s.wr)
 		}
 		if s.readable && pr.phase == pairMoving {

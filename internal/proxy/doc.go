@@ -84,4 +84,12 @@
 //     1 and 2 hold for it as written; cantSendStream clears writable
 //     without epoll. The notify posts streamReady, which sets both flags
 //     (always safe) and turns both directions. A stream never splices.
+//  10. Bytes between a socket and a stream skip the loop's buffer. Into a
+//     stream, the socket is read straight into the stream's outgoing
+//     frames (TryReadFrom): when the stream takes nothing, nothing is
+//     read, the bytes wait in the socket, and streamReady turns that
+//     direction again because its source is still readable. Out of a
+//     stream, its buffers are written to the socket with one writev
+//     (TryWriteTo): what the socket refuses stays in the stream, and the
+//     direction is pending (dir.held) until the socket's edge.
 package proxy

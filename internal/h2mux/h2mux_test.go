@@ -762,3 +762,28 @@ func smallWindowStream(t *testing.T, seed uint64) (c, s *Stream, rng *rand.Rand,
 	}
 	return c, s, rng, want
 }
+
+// TestIdleSessionLetsBulkBuffersGo: once a session that carried a bulk
+// stream has written everything, it keeps no batch buffer larger than
+// idleBatch after a keepalive period (a bulk stream grows them to about a
+// megabyte each).
+func TestIdleSessionLetsBulkBuffersGo(t *testing.T) {
+	cs, ss := pair(t, Config{KeepAlive: 100 * time.Millisecond})
+	c, s := open(t, cs, ss, "svc")
+	cs.wmu.Lock()
+	cs.batch = make([]byte, 0, batchLimit)
+	cs.spare = make([]byte, 0, batchLimit)
+	cs.wmu.Unlock()
+	if _, err := c.Write([]byte("after a bulk stream")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("after a bulk stream"))
+	if _, err := io.ReadFull(s, got); err != nil || string(got) != "after a bulk stream" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	waitFor(t, func() bool {
+		cs.wmu.Lock()
+		defer cs.wmu.Unlock()
+		return cap(cs.batch) <= idleBatch && cap(cs.spare) <= idleBatch
+	}, "the idle session to let its bulk buffers go")
+}

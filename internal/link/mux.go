@@ -75,8 +75,9 @@ func muxConfig(timeout time.Duration, tc *tls.Conn) h2mux.Config {
 }
 
 // corkedWrites writes a session's batches to tc: a batch of more than one
-// TLS record goes out corked, in one system call, where crypto/tls would
-// write each 16 KiB record with a system call of its own.
+// TLS record goes out corked, a system call per four records
+// (corkSegment), where crypto/tls would write each 16 KiB record with a
+// system call of its own.
 func corkedWrites(tc *tls.Conn) func([]byte) error {
 	sock, _ := tc.NetConn().(*linkSocket)
 	return func(b []byte) error {

@@ -26,7 +26,7 @@ import (
 // a read reached its EOF. It can also be corked: crypto/tls writes every
 // record (16 KiB of plaintext at most) with a system call of its own, and
 // a multiplexed session's flusher corks the socket around each batch so
-// that the batch's records leave in one write.
+// that the batch's records leave a segment (corkSegment) at a time.
 type linkSocket struct {
 	*net.TCPConn
 	eof      atomic.Bool // a read returned the socket's EOF
@@ -63,10 +63,27 @@ func (c *linkSocket) Write(b []byte) (int, error) {
 			c.held = heldPool.Get().(*[]byte)
 		}
 		*c.held = append(*c.held, b...)
+		if len(*c.held) >= corkSegment {
+			// What is held goes out now: the peer decrypts these
+			// records while this side seals the next.
+			_, err := c.TCPConn.Write(*c.held)
+			*c.held = (*c.held)[:0]
+			if err != nil {
+				return 0, err
+			}
+		}
 		return len(b), nil
 	}
 	return c.TCPConn.Write(b)
 }
+
+// corkSegment is the most a corked socket holds before it writes: four
+// records, one loopback segment. Holding a whole batch (up to a megabyte)
+// until uncork left the peer idle while this side encrypted it, then this
+// side idle while the peer decrypted; writing every 64 KiB overlaps the
+// two (iperf3 across a link with a 1 MiB batch: 5.5 Gbit/s against 4.5 held
+// whole; bench/README).
+const corkSegment = 64 << 10
 
 // cork holds the writes that follow until uncork.
 func (c *linkSocket) cork() {
@@ -95,11 +112,11 @@ func (c *linkSocket) uncork() error {
 
 // heldPool lends the buffers corked writes gather in: a socket holds one
 // only between cork and uncork, so an idle link connection holds none.
-var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, maxHeld); return &b }}
 
-// maxHeld is the largest held buffer pooled again: a session's full batch
-// (256 KiB and a frame) and its TLS overhead.
-const maxHeld = 320 << 10
+// maxHeld is the most a corked socket holds: just under a segment, then a
+// record and its TLS overhead. A larger buffer is not pooled again.
+const maxHeld = corkSegment + maxRecord + 512
 
 // CloseRead shuts the read side; the EOF that follows is not a cut.
 func (c *linkSocket) CloseRead() error {

@@ -79,9 +79,11 @@ func cut(t *testing.T, c net.Conn) {
 	}
 }
 
-// TestCorkedSocketWritesOnce: while corked, a session's socket holds what
-// TLS writes, and uncork sends it in order, in one write.
-func TestCorkedSocketWritesOnce(t *testing.T) {
+// TestCorkedSocketWritesBySegment: while corked, a session's socket holds
+// what TLS writes, up to a segment: small records wait for uncork and leave
+// in one write, larger batches leave a segment at a time, and the peer
+// reads every byte in order.
+func TestCorkedSocketWritesBySegment(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -101,15 +103,26 @@ func TestCorkedSocketWritesOnce(t *testing.T) {
 		t.Fatalf("a TCP socket was not wrapped")
 	}
 	defer s.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
 
-	s.cork()
-	for _, part := range []string{"first record, ", "second, ", "third"} {
-		if _, err := s.Write([]byte(part)); err != nil {
+	var want bytes.Buffer
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := s.Write(b); err != nil {
 			t.Fatal(err)
 		}
+		want.Write(b)
 	}
-	if got := string(*s.held); got != "first record, second, third" {
-		t.Fatalf("corked socket holds %q", got)
+	s.cork()
+	for _, part := range []string{"first record, ", "second, ", "third"} {
+		write([]byte(part))
+	}
+	if held := string(*s.held); held != "first record, second, third" {
+		t.Fatalf("corked socket holds %q", held)
 	}
 	if err := s.uncork(); err != nil {
 		t.Fatal(err)
@@ -117,17 +130,36 @@ func TestCorkedSocketWritesOnce(t *testing.T) {
 	if s.held != nil {
 		t.Fatalf("uncork left %d bytes held", len(*s.held))
 	}
-	if _, err := s.Write([]byte(", then uncorked")); err != nil {
+	write([]byte(", then uncorked;"))
+
+	// A batch of 20 records: the socket never holds a segment or more.
+	s.cork()
+	record := make([]byte, maxRecord+22)
+	for i := range 20 {
+		for j := range record {
+			record[j] = byte(i*7 + j)
+		}
+		write(record)
+		if len(*s.held) >= corkSegment {
+			t.Fatalf("after record %d the corked socket holds %d bytes, want under %d", i, len(*s.held), corkSegment)
+		}
+	}
+	if err := s.uncork(); err != nil {
 		t.Fatal(err)
 	}
 	s.CloseWrite()
-	got, err := io.ReadAll(peer)
-	if err != nil {
-		t.Fatal(err)
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("peer read %d bytes, want %d (first difference at %d)", len(b), want.Len(), firstDifference(b, want.Bytes()))
 	}
-	if want := "first record, second, third, then uncorked"; string(got) != want {
-		t.Fatalf("peer read %q, want %q", got, want)
+}
+
+func firstDifference(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
 	}
+	return min(len(a), len(b))
 }
 
 // TestLinkDialEarly: the client's first bytes go with the stream's opening

@@ -59,6 +59,9 @@ const (
 // loop is one event loop: an epoll instance and the goroutine serving it.
 type loop struct {
 	epfd, wakefd int
+	// parked is the epoll instance in Go's poller, where a loop that
+	// carries link streams waits (loopwait.go).
+	parked *parkedEpoll
 
 	mu      sync.Mutex
 	table   []slot // by descriptor
@@ -218,7 +221,13 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 		unix.Close(wakefd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	lp := &loop{epfd: epfd, wakefd: wakefd, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log}
+	parked, err := newParkedEpoll(epfd)
+	if err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, err
+	}
+	lp := &loop{epfd: epfd, wakefd: wakefd, parked: parked, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log}
 	lp.out.write = lp.writevOut
 	lp.in.read = lp.readIn
 	lp.out.slices = make([][]byte, 0, 16) // h2mux hands at most 16 at once
@@ -261,11 +270,15 @@ func (lp *loop) stop() {
 // parking in Go's own poller costs a scheduler wake-up at every pause).
 // The raw wait keeps the loop's P, so it lasts at most hotWait; once a wait
 // finds nothing, the loop is idle and blocks in an ordinary system call
-// that gives its P back, so that the rest of the process (health checks,
-// discovery, the admin API, other loops) runs even on a single CPU.
+// that gives its P back (once sysmon takes it), so that the rest of the
+// process (health checks, discovery, the admin API, other loops) runs even
+// on a single CPU. A loop that carries link streams never waits in a raw
+// call and parks in Go's poller instead of the blocking one (parkedEpoll):
+// the sessions' goroutines need the P at once.
 func (lp *loop) serve() {
 	defer close(lp.done)
 	defer unix.Close(lp.epfd)
+	defer lp.parked.close()
 	events := make([]unix.EpollEvent, loopEvents)
 	sides := make([]*side, loopEvents)
 	hot := false
@@ -285,7 +298,11 @@ func (lp *loop) serve() {
 			}
 		default:
 			lp.polling.Store(true)
-			n, err = unix.EpollWait(lp.epfd, events, lp.blockFor())
+			if lp.streams > 0 {
+				n, err = lp.parked.wait(events, lp.blockFor())
+			} else {
+				n, err = unix.EpollWait(lp.epfd, events, lp.blockFor())
+			}
 			lp.polling.Store(false)
 		}
 		if err == unix.EINTR {

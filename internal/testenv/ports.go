@@ -33,11 +33,7 @@ func FreeTCPUDPPorts(t testing.TB, n int) []int {
 		if tries > 100*n {
 			t.Fatalf("could not find %d ports free for both TCP and UDP on 0.0.0.0", n)
 		}
-		want := 0
-		if low > 11000 {
-			want = 10000 + rand.IntN(low-10000)
-		}
-		ln, err := net.Listen("tcp4", net.JoinHostPort("0.0.0.0", strconv.Itoa(want)))
+		ln, err := net.Listen("tcp4", net.JoinHostPort("0.0.0.0", strconv.Itoa(belowEphemeral(low))))
 		if err != nil {
 			continue
 		}
@@ -57,6 +53,54 @@ func FreeTCPUDPPorts(t testing.TB, n int) []int {
 func FreeTCPUDPPort(t testing.TB) int {
 	t.Helper()
 	return FreeTCPUDPPorts(t, 1)[0]
+}
+
+// FreePort returns a TCP port that was free on host a moment ago, for a
+// process a test starts on a port it is told (redis-server, HAProxy,
+// etcd, attache from a config). Like FreeTCPUDPPorts it draws the port
+// below the kernel's ephemeral range: a port from bind(0) comes from that
+// range, and between this check and the process's own bind any outgoing
+// connection on the machine (a parallel test's, a benchmark's thousands)
+// may take it as its local port, which made HAProxy fail to bind now and
+// then.
+func FreePort(t testing.TB, host string) int {
+	t.Helper()
+	return FreePorts(t, host, 1)[0]
+}
+
+// FreePorts returns n distinct TCP ports that were free on host a moment
+// ago, drawn as FreePort draws one (all are held open while picking, so
+// none is returned twice).
+func FreePorts(t testing.TB, host string, n int) []int {
+	t.Helper()
+	low := ephemeralLow()
+	var (
+		ports   []int
+		lastErr error
+	)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n {
+			t.Fatalf("could not find %d free TCP ports on %s: %v", n, host, lastErr)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(belowEphemeral(low))))
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// belowEphemeral draws a port between 10000 and the ephemeral range's
+// first port low, or returns 0 (any port, from bind) when the range starts
+// too low to leave room.
+func belowEphemeral(low int) int {
+	if low <= 11000 {
+		return 0
+	}
+	return 10000 + rand.IntN(low-10000)
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux

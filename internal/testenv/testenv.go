@@ -77,33 +77,6 @@ func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 	})
 }
 
-// FreePort returns a TCP port that was free on host a moment ago.
-func FreePort(t testing.TB, host string) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// FreePorts returns n distinct TCP ports that were free on host a moment
-// ago (all are held open while picking, so none is returned twice).
-func FreePorts(t testing.TB, host string, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Fatalf("free port: %v", err)
-		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
 // Redis starts a real redis-server on a free loopback port, with no
 // persistence, and returns its address once it answers PING.
 func Redis(t testing.TB) string {

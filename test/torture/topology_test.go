@@ -81,8 +81,11 @@ type topology struct {
 	// ends in a reset before any byte. A multiplexed link does this: the
 	// link server drops a stream's unread bytes when the stream is reset
 	// (yamux), where a TCP receiver reads its queued bytes before the
-	// reset. Such a connection is accepted only against a backend
-	// connection that was seen ending that way (runEnv.orphanResets).
+	// reset. Such a connection is accepted against a backend connection
+	// that was seen ending that way (runEnv.orphanResets), or when no
+	// backend connection comes at all: the proxy's kernel dropped the
+	// client's unread bytes when the reset arrived, so the proxy read
+	// nothing and dialled nothing (counted as dropped).
 	resetOvertakes bool
 	procs          []*proc
 	ports          []int       // the listening ports of its proxies, for ss
@@ -400,8 +403,14 @@ func (env *runEnv) serveBackend(c net.Conn) {
 	n, err := io.ReadFull(c, hdr)
 	_ = c.SetReadDeadline(time.Time{})
 	if n == 0 {
-		if errors.Is(err, syscall.ECONNRESET) {
+		switch {
+		case errors.Is(err, syscall.ECONNRESET):
 			env.orphanResets.Add(1) // see topology.resetOvertakes
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// Neither a byte nor an end for a connection's whole
+			// deadline: a proxy held it after its client was gone
+			// (a reset client's session does not wait for it).
+			env.protocolError(fmt.Errorf("backend: a connection from %v sent nothing and did not end within %v", c.RemoteAddr(), env.prof.deadline))
 		}
 		return // a probe of the listener (HAProxy's start), or a closed session's socket
 	}

@@ -48,6 +48,7 @@ type counters struct {
 	truncations atomic.Int64 // resets delivered as a clean EOF after lost bytes
 	afterDump   atomic.Int64 // failures of connections whose proxies were SIGQUIT for a stall's diagnostics
 	overtaken   atomic.Int64 // client resets that overtook the header (topology.resetOvertakes), matched by a backend reset
+	dropped     atomic.Int64 // client resets after which no backend connection came at all (topology.resetOvertakes)
 }
 
 func (c *counters) String() string {
@@ -58,6 +59,9 @@ func (c *counters) String() string {
 	}
 	if n := c.overtaken.Load(); n > 0 {
 		s += fmt.Sprintf(" overtaken=%d", n)
+	}
+	if n := c.dropped.Load(); n > 0 {
+		s += fmt.Sprintf(" dropped=%d", n)
 	}
 	return s
 }
@@ -278,6 +282,13 @@ func (g *gate) arrive() {
 	}
 }
 
+// dropTicks is how many 50 ms ticks a reset client's session waits, once
+// its client end is done, for a backend connection or a backend reset (an
+// orphan) before it counts as dropped before the backend. It only bounds
+// how long a late backend connection is still checked against its
+// session; on a slow machine more are let through unchecked, never failed.
+const dropTicks = 20
+
 // session finds a connection's session by its plan's id. A session
 // that ended is nil with known true (its client gave up before the
 // backend end began).
@@ -310,6 +321,7 @@ func (env *runEnv) runConn(topo *topology, p *plan, g *gate) {
 	var (
 		backendErr error
 		overtaken  <-chan time.Time
+		idleTicks  int // overtaken ticks with no backend and no orphan reset
 	)
 	if clientErr == nil && s.plan.shape == shapeResetClient && topo.resetOvertakes {
 		tick := time.NewTicker(50 * time.Millisecond)
@@ -322,8 +334,24 @@ wait:
 		case backendErr = <-s.backendErr:
 			break wait
 		case <-overtaken:
-			if s.backendStarted.Load() || !env.takeOrphanReset() {
+			if s.backendStarted.Load() {
 				continue
+			}
+			if !env.takeOrphanReset() {
+				if idleTicks++; idleTicks < dropTicks {
+					continue
+				}
+				// No backend connection came: the proxy read
+				// nothing before the reset (a kernel drops a
+				// socket's unread bytes when a reset arrives),
+				// so it dialled nothing. A backend connection
+				// that does come later finds its session gone
+				// (serveBackend); one that is held open without
+				// a byte is reported there.
+				s.stop()
+				topo.stats.dropped.Add(1)
+				env.total.dropped.Add(1)
+				break wait
 			}
 			// The client's reset overtook its header (see
 			// topology.resetOvertakes); a backend connection ended

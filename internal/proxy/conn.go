@@ -233,6 +233,10 @@ func (p *Proxy) handle(ctx context.Context, c *conn) {
 		return
 	}
 	if !c.tellReady(nil) {
+		// The link client did not hear that the backend connected
+		// (its stream or connection broke): the backend hears a reset,
+		// not the clean end of an empty connection.
+		c.fail()
 		return // finish closes both
 	}
 	c.backendAddr = target.Addr

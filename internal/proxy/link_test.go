@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -357,5 +358,48 @@ func TestRouteDialEarlyAfterProxyHeader(t *testing.T) {
 	}
 	if gaveEarly.Load() {
 		t.Error("the dialer was given early bytes on a route that sends a PROXY header")
+	}
+}
+
+// TestUnansweredLinkClientResetsTheBackend: when a handed-off connection's
+// ready fails (the link client's stream broke before it heard that the
+// backend connected), the backend connection ends with a reset, not the
+// FIN of a clean, empty connection.
+func TestUnansweredLinkClientResetsTheBackend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := make(chan error, 1)
+	testenv.Serve(t, ln, func(c net.Conn) {
+		_ = c.SetReadDeadline(time.Now().Add(deadlineFor))
+		_, err := io.ReadAll(c)
+		ends <- err
+	})
+	p := &Proxy{}
+	l := start(t, p, NewRoute("unanswered", ln.Addr().String()), 0)
+	// The handed-off connection: a TCP socket standing for the link
+	// stream, whose far end never reads or writes.
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	far := dial(t, front.Addr().String())
+	defer far.Close()
+	near, err := front.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Handle(context.Background(), l, near, func(error) error {
+		return errors.New("the link client's stream was reset")
+	})
+	select {
+	case err := <-ends:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("the backend's read ended with %v, want a reset (ECONNRESET)", err)
+		}
+	case <-time.After(deadlineFor):
+		t.Fatal("the backend connection did not end")
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/attache/attache/internal/testenv"
 )
 
 // pair returns a client and a server session over a real TCP connection on
@@ -700,17 +702,8 @@ func TestTryWriteToHandsOverInPlace(t *testing.T) {
 		}
 	}
 	if !bytes.Equal(got, want) {
-		t.Fatalf("received %d bytes, want %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
+		t.Fatalf("received %d bytes, want %d (first difference at %d)", len(got), len(want), testenv.FirstDiff(got, want))
 	}
-}
-
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 // TestTryReadFromFillsTheBatch drives a stream as an event loop reading a
@@ -745,7 +738,7 @@ func TestTryReadFromFillsTheBatch(t *testing.T) {
 	}
 	c.CloseWrite()
 	if b := <-got; !bytes.Equal(b, want) {
-		t.Fatalf("received %d bytes, want %d (first difference at %d)", len(b), len(want), firstDiff(b, want))
+		t.Fatalf("received %d bytes, want %d (first difference at %d)", len(b), len(want), testenv.FirstDiff(b, want))
 	}
 }
 

@@ -527,7 +527,8 @@ func (s *Session) flush() {
 }
 
 // trim lets go of batch buffers larger than idleBatch while the batch is
-// empty. The keepalive calls it each period: a session that carried a bulk
+// empty. The keepalive calls it each period (a session whose keepalive is
+// off keeps them): a session that carried a bulk
 // stream would otherwise keep two megabytes for as long as it lives, and
 // trimming whenever the flusher finds the batch empty would have a bulk
 // stream grow its batch again from nothing, frame by frame, many times a

@@ -149,17 +149,8 @@ func TestCorkedSocketWritesBySegment(t *testing.T) {
 	}
 	s.CloseWrite()
 	if b := <-got; !bytes.Equal(b, want.Bytes()) {
-		t.Fatalf("peer read %d bytes, want %d (first difference at %d)", len(b), want.Len(), firstDifference(b, want.Bytes()))
+		t.Fatalf("peer read %d bytes, want %d (first difference at %d)", len(b), want.Len(), testenv.FirstDiff(b, want.Bytes()))
 	}
-}
-
-func firstDifference(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return min(len(a), len(b))
 }
 
 // TestLinkDialEarly: the client's first bytes go with the stream's opening

@@ -427,9 +427,9 @@ var errResetAtEOF = fmt.Errorf("the peer reset the connection (its error went to
 // shut is read after the state, not before: the other direction may
 // send its FIN in between, and on the loopback the peer's ACK moves the
 // socket to CLOSE at once; read first, shut was still false and that
-// clean end passed for a reset (the client lost the backend's reply: 1 in
-// about 10 000 connections whose backend replies and closes while the
-// client half-closes).
+// clean end passed for a reset (the client lost the backend's reply: about
+// 1 connection in 3000, under load, whose backend replies and closes while
+// the client half-closes; TestReplyThenCloseIsNotAReset).
 func resetAtEOF(h halfConn, shut *atomic.Bool) bool {
 	return sawReset(h) && !shut.Load()
 }

@@ -37,6 +37,16 @@ func TestParkedEpollWaits(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// signalSoon signals from another goroutine a little later, so that
+	// the wait has most likely parked by then. Nothing depends on it: an
+	// event that comes first is one ready before the wait, which must be
+	// returned too.
+	signalSoon := func() {
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			signal()
+		}()
+	}
 
 	signal()
 	if n, err := p.wait(events, -1); n != 1 || err != nil || events[0].Fd != int32(efd) {
@@ -44,10 +54,7 @@ func TestParkedEpollWaits(t *testing.T) {
 	}
 
 	// Edge-triggered: the event was taken, so this waits for the next.
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		signal()
-	}()
+	signalSoon()
 	if n, err := p.wait(events, -1); n != 1 || err != nil {
 		t.Fatalf("an event while parked: got %d events (%v), want 1", n, err)
 	}
@@ -55,11 +62,9 @@ func TestParkedEpollWaits(t *testing.T) {
 	if n, err := p.wait(events, 10); n != 0 || err != nil {
 		t.Fatalf("nothing happening for 10 ms: got %d events (%v), want 0", n, err)
 	}
-	// A wait without a timeout after one with: the deadline is cleared.
-	go func() {
-		time.Sleep(30 * time.Millisecond)
-		signal()
-	}()
+	// A wait without a timeout after one with: the deadline is cleared
+	// (an expired one would end the wait before it looked at all).
+	signalSoon()
 	if n, err := p.wait(events, -1); n != 1 || err != nil {
 		t.Fatalf("after a timed wait, an event while parked: got %d events (%v), want 1", n, err)
 	}

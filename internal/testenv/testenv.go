@@ -143,3 +143,15 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// FirstDiff is the index of the first byte where a and b differ, or the
+// shorter one's length when one is a prefix of the other: where a test
+// comparing a transfer's bytes says they went wrong.
+func FirstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}

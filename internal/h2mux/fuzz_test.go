@@ -35,6 +35,17 @@ func connectHeaders(authority string) []byte {
 // the peer's connection does. Each accepted stream is served as the link
 // server does: answered, read to its end, written to and closed.
 func FuzzServerFrames(f *testing.F) {
+	fuzzServerFrames(f, false)
+}
+
+// FuzzDrivenServerFrames is FuzzServerFrames with the session read as an
+// event loop reads it (DrivenReads), through reads that stop anywhere in a
+// frame: a piece of 1 to 16 bytes, as the input's length says.
+func FuzzDrivenServerFrames(f *testing.F) {
+	fuzzServerFrames(f, true)
+}
+
+func fuzzServerFrames(f *testing.F, driven bool) {
 	hdr := connectHeaders("redis")
 	f.Add(frames(
 		func(fr *http2.Framer) {
@@ -86,9 +97,16 @@ func FuzzServerFrames(f *testing.F) {
 			_ = peer.(*net.TCPConn).CloseWrite()
 		}()
 		go func() { _, _ = io.Copy(io.Discard, peer) }()
-		s, err := Server(conn, Config{KeepAlive: -1, Timeout: 5 * time.Second})
+		cc := newChoppedConn(conn, uint64(len(input)), 1+len(input)%16)
+		if driven {
+			conn = cc
+		}
+		s, err := Server(conn, Config{KeepAlive: -1, Timeout: 5 * time.Second, DrivenReads: driven})
 		if err != nil {
 			return // not even settings: refused at the start
+		}
+		if driven {
+			drive(s, cc)
 		}
 		defer s.Close()
 		var wg sync.WaitGroup

@@ -19,6 +19,10 @@ import (
 	"github.com/attache/attache/internal/testenv"
 )
 
+// pairDriven has pair's sessions read by a driver, through reads that
+// never wait and stop anywhere in a frame (TestDrivenReads).
+var pairDriven bool
+
 // pair returns a client and a server session over a real TCP connection on
 // the loopback.
 func pair(t *testing.T, cfg Config) (*Session, *Session) {
@@ -32,6 +36,8 @@ func pair(t *testing.T, cfg Config) (*Session, *Session) {
 		s   *Session
 		err error
 	}
+	driven := pairDriven
+	cfg.DrivenReads = driven
 	ch := make(chan res, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -39,16 +45,30 @@ func pair(t *testing.T, cfg Config) (*Session, *Session) {
 			ch <- res{nil, err}
 			return
 		}
+		cc := newChoppedConn(c, 1, 5000)
+		if driven {
+			c = cc
+		}
 		s, err := Server(c, cfg)
+		if err == nil && driven {
+			drive(s, cc)
+		}
 		ch <- res{s, err}
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
+	cc := newChoppedConn(c, 2, 5000)
+	if driven {
+		c = cc
+	}
 	cs, err := Client(c, cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if driven {
+		drive(cs, cc)
 	}
 	r := <-ch
 	if r.err != nil {

@@ -23,7 +23,6 @@ package h2mux
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -95,6 +94,14 @@ type Config struct {
 	// WriteOut writes a batch of frames to the connection; nil means the
 	// connection's Write. A caller may cork the socket around it.
 	WriteOut func([]byte) error
+	// DrivenReads starts no reader goroutine: once Client or Server
+	// returned, the caller switches the connection's Read to never wait
+	// (it returns an error that is syscall.EAGAIN when it has nothing)
+	// and calls ReadReady whenever the connection may have bytes, from
+	// one goroutine at a time (an event loop; see reader.go). The
+	// opening (preface and settings) is read before, with Reads that
+	// wait.
+	DrivenReads bool
 }
 
 func (c *Config) window() uint32 {
@@ -130,14 +137,10 @@ type Session struct {
 	window   uint32 // our streams' receive window
 	writeOut func([]byte) error
 
-	// The reader reads each frame's header itself (rhdr): a DATA
-	// frame's payload goes straight into a chunk (rchunk) that a
-	// stream may keep, any other frame to the read framer, which reads
-	// the header again from rsrc.
-	rfr    *http2.Framer
-	rsrc   prefixReader
-	rhdr   [frameHeaderLen]byte
-	rchunk *[]byte
+	// The reader's parser (reader.go) and the framer it hands whole
+	// control frames to.
+	rfr *http2.Framer
+	rd  frameReader
 
 	// wmu orders frames: it guards the write framer, the HPACK encoder and
 	// the batch.
@@ -208,7 +211,11 @@ func start(s *Session, readPreface func() error) (*Session, error) {
 			return nil, err
 		}
 	}
-	go s.readLoop()
+	// From now on the parser gives the framer whole frames.
+	s.rd.src.r = partialFrame{}
+	if !s.cfg.DrivenReads {
+		go s.readLoop()
+	}
 	go s.keepAlive()
 	return s, nil
 }
@@ -242,8 +249,8 @@ func newSession(conn net.Conn, client bool, cfg Config) *Session {
 	s.more.L, s.room.L = &s.wmu, &s.wmu
 	s.wfr = http2.NewFramer(batchWriter{s}, nil)
 	s.enc = hpack.NewEncoder(&s.hbuf)
-	s.rsrc.r = conn
-	s.rfr = http2.NewFramer(nil, &s.rsrc)
+	s.rd.src.r = conn
+	s.rfr = http2.NewFramer(nil, &s.rd.src)
 	s.rfr.SetMaxReadFrameSize(maxFrame)
 	s.rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	s.rfr.MaxHeaderListSize = 16 << 10
@@ -545,116 +552,6 @@ func (s *Session) trim() {
 	if cap(s.batch) > idleBatch {
 		s.batch = nil
 	}
-}
-
-// frameHeaderLen is the length of an HTTP/2 frame header (RFC 9113, 4.1).
-const frameHeaderLen = 9
-
-// prefixReader reads pre, then r: the read framer's source, given back the
-// header the reader read already.
-type prefixReader struct {
-	pre []byte
-	r   io.Reader
-}
-
-func (p *prefixReader) Read(b []byte) (int, error) {
-	if len(p.pre) > 0 {
-		n := copy(b, p.pre)
-		p.pre = p.pre[n:]
-		return n, nil
-	}
-	return p.r.Read(b)
-}
-
-// readLoop reads and dispatches frames until the connection fails.
-func (s *Session) readLoop() {
-	for {
-		if _, err := io.ReadFull(s.conn, s.rhdr[:]); err != nil {
-			s.closeWith(err)
-			return
-		}
-		h := s.rhdr
-		if http2.FrameType(h[3]) == http2.FrameData {
-			length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
-			id := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
-			if err := s.readData(length, http2.Flags(h[4]), id); err != nil {
-				s.closeWith(err)
-				return
-			}
-			continue
-		}
-		s.rsrc.pre = s.rhdr[:]
-		f, err := s.rfr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				// One stream's frame was malformed: reset it, the
-				// session goes on.
-				s.resetStream(se.StreamID, se.Code, fmt.Errorf("h2mux: %w", se))
-				continue
-			}
-			s.closeWith(err)
-			return
-		}
-		s.frames.Add(1)
-		if err := s.dispatch(f); err != nil {
-			s.closeWith(err)
-			return
-		}
-	}
-}
-
-// readData reads a DATA frame's payload into a chunk and gives it to its
-// stream: the payload's bytes are copied once on their way in, by the
-// connection's Read, and a stream keeps a full chunk as it is. It checks
-// what the read framer would (RFC 9113, 6.1): the frame's size, a stream,
-// and the padding.
-func (s *Session) readData(length int, flags http2.Flags, id uint32) error {
-	if length > maxFrame {
-		return http2.ErrFrameTooLarge
-	}
-	if id == 0 {
-		return fmt.Errorf("h2mux: DATA frame on stream 0: %w", http2.ConnectionError(http2.ErrCodeProtocol))
-	}
-	if s.rchunk == nil {
-		s.rchunk = chunkPool.Get().(*[]byte)
-	}
-	buf := *s.rchunk
-	if _, err := io.ReadFull(s.conn, buf[:length]); err != nil {
-		return err
-	}
-	s.frames.Add(1)
-	c := chunk{buf: s.rchunk, end: length}
-	if flags.Has(http2.FlagDataPadded) {
-		if length < 1 || int(buf[0]) > length-1 {
-			return fmt.Errorf("h2mux: DATA frame's padding exceeds it: %w", http2.ConnectionError(http2.ErrCodeProtocol))
-		}
-		c.off, c.end = 1, length-int(buf[0])
-	}
-	// The connection's window is given back at once: the stream's
-	// window bounds what it holds.
-	if length > 0 {
-		s.mu.Lock()
-		s.connUnack += uint32(length)
-		give := uint32(0)
-		if s.connUnack >= connWindow/4 {
-			give, s.connUnack = s.connUnack, 0
-		}
-		s.mu.Unlock()
-		if give > 0 {
-			s.control(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, give) })
-		}
-	}
-	st := s.lookup(id)
-	if st == nil {
-		// A stream this side reset or finished: what the peer sent
-		// before it heard is dropped (RFC 9113, 5.4.2).
-		return nil
-	}
-	if st.deliver(c, flags.Has(http2.FlagDataEndStream), uint32(length-(c.end-c.off))) {
-		s.rchunk = nil // the stream keeps it
-	}
-	return nil
 }
 
 func (s *Session) dispatch(f http2.Frame) error {

@@ -240,9 +240,15 @@ func (o *opened) close() {
 // newDaemon is the running state around what open opened, before any of
 // it serves; ctx and stop are the serving context.
 func newDaemon(ctx context.Context, stop context.CancelFunc, log *slog.Logger, opts Options, alog *accessLog, o *opened) *daemon {
+	px := &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: alog.logger, Loops: opts.Loops}
+	if o.link != nil {
+		// The proxy's event loops read the link's multiplexed
+		// connections, next to the streams they carry.
+		o.link.client.Reader = px
+	}
 	return &daemon{
 		log:        log,
-		proxy:      &proxy.Proxy{Logger: log, Resolver: opts.Resolver, AccessLog: alog.logger, Loops: opts.Loops},
+		proxy:      px,
 		access:     alog,
 		ctx:        ctx,
 		stop:       stop,

@@ -101,7 +101,7 @@ func (d *daemon) startLink(lr *linkRun) {
 		return
 	}
 	lr.server = &link.Server{Identity: lr.id, Lookup: d.linkTarget, HandshakeTimeout: lr.cfg.HandshakeTimeout,
-		Logger: lr.log, Stats: lr.stats}
+		Logger: lr.log, Stats: lr.stats, Reader: d.proxy}
 	d.log.Info("link server listening", "addr", lr.ln.Addr().String(), "names", lr.id.Names(),
 		"offer", len(*lr.offers.Load()))
 	// Counted with the accept loops: a hand-over waits for the link server

@@ -2,9 +2,11 @@ package h2mux
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/attache/attache/internal/testenv"
 )
 
 // wouldBlock is what a non-blocking Read says when it has nothing, as an
@@ -37,18 +41,26 @@ type choppedConn struct {
 	err      error // the connection's read error, after its bytes
 	rng      *rand.Rand
 	ready    chan struct{}
+	stopping bool          // undrive: fill's timeout is not the connection's error
+	filled   chan struct{} // closed when fill returns
 }
 
 func newChoppedConn(c net.Conn, seed uint64, maxPiece int) *choppedConn {
-	return &choppedConn{Conn: c, maxPiece: maxPiece, rng: rand.New(rand.NewPCG(seed, 7)), ready: make(chan struct{}, 1)}
+	return &choppedConn{Conn: c, maxPiece: maxPiece, rng: rand.New(rand.NewPCG(seed, 7)),
+		ready: make(chan struct{}, 1), filled: make(chan struct{})}
 }
 
 func (c *choppedConn) Read(b []byte) (int, error) {
-	if !c.driven {
-		return c.Conn.Read(b)
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.driven {
+		if len(c.buf) > 0 { // what fill read before undrive
+			n := copy(b, c.buf)
+			c.buf = c.buf[n:]
+			return n, nil
+		}
+		return c.Conn.Read(b)
+	}
 	if len(c.buf) == 0 {
 		if c.err != nil {
 			return 0, c.err
@@ -61,13 +73,18 @@ func (c *choppedConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads the connection into buf until it fails.
+// fill reads the connection into buf until it fails, or undrive stops it.
 func (c *choppedConn) fill() {
+	defer close(c.filled)
 	b := make([]byte, 16<<10)
 	for {
 		n, err := c.Conn.Read(b)
 		c.mu.Lock()
 		c.buf = append(c.buf, b[:n]...)
+		if c.stopping && errors.Is(err, os.ErrDeadlineExceeded) {
+			c.mu.Unlock()
+			return
+		}
 		if err != nil {
 			c.err = err
 		}
@@ -82,13 +99,29 @@ func (c *choppedConn) fill() {
 	}
 }
 
+// undrive switches c back to reads that wait, after what fill read.
+func (c *choppedConn) undrive() {
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	_ = c.Conn.SetReadDeadline(time.Now())
+	<-c.filled
+	_ = c.Conn.SetReadDeadline(time.Time{})
+	c.mu.Lock()
+	c.driven = false
+	c.mu.Unlock()
+}
+
 // drive switches c to reads that never wait and reads s, started with
 // DrivenReads, whenever bytes came, as an event loop does: ReadReady
-// until it has no more.
-func drive(s *Session, c *choppedConn) {
+// until it has no more. detach stops the driver and has the session read
+// on its own goroutine, as a stopping loop does.
+func drive(s *Session, c *choppedConn) (detach func()) {
 	c.driven = true
 	go c.fill()
+	stop, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		for {
 			for {
 				more, err := s.ReadReady()
@@ -103,9 +136,105 @@ func drive(s *Session, c *choppedConn) {
 			case <-c.ready:
 			case <-s.Done():
 				return
+			case <-stop:
+				return
 			}
 		}
 	}()
+	return func() {
+		close(stop)
+		<-exited
+		c.undrive()
+		s.ReadOnGoroutine()
+	}
+}
+
+// TestDetachedSessionReadsOnItsOwn switches a driven server session to
+// its own reader goroutine while a stream sends to it, wherever in a frame
+// the driver stopped: every byte arrives, in order, and the stream still
+// answers.
+func TestDetachedSessionReadsOnItsOwn(t *testing.T) {
+	for seed := range uint64(4) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		type res struct {
+			s      *Session
+			detach func()
+			err    error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				ch <- res{err: err}
+				return
+			}
+			cc := newChoppedConn(c, seed, 7)
+			s, err := Server(cc, Config{KeepAlive: -1, DrivenReads: true})
+			if err != nil {
+				ch <- res{err: err}
+				return
+			}
+			ch <- res{s: s, detach: drive(s, cc)}
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := Client(c, Config{KeepAlive: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := <-ch
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		ss := r.s
+		want := make([]byte, 1<<20)
+		_, _ = rand.NewChaCha8([32]byte{byte(seed)}).Read(want)
+		cst, err := cs.Open("svc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for b := want; len(b) > 0; b = b[min(len(b), 1000):] {
+				if _, err := cst.Write(b[:min(len(b), 1000)]); err != nil {
+					return
+				}
+			}
+			_ = cst.CloseWrite()
+		}()
+		sst, err := ss.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = sst.SetDeadline(time.Now().Add(20 * time.Second))
+		got := make([]byte, len(want))
+		half := len(want)/3 + int(seed)*1111
+		if _, err := io.ReadFull(sst, got[:half]); err != nil {
+			t.Fatal(err)
+		}
+		r.detach()
+		if _, err := io.ReadFull(sst, got[half:]); err != nil {
+			t.Fatalf("seed %d: after the switch: %v", seed, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("seed %d: byte %d differs", seed, testenv.FirstDiff(got, want))
+		}
+		if _, err := sst.Write([]byte("done")); err != nil {
+			t.Fatal(err)
+		}
+		_ = sst.Close()
+		_ = cst.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(cst); err != nil || string(b) != "done" {
+			t.Fatalf("seed %d: the client read %q, %v", seed, b, err)
+		}
+		cs.Close()
+		ss.Close()
+	}
 }
 
 // TestDrivenReads runs the sessions' tests with both ends read by a driver

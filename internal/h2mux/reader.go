@@ -122,6 +122,18 @@ func (s *Session) ReadReady() (more bool, err error) {
 	return false, err
 }
 
+// ReadOnGoroutine starts the reader goroutine of a session started with
+// Config.DrivenReads, whose caller can no longer drive its reads (an event
+// loop that stops before the session does): the reader goes on from where
+// ReadReady left off. The connection's Read must wait again, and ReadReady
+// must not be called any more.
+func (s *Session) ReadOnGoroutine() {
+	if s.rd.err != nil {
+		return // over: its close is on its way
+	}
+	go s.readLoop()
+}
+
 // readFrames reads and dispatches frames until the connection's Read
 // fails (EAGAIN included), or, when budget is not negative, until about
 // budget bytes were read (more is then set).

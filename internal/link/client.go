@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/attache/attache/internal/loophint"
 )
 
 // DefaultSessionCacheSize is how many TLS sessions a Client keeps for
@@ -34,6 +36,11 @@ type Client struct {
 	// least once it carries streams (more open as streams grow); zero
 	// means one per CPU. At most 4.
 	Sessions int
+	// Reader, when set, reads the pooled connections on event loops (the
+	// proxy's) instead of a goroutine per connection; a dial whose
+	// context names a loop (loophint.With) prefers a connection that
+	// loop reads.
+	Reader loophint.Reader
 
 	once  sync.Once
 	cache tls.ClientSessionCache

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/h2mux"
+	"github.com/attache/attache/internal/loophint"
 )
 
 // Multiplexed links ("attache/h2"): a client keeps a few long-lived
@@ -64,14 +65,40 @@ func invert(m map[byte]int) map[int]byte {
 // statusUnknownAnswer stands for an HTTP status this version does not know.
 const statusUnknownAnswer byte = 255
 
-func muxConfig(timeout time.Duration, tc *tls.Conn) h2mux.Config {
+func muxConfig(timeout time.Duration, tc *tls.Conn, reader loophint.Reader) h2mux.Config {
+	_, isSocket := tc.NetConn().(*linkSocket)
 	return h2mux.Config{
-		Window:    muxWindow,
-		KeepAlive: muxKeepAlive,
-		Timeout:   timeout,
-		Backlog:   1024,
-		WriteOut:  corkedWrites(tc),
+		Window:      muxWindow,
+		KeepAlive:   muxKeepAlive,
+		Timeout:     timeout,
+		Backlog:     1024,
+		WriteOut:    corkedWrites(tc),
+		DrivenReads: reader != nil && isSocket,
 	}
+}
+
+// readSession starts the reads of a session set up with muxConfig: on one
+// of reader's event loops when it has one, where a frame's bytes reach the
+// streams the same loop carries in the turn that read them, else on the
+// session's own goroutine. It returns the loop's index, or -1.
+func readSession(reader loophint.Reader, mux *h2mux.Session, tc *tls.Conn) int {
+	sock, _ := tc.NetConn().(*linkSocket)
+	if reader == nil || sock == nil {
+		return -1 // not driven: h2mux started its reader
+	}
+	fd, err := sock.readsOnLoop()
+	if err == nil {
+		detach := func() {
+			sock.readsOnGoroutine()
+			mux.ReadOnGoroutine()
+		}
+		if loop, ok := reader.ReadSession(fd, mux.ReadReady, detach, mux.Done()); ok {
+			return loop
+		}
+	}
+	sock.readsOnGoroutine()
+	mux.ReadOnGoroutine()
+	return -1
 }
 
 // corkedWrites writes a session's batches to tc: a batch of more than one
@@ -110,11 +137,16 @@ type Stream struct {
 	release func()    // tells the session the stream ended
 	tls     *tls.Conn // the pooled connection it travels on
 	goAway  func()    // server side: takes the session out of service
+	loop    int       // the event loop reading its session, or -1
 }
 
-func newStream(s *h2mux.Stream, tc *tls.Conn, stats *Stats, side int, release func()) *Stream {
-	return &Stream{Stream: s, tls: tc, stats: stats, side: side, release: release}
+func newStream(s *h2mux.Stream, tc *tls.Conn, stats *Stats, side int, release func(), loop int) *Stream {
+	return &Stream{Stream: s, tls: tc, stats: stats, side: side, release: release, loop: loop}
 }
+
+// Loop is the index of the event loop that reads the stream's session
+// (see loophint), if one does: the loop that should carry the stream.
+func (s *Stream) Loop() (int, bool) { return s.loop, s.loop >= 0 }
 
 // ConnectionState is the TLS state of the pooled connection the stream
 // travels on: the peer's certificate, whether the session was resumed.

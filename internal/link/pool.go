@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/h2mux"
+	"github.com/attache/attache/internal/loophint"
 )
 
 // How a Client spreads streams over pooled connections to one link server:
@@ -82,6 +83,7 @@ type clientSession struct {
 	streams atomic.Int64
 	retired atomic.Bool
 	used    atomic.Bool // has carried a stream
+	loop    int         // the event loop reading it, or -1
 }
 
 func (c *Client) streamPool() *pool {
@@ -120,6 +122,10 @@ func (c *Client) Close() error {
 // session is busy).
 func (c *Client) session(ctx context.Context, service, addr string) (*clientSession, error) {
 	p := c.streamPool()
+	loop, ok := loophint.From(ctx)
+	if !ok {
+		loop = -1
+	}
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -135,7 +141,7 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 			p.mu.Unlock()
 			return nil, errLegacyServer
 		}
-		best, retired := pe.pick(c.Identity.Generation())
+		best, retired := pe.pick(c.Identity.Generation(), loop)
 		grow := best == nil || len(pe.sessions) < c.minSessions() || best.streams.Load() >= streamsPerSession
 		if best != nil && (!grow || len(pe.sessions) >= sessionsPerPeer) {
 			p.mu.Unlock()
@@ -169,9 +175,13 @@ func (c *Client) session(ctx context.Context, service, addr string) (*clientSess
 // pick drops the sessions that closed or belong to an older certificate
 // and returns the least loaded of the others, or nil, and those it
 // retired (for the caller to close once idle, out of the pool's lock,
-// which is held).
-func (pe *peer) pick(gen uint64) (best *clientSession, retired []*clientSession) {
+// which is held). A session read by the event loop named in loop, when
+// there is one (see loophint), comes first while it has room: the
+// stream's bytes then reach the loop that carries it in the turn that
+// read them.
+func (pe *peer) pick(gen uint64, loop int) (best *clientSession, retired []*clientSession) {
 	kept := pe.sessions[:0]
+	var near *clientSession
 	for _, cs := range pe.sessions {
 		if cs.mux.IsClosed() || cs.retired.Load() || cs.mux.GoneAway() {
 			continue
@@ -182,12 +192,19 @@ func (pe *peer) pick(gen uint64) (best *clientSession, retired []*clientSession)
 			continue
 		}
 		kept = append(kept, cs)
-		if best == nil || cs.streams.Load() < best.streams.Load() {
+		load := cs.streams.Load()
+		if best == nil || load < best.streams.Load() {
 			best = cs
+		}
+		if loop >= 0 && cs.loop == loop && load < streamsPerSession && (near == nil || load < near.streams.Load()) {
+			near = cs
 		}
 	}
 	clear(pe.sessions[len(kept):])
 	pe.sessions = kept
+	if near != nil {
+		best = near
+	}
 	return best, retired
 }
 
@@ -233,12 +250,13 @@ func (c *Client) newSession(ctx context.Context, service, addr string) (*clientS
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))
 	}
-	mux, err := h2mux.Client(tc, muxConfig(timeout, tc))
+	mux, err := h2mux.Client(tc, muxConfig(timeout, tc, c.Reader))
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("link session with %s: %w", addr, err)
 	}
 	s := &clientSession{mux: mux, tls: tc, addr: addr, gen: gen, stats: c.Stats}
+	s.loop = readSession(c.Reader, mux, tc)
 	c.Stats.sessionOpened(sideClient)
 	// Owned by the session: it ends when the session closes (peer gone,
 	// retired and idle, or Client.Close).
@@ -352,7 +370,7 @@ func (cs *clientSession) open(ctx context.Context, service, addr string, early [
 		return nil, fmt.Errorf("link session with %s: open a stream: %w", addr, err)
 	}
 	cs.streams.Add(1)
-	st := newStream(hs, cs.tls, cs.stats, sideClient, cs.release)
+	st := newStream(hs, cs.tls, cs.stats, sideClient, cs.release, cs.loop)
 	if len(early) > 0 {
 		// Within the stream's first window: queued behind the
 		// opening at once.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/certs"
+	"github.com/attache/attache/internal/loophint"
 )
 
 // Handler takes over an authorised link stream for one service. It owns c.
@@ -57,6 +58,10 @@ type Server struct {
 	HandshakeTimeout time.Duration
 	Logger           *slog.Logger
 	Stats            *Stats
+	// Reader, when set, reads the multiplexed connections on event loops
+	// (the proxy's) instead of a goroutine per connection; their streams
+	// tell which (Stream.Loop).
+	Reader loophint.Reader
 
 	once sync.Once
 	conf *tls.Config

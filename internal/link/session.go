@@ -25,6 +25,7 @@ type serverSession struct {
 	// closes once its last stream ends.
 	streams   atomic.Int64
 	goingAway atomic.Bool
+	loop      int // the event loop reading it, or -1
 }
 
 // sessions are the server's open multiplexed connections.
@@ -39,13 +40,14 @@ type sessions struct {
 // attache/h2. It returns at once: the session's streams are served on
 // goroutines of the server's (see Close), not the handshake's.
 func (s *Server) startSession(ctx context.Context, tc *tls.Conn, leaf *x509.Certificate, resumed bool) {
-	mux, err := h2mux.Server(tc, muxConfig(s.handshakeTimeout(), tc))
+	mux, err := h2mux.Server(tc, muxConfig(s.handshakeTimeout(), tc, s.Reader))
 	if err != nil {
 		s.logger().Error("link session", "remote", tc.RemoteAddr().String(), "error", err)
 		tc.Close()
 		return
 	}
 	ss := &serverSession{mux: mux, tls: tc, leaf: leaf, gen: s.Identity.Generation()}
+	ss.loop = readSession(s.Reader, mux, tc)
 	s.sess.mu.Lock()
 	if s.sess.closed || ctx.Err() != nil {
 		s.sess.mu.Unlock()
@@ -81,7 +83,7 @@ func (s *Server) acceptStreams(ctx context.Context, ss *serverSession) {
 			return
 		}
 		ss.streams.Add(1)
-		st := newStream(hs, ss.tls, s.Stats, sideServer, ss.release)
+		st := newStream(hs, ss.tls, s.Stats, sideServer, ss.release, ss.loop)
 		st.goAway = ss.goAway
 		if ss.gen != s.Identity.Generation() {
 			// This server's certificate changed: the client sets up a

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // A per-connection link stream (attache/1) ends cleanly with TLS's
@@ -31,6 +34,10 @@ type linkSocket struct {
 	*net.TCPConn
 	eof      atomic.Bool // a read returned the socket's EOF
 	readShut atomic.Bool // CloseRead was called: its EOF is ours, not the peer's
+	// nonblock: an event loop reads the socket (readsOnLoop), so a Read
+	// never waits; rc reaches the descriptor for it.
+	nonblock atomic.Bool
+	rc       syscall.RawConn
 
 	wmu    sync.Mutex // orders writes: a corked batch, then what follows
 	corked bool
@@ -47,12 +54,78 @@ func wrapSocket(raw net.Conn) net.Conn {
 }
 
 func (c *linkSocket) Read(b []byte) (int, error) {
-	n, err := c.TCPConn.Read(b)
+	var n int
+	var err error
+	if c.nonblock.Load() {
+		n, err = c.readNow(b)
+	} else {
+		n, err = c.TCPConn.Read(b)
+	}
 	if err == io.EOF && !c.readShut.Load() {
 		c.eof.Store(true)
 	}
 	return n, err
 }
+
+// errWouldBlock is what a Read that never waits returns when the socket
+// has nothing: EAGAIN, as a temporary net.Error. crypto/tls returns a
+// temporary error as it is and keeps a record read in part for the next
+// Read, where any other error would fail the connection for good.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string        { return "link socket: read would block" }
+func (wouldBlock) Is(target error) bool { return target == syscall.EAGAIN }
+func (wouldBlock) Timeout() bool        { return false }
+func (wouldBlock) Temporary() bool      { return true }
+
+// readNow reads what the socket holds, without waiting.
+func (c *linkSocket) readNow(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno error
+	err := c.rc.Read(func(fd uintptr) bool {
+		for {
+			n, errno = unix.Read(int(fd), b)
+			if errno != unix.EINTR {
+				return true // never wait in Go's poller: the loop waits
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	case errno == unix.EAGAIN:
+		return 0, errWouldBlock
+	case errno != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// readsOnLoop switches the socket to reads that never wait and returns
+// its descriptor, for an event loop to watch.
+func (c *linkSocket) readsOnLoop() (int, error) {
+	rc, err := c.TCPConn.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(d uintptr) { fd = int(d) }); err != nil {
+		return -1, err
+	}
+	c.rc = rc
+	c.nonblock.Store(true)
+	return fd, nil
+}
+
+// readsOnGoroutine switches the socket back to reads that wait.
+func (c *linkSocket) readsOnGoroutine() { c.nonblock.Store(false) }
 
 // Write writes b, or holds it while the socket is corked.
 func (c *linkSocket) Write(b []byte) (int, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/loophint"
 	"github.com/attache/attache/internal/balance"
 )
 
@@ -138,7 +139,12 @@ func (p *Proxy) dialOne(ctx context.Context, c *conn, r *Route, d *net.Dialer, b
 		if c.early != nil && r.Dial != nil && r.SendProxyVersion(b.Addr) == 0 {
 			early = (*c.early)[:c.earlyN]
 		}
-		bc, err = r.dialBackend(ctx, d, network, address, early)
+		dctx := ctx
+		if lp := p.loopFor(c); lp != nil && r.DialLoopStreams {
+			// A link stream: on a session this loop reads.
+			dctx = loophint.With(ctx, lp.index)
+		}
+		bc, err = r.dialBackend(dctx, d, network, address, early)
 		if err == nil && early != nil {
 			c.earlySent = true
 		}

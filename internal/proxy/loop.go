@@ -66,10 +66,15 @@ type loop struct {
 	mu      sync.Mutex
 	table   []slot // by descriptor
 	gen     uint32
-	queue   []func()
-	spare   []func()
-	woken   bool // an eventfd write is pending
+	queue []func()
+	spare []func()
+	// woken: the loop looks at the queue before it waits again (it is
+	// awake, or an eventfd write is pending), so a post need not write
+	// the eventfd.
+	woken   bool
 	stopped bool
+	// index is the loop's place in Proxy.loops.all (loophint).
+	index int
 
 	// Owned by the loop's goroutine.
 	scratch []byte
@@ -109,6 +114,12 @@ type loop struct {
 	// streams counts the link streams the loop carries (side.vs): while
 	// it carries any, it never waits in a raw epoll_wait (see serve).
 	streams int
+	// sessions are the link sessions the loop reads (loopsession.go),
+	// sessionCount how many, for ReadSession's choice of a loop; sessAgain
+	// those whose read stopped at its budget.
+	sessions     map[*side]struct{}
+	sessionCount atomic.Int64
+	sessAgain    []*side
 	// polling is set while the loop waits for events: it has nothing to
 	// do, so a connection handed to it now starts at once (acceptOnLoop).
 	polling atomic.Bool
@@ -133,6 +144,7 @@ type side struct {
 	gen  uint32
 	sock *rawSock
 	vs   loopStream
+	rs   *sessionRead // or a link session the loop reads (loopsession.go)
 	// readyQueued is set while a streamReady for vs is posted and has
 	// not run: one is enough.
 	readyQueued atomic.Bool
@@ -227,7 +239,7 @@ func newLoop(log func(string, ...any)) (*loop, error) {
 		unix.Close(wakefd)
 		return nil, err
 	}
-	lp := &loop{epfd: epfd, wakefd: wakefd, parked: parked, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log}
+	lp := &loop{epfd: epfd, wakefd: wakefd, parked: parked, scratch: make([]byte, bufSize), done: make(chan struct{}), log: log, woken: true}
 	lp.out.write = lp.writevOut
 	lp.in.read = lp.readIn
 	lp.out.slices = make([][]byte, 0, 16) // h2mux hands at most 16 at once
@@ -286,24 +298,28 @@ func (lp *loop) serve() {
 		var n int
 		var err error
 		switch {
-		case len(lp.again) > 0:
+		case len(lp.again) > 0 || len(lp.sessAgain) > 0:
 			n, err = epollWaitRaw(lp.epfd, events, 0)
+		case !lp.sleep():
+			// Posted to while it was busy: no wait, the queue runs.
 		case hot:
 			lp.polling.Store(true)
 			n, err = epollWaitRaw(lp.epfd, events, hotWait)
 			lp.polling.Store(false)
+			lp.wake()
 			if err == nil && n == 0 {
 				hot = false
 				continue
 			}
 		default:
 			lp.polling.Store(true)
-			if lp.streams > 0 {
+			if lp.linked() {
 				n, err = lp.parked.wait(events, lp.blockFor())
 			} else {
 				n, err = unix.EpollWait(lp.epfd, events, lp.blockFor())
 			}
 			lp.polling.Store(false)
+			lp.wake()
 		}
 		if err == unix.EINTR {
 			continue
@@ -314,14 +330,43 @@ func (lp *loop) serve() {
 		}
 		// A loop that carries link streams gives its P back whenever it
 		// waits: their bytes come and go through the sessions'
-		// goroutines (the reader, the flusher), which must not wait
-		// for a P while the loop holds one in a raw wait.
-		hot = n > 0 && lp.streams == 0
+		// goroutines (the flusher, the reader of a session another
+		// loop reads), which must not wait for a P while the loop
+		// holds one in a raw wait.
+		hot = n > 0 && !lp.linked()
 		if lp.batch(events[:n], sides) {
+			lp.detachSessions()
 			lp.closeWake()
 			return
 		}
 	}
+}
+
+// linked reports whether the loop carries link streams or reads link
+// sessions: it then waits parked in Go's poller (see serve).
+func (lp *loop) linked() bool { return lp.streams > 0 || len(lp.sessions) > 0 }
+
+// sleep tells posts that the loop is about to wait, so that they wake it
+// (through the eventfd), unless something was posted already: it then
+// reports false and the loop runs the queue without waiting.
+func (lp *loop) sleep() bool {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if len(lp.queue) > 0 {
+		return false
+	}
+	lp.woken = false
+	return true
+}
+
+// wake tells posts that the loop is awake and runs the queue before it
+// waits again (batch), so they need not write the eventfd: a loop that
+// posts to itself while it serves its events (a session it reads feeding
+// a stream it carries) serves them in the same turn, without a system call.
+func (lp *loop) wake() {
+	lp.mu.Lock()
+	lp.woken = true
+	lp.mu.Unlock()
 }
 
 // hotWait is how long, in milliseconds, a busy loop waits for events in a
@@ -360,6 +405,14 @@ func (lp *loop) batch(events []unix.EpollEvent, sides []*side) bool {
 			lp.turn(d)
 		}
 	}
+	if len(lp.sessAgain) > 0 {
+		again := lp.sessAgain
+		lp.sessAgain = nil
+		for _, s := range again {
+			s.rs.queued = false
+			lp.safely(nil, func() { lp.readSession(s) })
+		}
+	}
 	if len(lp.waiting) > 0 || lp.keepAlivePending() {
 		if now := time.Now(); now.Sub(lp.lastCheck) >= checkEvery {
 			lp.lastCheck = now
@@ -367,7 +420,7 @@ func (lp *loop) batch(events []unix.EpollEvent, sides []*side) bool {
 			lp.keepAlivesDue(now)
 		}
 	}
-	return wake && lp.runQueue()
+	return lp.runQueue(wake)
 }
 
 // checkEvery is how often the loop looks for connects that timed out;
@@ -405,14 +458,20 @@ func (lp *loop) expire(now time.Time) {
 	}
 }
 
-// runQueue runs what was posted; it reports whether the loop was stopped.
-func (lp *loop) runQueue() bool {
-	var buf [8]byte
-	_, _ = unix.Read(lp.wakefd, buf[:])
+// runQueue runs what was posted (after reading the eventfd when it woke
+// the loop); it reports whether the loop was stopped.
+func (lp *loop) runQueue(woken bool) bool {
+	if woken {
+		var buf [8]byte
+		_, _ = unix.Read(lp.wakefd, buf[:])
+	}
 	lp.mu.Lock()
+	if len(lp.queue) == 0 {
+		lp.mu.Unlock()
+		return false
+	}
 	q := lp.queue
 	lp.queue, lp.spare = lp.spare[:0], nil
-	lp.woken = false
 	lp.mu.Unlock()
 	for i, f := range q {
 		lp.safely(nil, f)
@@ -453,6 +512,10 @@ func (lp *loop) safely(pr *pair, f func()) {
 func (lp *loop) event(s *side, ev uint32) {
 	if s.ll != nil {
 		lp.safely(nil, func() { lp.accept(s) })
+		return
+	}
+	if s.rs != nil {
+		lp.safely(nil, func() { lp.readSession(s) })
 		return
 	}
 	noteEvent(s, ev)
@@ -1228,6 +1291,13 @@ func (p *Proxy) loopFor(c *conn) *loop {
 			return nil
 		}
 	case loopStream: // a link server's stream: its backend socket goes on a loop
+		all := p.eventLoops()
+		if h, ok := s.(interface{ Loop() (int, bool) }); ok {
+			if i, ok := h.Loop(); ok && i < len(all) {
+				// The loop that reads the stream's session.
+				return all[i]
+			}
+		}
 	default:
 		return nil
 	}
@@ -1255,6 +1325,9 @@ func (p *Proxy) eventLoops() []*loop {
 		warn := func(msg string, args ...any) { p.logger().Error(msg, args...) }
 		for range n {
 			lp, err := newLoop(warn)
+			if err == nil {
+				lp.index = len(p.loops.all)
+			}
 			if err != nil {
 				p.loops.err = err
 				p.logger().Warn("event loop unavailable; connections use goroutines", "error", err)

@@ -1,0 +1,36 @@
+// Package loophint carries which event loop a connection is on between the
+// proxy, which runs the loops, and the link client and server, which run
+// the multiplexed sessions whose reads those loops may take over. A stream
+// whose session is read on the loop that also carries the stream's other
+// side gets its bytes in the turn that read them, with no hand-off between
+// goroutines; the hint is how both ends find that loop. It is only a
+// preference: any loop, or none, still works.
+package loophint
+
+import "context"
+
+type key struct{}
+
+// With returns ctx carrying loop, the index of the event loop that will
+// carry the connection being dialled.
+func With(ctx context.Context, loop int) context.Context {
+	return context.WithValue(ctx, key{}, loop)
+}
+
+// From returns the loop ctx carries, if any.
+func From(ctx context.Context) (int, bool) {
+	loop, ok := ctx.Value(key{}).(int)
+	return loop, ok && loop >= 0
+}
+
+// Reader runs the reads of multiplexed sessions on event loops instead of
+// a goroutine per session (the proxy's loops implement it).
+type Reader interface {
+	// ReadSession has a loop call read whenever the socket fd may have
+	// bytes (and once at the start), one call at a time, again at once
+	// while read reports more, and no more once read fails or done is
+	// closed. Should the loop stop first, it calls detach instead, after
+	// which the session reads on its own. It returns the loop's index, or
+	// false when no loop took the session (it then reads on its own).
+	ReadSession(fd int, read func() (more bool, err error), detach func(), done <-chan struct{}) (loop int, ok bool)
+}

@@ -1,0 +1,18 @@
+package loophint
+
+import (
+	"context"
+	"testing"
+)
+
+func TestHintTravelsInContext(t *testing.T) {
+	if _, ok := From(context.Background()); ok {
+		t.Fatal("a context without a hint carries one")
+	}
+	if loop, ok := From(With(context.Background(), 3)); !ok || loop != 3 {
+		t.Fatalf("got loop %d, %v; want 3", loop, ok)
+	}
+	if _, ok := From(With(context.Background(), -1)); ok {
+		t.Fatal("a negative loop counts as a hint")
+	}
+}

@@ -134,6 +134,9 @@ func startServerWith(t testing.TB, id *Identity, targets map[string]Target, opt 
 		Logger:           slog.New(slog.NewTextHandler(ls.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Stats:            ls.stats,
 	}
+	if testReader != nil {
+		ls.srv.Reader = testReader(t)
+	}
 	opt(ls.srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -25,7 +25,7 @@ func TestMuxKillPooledConnection(t *testing.T) {
 	p := newPKI(t, "fleet")
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")})
 	relay := testenv.StartRelay(t, srv.addr)
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()}
+	cl := readBy(t, &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()})
 	defer cl.Close()
 
 	// Enough streams for the pool to open a second connection (a
@@ -46,6 +46,11 @@ func TestMuxKillPooledConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		roundTrip(t, c, fmt.Sprintf("stream %d", i))
+		if testReader != nil {
+			if _, ok := c.(*Stream).Loop(); !ok {
+				t.Fatalf("stream %d: its session is not read by an event loop", i)
+			}
+		}
 		streams = append(streams, c)
 		sessions[c.LocalAddr().String()] = true
 	}
@@ -125,7 +130,7 @@ func TestMuxBulkDoesNotStarveInteractive(t *testing.T) {
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{
 		"echo": echoTarget(t, AllowAny), "stalled": dialTo(stalled.Addr().String()), "sink": dialTo(sink),
 	})
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), Sessions: 1}
+	cl := readBy(t, &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), Sessions: 1})
 	defer cl.Close()
 
 	const interactive, rounds = 8, 200
@@ -246,7 +251,7 @@ func TestMuxFallsBackToAttache1(t *testing.T) {
 	p := newPKI(t, "fleet")
 	srv := startServerWith(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")},
 		func(s *Server) { s.legacyOnly = true })
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()}
+	cl := readBy(t, &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()})
 	defer cl.Close()
 	for i := range 3 {
 		c, err := cl.Dial(ctxT(t), "echo", srv.addr)
@@ -293,7 +298,7 @@ func TestMuxServerShutdown(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, ln) }()
 	defer srv.Close()
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()}
+	cl := readBy(t, &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats()})
 	defer cl.Close()
 
 	open, err := cl.Dial(ctxT(t), "echo", ln.Addr().String())
@@ -359,7 +364,7 @@ func TestMuxClientCertificateRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &Client{Identity: id, Stats: NewStats()}
+	cl := readBy(t, &Client{Identity: id, Stats: NewStats()})
 	defer cl.Close()
 	old, err := cl.Dial(ctxT(t), "echo", srv.addr)
 	if err != nil {
@@ -420,7 +425,7 @@ func TestAnswerStatuses(t *testing.T) {
 func TestMuxSpreadsOverSessions(t *testing.T) {
 	p := newPKI(t, "fleet")
 	srv := startServer(t, p.identity("host-b", nil, certs.Request{}), map[string]Target{"echo": echoTarget(t, "host-a")})
-	cl := &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), Sessions: 2}
+	cl := readBy(t, &Client{Identity: p.identity("host-a", nil, certs.Request{}), Stats: NewStats(), Sessions: 2})
 	defer cl.Close()
 	dial := func(i int) net.Conn {
 		c, err := cl.Dial(ctxT(t), "echo", srv.addr)

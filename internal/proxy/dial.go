@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/attache/attache/internal/backend"
-	"github.com/attache/attache/internal/loophint"
 	"github.com/attache/attache/internal/balance"
+	"github.com/attache/attache/internal/loophint"
 )
 
 // Finding a backend is the same on both engines: the route's policy picks

@@ -63,9 +63,9 @@ type loop struct {
 	// carries link streams waits (loopwait.go).
 	parked *parkedEpoll
 
-	mu      sync.Mutex
-	table   []slot // by descriptor
-	gen     uint32
+	mu    sync.Mutex
+	table []slot // by descriptor
+	gen   uint32
 	queue []func()
 	spare []func()
 	// woken: the loop looks at the queue before it waits again (it is

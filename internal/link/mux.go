@@ -104,10 +104,13 @@ func readSession(reader loophint.Reader, mux *h2mux.Session, tc *tls.Conn) int {
 // corkedWrites writes a session's batches to tc: a batch of more than one
 // TLS record goes out corked, a system call per four records
 // (corkSegment), where crypto/tls would write each 16 KiB record with a
-// system call of its own.
+// system call of its own. Each write is counted as in progress
+// (loophint.BeginWrite) while it lasts.
 func corkedWrites(tc *tls.Conn) func([]byte) error {
 	sock, _ := tc.NetConn().(*linkSocket)
 	return func(b []byte) error {
+		loophint.BeginWrite() // event loops give their P back meanwhile
+		defer loophint.EndWrite()
 		if sock == nil || len(b) <= maxRecord {
 			_, err := tc.Write(b)
 			return err

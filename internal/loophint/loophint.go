@@ -7,7 +7,10 @@
 // preference: any loop, or none, still works.
 package loophint
 
-import "context"
+import (
+	"context"
+	"sync/atomic"
+)
 
 type key struct{}
 
@@ -34,3 +37,20 @@ type Reader interface {
 	// false when no loop took the session (it then reads on its own).
 	ReadSession(fd int, read func() (more bool, err error), detach func(), done <-chan struct{}) (loop int, ok bool)
 }
+
+// writes counts the link sessions' writes in progress (BeginWrite).
+var writes atomic.Int64
+
+// BeginWrite and EndWrite bracket a link session's write to its socket. A
+// write that waits for the peer waits in Go's poller, and only a P that
+// looks for work polls the network: while any write is in progress, an
+// event loop gives its P back when it waits (Writing) instead of holding it
+// in a raw epoll_wait, so that the write's wake-up is not left to the
+// runtime's sysmon (up to 10 ms).
+func BeginWrite() { writes.Add(1) }
+
+// EndWrite ends what BeginWrite began.
+func EndWrite() { writes.Add(-1) }
+
+// Writing reports whether a link session's write is in progress.
+func Writing() bool { return writes.Load() > 0 }

@@ -16,3 +16,19 @@ func TestHintTravelsInContext(t *testing.T) {
 		t.Fatal("a negative loop counts as a hint")
 	}
 }
+
+func TestWritingCountsWritesInProgress(t *testing.T) {
+	if Writing() {
+		t.Fatal("writing before any write began")
+	}
+	BeginWrite()
+	BeginWrite()
+	EndWrite()
+	if !Writing() {
+		t.Fatal("one of two writes still in progress, and Writing says none")
+	}
+	EndWrite()
+	if Writing() {
+		t.Fatal("writing after both ended")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/attache/attache/internal/backend"
+	"github.com/attache/attache/internal/loophint"
 )
 
 // The event loop engine carries plain TCP connections (a socket on both
@@ -284,9 +285,10 @@ func (lp *loop) stop() {
 // finds nothing, the loop is idle and blocks in an ordinary system call
 // that gives its P back (once sysmon takes it), so that the rest of the
 // process (health checks, discovery, the admin API, other loops) runs even
-// on a single CPU. A loop that carries link streams never waits in a raw
-// call and parks in Go's poller instead of the blocking one (parkedEpoll):
-// the sessions' goroutines need the P at once.
+// on a single CPU. A loop that carries link streams or reads link sessions
+// parks in Go's poller instead of the blocking call (parkedEpoll), and
+// waits raw only under the conditions linked describes: the sessions'
+// goroutines need a P at once.
 func (lp *loop) serve() {
 	defer close(lp.done)
 	defer unix.Close(lp.epfd)
@@ -297,6 +299,16 @@ func (lp *loop) serve() {
 	for {
 		var n int
 		var err error
+		if hot && lp.linked() {
+			if loophint.Writing() {
+				hot = false // see linked
+			} else {
+				// Run what this turn woke (a session's flusher, a
+				// handler whose link stream answered) before the
+				// raw wait keeps the P.
+				runtime.Gosched()
+			}
+		}
 		switch {
 		case len(lp.again) > 0 || len(lp.sessAgain) > 0:
 			n, err = epollWaitRaw(lp.epfd, events, 0)
@@ -328,12 +340,7 @@ func (lp *loop) serve() {
 			lp.log("event loop failed; connections on it are stuck", "error", err)
 			return
 		}
-		// A loop that carries link streams gives its P back whenever it
-		// waits: their bytes come and go through the sessions'
-		// goroutines (the flusher, the reader of a session another
-		// loop reads), which must not wait for a P while the loop
-		// holds one in a raw wait.
-		hot = n > 0 && !lp.linked()
+		hot = n > 0
 		if lp.batch(events[:n], sides) {
 			lp.detachSessions()
 			lp.closeWake()
@@ -343,7 +350,14 @@ func (lp *loop) serve() {
 }
 
 // linked reports whether the loop carries link streams or reads link
-// sessions: it then waits parked in Go's poller (see serve).
+// sessions. Their bytes also pass through the sessions' flushers, which
+// must not wait for a P while the loop holds one in a raw wait: such a
+// loop runs what its turn woke before a raw wait (runtime.Gosched), waits
+// raw only while no session's write is in progress (one that waits for
+// its peer is woken by Go's poller, which a P must poll: loophint.Writing),
+// and otherwise parks in Go's poller (parkedEpoll) instead of a blocking
+// epoll_wait. Parking at every wait cost a scheduler round trip per
+// pause: GET across a link 7-8 % lower (bench/README).
 func (lp *loop) linked() bool { return lp.streams > 0 || len(lp.sessions) > 0 }
 
 // sleep tells posts that the loop is about to wait, so that they wake it

@@ -12,7 +12,8 @@
 // no half-close towards the client. Here a stream is a net.Conn with
 // CloseWrite, CloseRead and Reset, as a TCP socket is.
 //
-// One goroutine per session reads frames and never waits on a stream's
+// One goroutine per session reads frames, or its caller's event loop does
+// (Config.DrivenReads, reader.go), and never waits on a stream's
 // reader: each stream's bytes wait in its own buffer, bounded by its
 // window, and the connection-level window is given back as soon as bytes
 // arrive, so a stalled stream never holds up the others. Frames are written

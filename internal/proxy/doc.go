@@ -92,4 +92,12 @@
 //     stream, its buffers are written to the socket with one writev
 //     (TryWriteTo): what the socket refuses stays in the stream, and the
 //     direction is pending (dir.held) until the socket's edge.
+//  11. A link session the loop reads (side.rs, loopsession.go) is
+//     registered edge-triggered like a socket, and its read runs until
+//     the TLS socket said EAGAIN (the session's parser keeps its place in
+//     a frame), or stops at a budget and is queued for the next turn
+//     (lp.sessAgain) as rule 1 wants. A post made while the loop is awake
+//     (wake, before sleep) writes no eventfd: batch runs the queue at the
+//     end of every turn, so a stream this read fed is turned in the same
+//     turn; sleep runs the queue instead of waiting when one came since.
 package proxy

@@ -182,11 +182,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.Identity == nil || s.Lookup == nil {
 		return errors.New("link server: Identity and Lookup are required")
 	}
+	wentAway := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(wentAway)
 		ln.Close()
 		s.goAwayAll()
 	})
-	defer stop()
+	defer func() {
+		// Serve returns once the sessions were told to go away, not
+		// merely once the closed listener ended Accept: a stream opened
+		// after Serve returned must be refused (TestMuxServerShutdown
+		// failed 1 time in CI's race run before this).
+		if !stop() {
+			<-wentAway
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var backoff time.Duration

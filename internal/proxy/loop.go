@@ -300,13 +300,14 @@ func (lp *loop) serve() {
 		var n int
 		var err error
 		if hot && lp.linked() {
+			// Run what this turn woke (a session's flusher, a
+			// handler whose link stream answered) before a raw wait
+			// keeps the P; a write that is still in progress then
+			// (it may wait for its peer) has the loop park instead
+			// (see linked).
+			runtime.Gosched()
 			if loophint.Writing() {
-				hot = false // see linked
-			} else {
-				// Run what this turn woke (a session's flusher, a
-				// handler whose link stream answered) before the
-				// raw wait keeps the P.
-				runtime.Gosched()
+				hot = false
 			}
 		}
 		switch {

@@ -4,7 +4,9 @@
 // whose session is read on the loop that also carries the stream's other
 // side gets its bytes in the turn that read them, with no hand-off between
 // goroutines; the hint is how both ends find that loop. It is only a
-// preference: any loop, or none, still works.
+// preference: any loop, or none, still works. Reader is how the link hands
+// a session's reads to the loops, and BeginWrite/Writing how its writes
+// tell the loops when not to hold their P in a raw wait.
 package loophint
 
 import (

@@ -54,12 +54,15 @@ func (c *choppedConn) Read(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.driven {
-		if len(c.buf) > 0 { // what fill read before undrive
-			n := copy(b, c.buf)
-			c.buf = c.buf[n:]
-			return n, nil
+		if len(c.buf) == 0 {
+			// Not under mu: a read that waits holds no lock.
+			c.mu.Unlock()
+			defer c.mu.Lock()
+			return c.Conn.Read(b)
 		}
-		return c.Conn.Read(b)
+		n := copy(b, c.buf) // what fill read before undrive
+		c.buf = c.buf[n:]
+		return n, nil
 	}
 	if len(c.buf) == 0 {
 		if c.err != nil {
@@ -117,7 +120,9 @@ func (c *choppedConn) undrive() {
 // until it has no more. detach stops the driver and has the session read
 // on its own goroutine, as a stopping loop does.
 func drive(s *Session, c *choppedConn) (detach func()) {
+	c.mu.Lock()
 	c.driven = true
+	c.mu.Unlock()
 	go c.fill()
 	stop, exited := make(chan struct{}), make(chan struct{})
 	go func() {

@@ -129,7 +129,8 @@ func (p *Proxy) dialOne(ctx context.Context, c *conn, r *Route, d *net.Dialer, b
 	network, address := backend.DialArgs(b.Addr)
 	var bc net.Conn
 	var err error
-	if lp := p.loopFor(c); lp != nil && network == "tcp" && r.Dial == nil {
+	lp := p.loopFor(c)
+	if lp != nil && network == "tcp" && r.Dial == nil {
 		var rs *rawSock
 		if rs, err = p.rawDial(ctx, lp, r, address); err == nil {
 			bc = rs
@@ -140,7 +141,7 @@ func (p *Proxy) dialOne(ctx context.Context, c *conn, r *Route, d *net.Dialer, b
 			early = (*c.early)[:c.earlyN]
 		}
 		dctx := ctx
-		if lp := p.loopFor(c); lp != nil && r.DialLoopStreams {
+		if lp != nil && r.DialLoopStreams {
 			// A link stream: on a session this loop reads.
 			dctx = loophint.With(ctx, lp.index)
 		}

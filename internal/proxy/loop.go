@@ -113,7 +113,7 @@ type loop struct {
 	// that accepted them, or accepted itself (acceptOnLoop), for tests.
 	begun atomic.Int64
 	// streams counts the link streams the loop carries (side.vs): while
-	// it carries any, it never waits in a raw epoll_wait (see serve).
+	// it carries any, it waits as linked says (see serve).
 	streams int
 	// sessions are the link sessions the loop reads (loopsession.go),
 	// sessionCount how many, for ReadSession's choice of a loop; sessAgain
